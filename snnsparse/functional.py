@@ -1,0 +1,219 @@
+"""Public functional API: validate -> pick backend -> call op.
+
+Spikes are time-major [T, B, ...] (SpikingJelly's multi-step convention) or flat [N, ...];
+weights have torch's layout; `mask` is a bool tensor of the weight's shape (True = keep).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import backends
+from .ops import surrogate as _surrogate
+
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_SPIKE_DTYPES = _FLOATS + (torch.bool, torch.uint8)
+
+
+def _pair(v, name, op):
+    if isinstance(v, int):
+        return (v, v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
+        return tuple(v)
+    raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+
+
+def is_binary(x: torch.Tensor) -> bool:
+    """True when every element of x is 0 or 1 (bool and empty tensors are binary)."""
+    if x.dtype == torch.bool or x.numel() == 0:
+        return True
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def _check_tensor(t, name, op):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _check_binary(spikes: torch.Tensor, op: str):
+    if spikes.dtype == torch.bool or spikes.numel() == 0:
+        return
+    bad = (spikes != 0) & (spikes != 1)
+    if bool(bad.any()):
+        value = spikes[bad].flatten()[0].item()
+        raise ValueError(f"{op}: spikes must be binary (0 or 1) for an event-driven kernel; found value "
+                         f"{value!r}. Use the dense layer (or torch.nn.functional) for non-binary input.")
+
+
+def _common(op, spikes, weight, bias, mask, weight_rank):
+    _check_tensor(spikes, "spikes", op)
+    _check_tensor(weight, "weight", op)
+    if weight.dtype not in _FLOATS:
+        raise TypeError(f"{op}: weight must be floating point (float32/float64/float16/bfloat16), got {weight.dtype}")
+    if weight.dim() != weight_rank:
+        raise ValueError(f"{op}: weight must have rank {weight_rank}, got shape {tuple(weight.shape)}")
+    if spikes.dtype not in _SPIKE_DTYPES:
+        raise TypeError(f"{op}: spikes must be float, bool or uint8, got {spikes.dtype}")
+    if spikes.device != weight.device:
+        raise ValueError(f"{op}: spikes is on {spikes.device} but weight is on {weight.device}")
+    if spikes.is_floating_point() and spikes.dtype != weight.dtype:
+        raise TypeError(f"{op}: spikes dtype {spikes.dtype} does not match weight dtype {weight.dtype}")
+    if bias is not None:
+        _check_tensor(bias, "bias", op)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        if bias.device != weight.device or bias.dtype != weight.dtype:
+            raise TypeError(f"{op}: bias must match weight's dtype and device ({weight.dtype}, {weight.device}), "
+                            f"got ({bias.dtype}, {bias.device})")
+    if mask is not None:
+        _check_tensor(mask, "mask", op)
+        if mask.dtype != torch.bool:
+            raise TypeError(f"{op}: mask must be a bool tensor (True = keep), got {mask.dtype}")
+        if mask.shape != weight.shape:
+            raise ValueError(f"{op}: mask must have the weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
+        if mask.device != weight.device:
+            raise ValueError(f"{op}: mask is on {mask.device} but weight is on {weight.device}")
+    _check_binary(spikes, op)
+    if not spikes.is_floating_point():
+        spikes = spikes.to(weight.dtype)
+    return spikes
+
+
+def _result(out, n, return_count):
+    if return_count:
+        return out, (0 if n is None else int(n))
+    return out
+
+
+def spike_linear(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+                 mask: Optional[torch.Tensor] = None, backend: str = "auto", return_count: bool = False,
+                 dense_weight_grad: bool = False):
+    """Event-driven ``F.linear(spikes, weight*mask, bias)`` for binary spikes.
+
+    spikes [..., K] (e.g. [T, B, K]) of 0/1 values; weight [M, K]; bias [M]; mask [M, K] bool.
+    Returns [..., M]; with return_count=True, (out, accumulations executed by the kernel).
+    dense_weight_grad=True gives dL/dweight for pruned entries too (Grad R needs it).
+    """
+    op = "spike_linear"
+    spikes = _common(op, spikes, weight, bias, mask, 2)
+    if spikes.dim() < 1 or spikes.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{op}: spikes must have shape [..., {weight.shape[1]}] (weight is "
+                         f"{tuple(weight.shape)}), got {tuple(spikes.shape)}")
+    lead = spikes.shape[:-1]
+    x = spikes.reshape(-1, weight.shape[1])
+    name, impl = backends.resolve(backend, x.device, op, n=x.shape[0], k=weight.shape[1], m=weight.shape[0])
+    out, n = impl.spike_linear(x, weight, bias, mask, count=return_count, dense_weight_grad=dense_weight_grad)
+    return _result(out.reshape(*lead, weight.shape[0]), n, return_count)
+
+
+def conv2d_output_size(h: int, w: int, kernel: Sequence[int], stride, padding, dilation) -> Tuple[int, int]:
+    """Spatial output size of a conv2d (torch's formula)."""
+    ho = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    return ho, wo
+
+
+def spike_conv2d(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                 stride: Union[int, Tuple[int, int]] = 1, padding: Union[int, Tuple[int, int]] = 0,
+                 dilation: Union[int, Tuple[int, int]] = 1, groups: int = 1, *,
+                 mask: Optional[torch.Tensor] = None, backend: str = "auto", return_count: bool = False,
+                 dense_weight_grad: bool = False):
+    """Event-driven ``F.conv2d(spikes, weight*mask, bias, ...)`` for binary spikes.
+
+    spikes [T, B, Cin, H, W] or [N, Cin, H, W]; weight [Cout, Cin/groups, kh, kw]; mask like weight.
+    Returns [T, B, Cout, Ho, Wo] or [N, Cout, Ho, Wo]; with return_count=True also the number of
+    accumulations the kernel executed.
+    """
+    op = "spike_conv2d"
+    spikes = _common(op, spikes, weight, bias, mask, 4)
+    stride, padding, dilation = (_pair(stride, "stride", op), _pair(padding, "padding", op),
+                                 _pair(dilation, "dilation", op))
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"{op}: stride and dilation must be >= 1 and padding >= 0, got stride={stride}, "
+                         f"padding={padding}, dilation={dilation}")
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    if spikes.dim() not in (4, 5):
+        raise ValueError(f"{op}: spikes must be [T, B, C, H, W] or [N, C, H, W], got shape {tuple(spikes.shape)}")
+    cout, cin_g, kh, kw = weight.shape
+    cin = spikes.shape[-3]
+    if cout % groups != 0:
+        raise ValueError(f"{op}: weight has {cout} output channels, not divisible by groups={groups}")
+    if cin != cin_g * groups:
+        raise ValueError(f"{op}: spikes has {cin} channels but weight expects in_channels = "
+                         f"{cin_g} x groups {groups} = {cin_g * groups}")
+    h, w = spikes.shape[-2:]
+    ho, wo = conv2d_output_size(h, w, (kh, kw), stride, padding, dilation)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"{op}: input {h}x{w} is smaller than the dilated kernel after padding "
+                         f"(kernel {kh}x{kw}, padding {padding}, dilation {dilation})")
+    lead = spikes.shape[:-3]
+    x = spikes.reshape(-1, cin, h, w)
+    name, impl = backends.resolve(backend, x.device, op, n=x.shape[0], cin=cin, cout=cout, h=h, w=w,
+                                  kh=kh, kw=kw, groups=groups)
+    out, n = impl.spike_conv2d(x, weight, bias, mask, stride, padding, dilation, groups,
+                               count=return_count, dense_weight_grad=dense_weight_grad)
+    return _result(out.reshape(*lead, cout, ho, wo), n, return_count)
+
+
+def _lif_args(x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha):
+    op = "lif"
+    _check_tensor(x_seq, "x_seq", op)
+    if x_seq.dtype not in _FLOATS:
+        raise TypeError(f"{op}: x_seq must be floating point, got {x_seq.dtype}")
+    if x_seq.dim() < 1:
+        raise ValueError(f"{op}: x_seq must be time-major [T, ...], got a 0-dim tensor")
+    for name, val in (("tau", tau), ("v_threshold", v_threshold)):
+        if not isinstance(val, (int, float)) or not math.isfinite(val):
+            raise ValueError(f"{op}: {name} must be a finite number, got {val!r}")
+    if tau <= 1.0:
+        raise ValueError(f"{op}: tau must be > 1 (as in SpikingJelly's LIFNode), got {tau}")
+    if v_reset is not None and (not isinstance(v_reset, (int, float)) or not math.isfinite(v_reset)):
+        raise ValueError(f"{op}: v_reset must be a finite number or None (soft reset), got {v_reset!r}")
+    surrogate, alpha = _surrogate.check(surrogate, alpha)
+    if v0 is not None:
+        _check_tensor(v0, "v0", op)
+        if v0.shape != x_seq.shape[1:]:
+            raise ValueError(f"{op}: v0 must have shape {tuple(x_seq.shape[1:])} (x_seq without T), "
+                             f"got {tuple(v0.shape)}")
+        if v0.device != x_seq.device or v0.dtype != x_seq.dtype:
+            raise TypeError(f"{op}: v0 must match x_seq's dtype and device ({x_seq.dtype}, {x_seq.device}), "
+                            f"got ({v0.dtype}, {v0.device})")
+    return float(tau), float(v_threshold), (None if v_reset is None else float(v_reset)), surrogate, alpha
+
+
+def lif_with_h(x_seq, v0=None, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
+               detach_reset=False, surrogate="sigmoid", alpha=None, backend="auto", return_h=False):
+    """lif() that also returns h_seq [T, ...], the pre-fire membrane potential (None unless return_h)."""
+    tau, v_threshold, v_reset, surrogate, alpha = _lif_args(x_seq, v0, tau, v_threshold, v_reset,
+                                                            surrogate, alpha)
+    shape = x_seq.shape
+    t = shape[0]
+    x = x_seq.reshape(t, -1)
+    if v0 is None:
+        v = torch.full((x.shape[1],), 0.0 if v_reset is None else v_reset, dtype=x.dtype, device=x.device)
+    else:
+        v = v0.reshape(-1)
+    name, impl = backends.resolve(backend, x.device, "lif", t=t, n=x.shape[1])
+    s, v_last, h = impl.lif(x, v, tau, v_threshold, v_reset, bool(decay_input), bool(detach_reset),
+                            surrogate, alpha, return_h)
+    return s.reshape(shape), v_last.reshape(shape[1:]), (None if h is None else h.reshape(shape))
+
+
+def lif(x_seq: torch.Tensor, v0: Optional[torch.Tensor] = None, *, tau: float = 2.0,
+        v_threshold: float = 1.0, v_reset: Optional[float] = 0.0, decay_input: bool = True,
+        detach_reset: bool = False, surrogate: str = "sigmoid", alpha: Optional[float] = None,
+        backend: str = "auto"):
+    """Multi-step LIF neuron (SpikingJelly LIFNode, step_mode="m"), fused over time.
+
+    x_seq [T, ...] input current; v0 [...] initial potential (None: v_reset, or 0 for soft reset).
+    v_reset=None is a soft reset. alpha=None takes the surrogate's SpikingJelly default
+    (sigmoid 4, atan 2, piecewise_quadratic 1, soft_sign 2, erf 2).
+    Returns (spike_seq [T, ...], v_last [...]).
+    """
+    s, v, _ = lif_with_h(x_seq, v0, tau=tau, v_threshold=v_threshold, v_reset=v_reset,
+                         decay_input=decay_input, detach_reset=detach_reset, surrogate=surrogate,
+                         alpha=alpha, backend=backend)
+    return s, v

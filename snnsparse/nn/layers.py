@@ -1,0 +1,141 @@
+"""SpikeLinear and SpikeConv2d.
+
+They subclass nn.Linear / nn.Conv2d (same constructor, `weight` stays a plain Parameter) and add
+`weight_mask`, a bool buffer of the weight's shape (True = keep). Binary input runs the
+event-driven kernel of the chosen backend; non-binary input (the encoding layer sees pixels)
+runs dense torch with the mask applied, and `last_input_binary` records which path ran so that
+energy counting can charge MACs instead of SOPs.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import functional as SF
+from ..ops.reference import masked_weight
+
+
+class _SpikeMixin:
+    backend: str
+    dense_weight_grad: bool
+
+    def _init_spike(self, backend: str):
+        self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool))
+        self.backend = backend
+        # Grad R trains pruned synapses too: it sets this so backward returns the dense dL/dw.
+        self.dense_weight_grad = False
+        self.last_input_binary: Optional[bool] = None
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Copy `mask` (bool, weight's shape) into weight_mask."""
+        if not isinstance(mask, torch.Tensor) or mask.shape != self.weight.shape:
+            raise ValueError(f"mask must be a tensor of the weight's shape {tuple(self.weight.shape)}, "
+                             f"got {getattr(mask, 'shape', type(mask).__name__)}")
+        with torch.no_grad():
+            self.weight_mask.copy_(mask.to(torch.bool))
+
+    def density(self) -> float:
+        """Fraction of kept synapses."""
+        return float(self.weight_mask.float().mean()) if self.weight_mask.numel() else 0.0
+
+    def _dense_weight(self):
+        return masked_weight(self.weight, self.weight_mask, self.dense_weight_grad)
+
+    @classmethod
+    def _dense_state(cls, module, mask):
+        """weight, bias and mask of a plain module, also one pruned with torch.nn.utils.prune."""
+        weight = getattr(module, "weight_orig", module.weight)
+        if mask is None:
+            mask = getattr(module, "weight_mask", None)
+        if mask is None:
+            mask = torch.ones_like(weight, dtype=torch.bool)
+        return weight.detach(), None if module.bias is None else module.bias.detach(), mask.to(torch.bool)
+
+    def _load_dense(self, weight, bias, mask):
+        with torch.no_grad():
+            self.weight.copy_(weight)
+            if bias is not None:
+                self.bias.copy_(bias)
+            self.weight_mask.copy_(mask)
+        return self
+
+
+class SpikeLinear(_SpikeMixin, nn.Linear):
+    """nn.Linear with a weight mask and an event-driven kernel for binary spikes.
+
+    Input [..., in_features] (e.g. [T, B, K]); output [..., out_features].
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 *, backend: str = "auto"):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._init_spike(backend)
+
+    @classmethod
+    def from_dense(cls, module: nn.Linear, mask: Optional[torch.Tensor] = None, *, backend: str = "auto"):
+        """A SpikeLinear with `module`'s weights (and its torch.nn.utils.prune mask, if any)."""
+        weight, bias, mask = cls._dense_state(module, mask)
+        new = cls(module.in_features, module.out_features, bias is not None, device=weight.device,
+                  dtype=weight.dtype, backend=backend)
+        return new._load_dense(weight, bias, mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last_input_binary = SF.is_binary(x)
+        if self.last_input_binary:
+            return SF.spike_linear(x, self.weight, self.bias, mask=self.weight_mask, backend=self.backend,
+                                   dense_weight_grad=self.dense_weight_grad)
+        return F.linear(x, self._dense_weight(), self.bias)
+
+
+class SpikeConv2d(_SpikeMixin, nn.Conv2d):
+    """nn.Conv2d with a weight mask and an event-driven kernel for binary spikes.
+
+    Input [T, B, Cin, H, W] (time-major) or [N, Cin, H, W]; output of the same rank.
+    Only padding_mode="zeros" is supported (what an event-driven kernel can skip).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
+                 *, backend: str = "auto"):
+        if padding_mode != "zeros":
+            raise ValueError(f"SpikeConv2d: padding_mode must be 'zeros', got {padding_mode!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        self._init_spike(backend)
+
+    @classmethod
+    def from_dense(cls, module: nn.Conv2d, mask: Optional[torch.Tensor] = None, *, backend: str = "auto"):
+        """A SpikeConv2d with `module`'s weights (and its torch.nn.utils.prune mask, if any)."""
+        weight, bias, mask = cls._dense_state(module, mask)
+        new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                  module.dilation, module.groups, bias is not None, module.padding_mode,
+                  device=weight.device, dtype=weight.dtype, backend=backend)
+        return new._load_dense(weight, bias, mask)
+
+    def _explicit_padding(self):
+        if isinstance(self.padding, str):
+            if self.padding == "valid":
+                return (0, 0)
+            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            if any(t % 2 for t in total):
+                raise ValueError("SpikeConv2d: padding='same' with an even dilated kernel needs asymmetric "
+                                 "padding, which the event-driven kernels do not support; pad explicitly")
+            return tuple(t // 2 for t in total)
+        return self.padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last_input_binary = SF.is_binary(x)
+        padding = self._explicit_padding()
+        if self.last_input_binary:
+            return SF.spike_conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
+                                   mask=self.weight_mask, backend=self.backend,
+                                   dense_weight_grad=self.dense_weight_grad)
+        if x.dim() == 5:
+            t, b = x.shape[:2]
+            y = F.conv2d(x.flatten(0, 1), self._dense_weight(), self.bias, self.stride, padding, self.dilation,
+                         self.groups)
+            return y.reshape(t, b, *y.shape[1:])
+        return F.conv2d(x, self._dense_weight(), self.bias, self.stride, padding, self.dilation, self.groups)
