@@ -1,14 +1,24 @@
-"""convert(): swap nn.Linear / nn.Conv2d (and SpikingJelly's layer.Linear / layer.Conv2d) for
-SpikeLinear / SpikeConv2d in place, keeping weights, biases and masks."""
+"""convert(): swap nn.Linear / nn.Conv2d (and SpikingJelly's layer.Linear / layer.Conv2d, which
+subclass them, in step mode "m" or "s") for SpikeLinear / SpikeConv2d in place, keeping weights,
+biases and masks; SpikingJelly's neuron.LIFNode becomes ss.nn.LIF with identical parameters.
+Containers (SpikingJelly's SeqToANNContainer, nn.Sequential, ...) are kept; their children are
+converted. The Spike* layers take [T, B, ...] and flat input alike, so step modes need no wrapper."""
 from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 
 from .layers import SpikeConv2d, SpikeLinear
+from .lif import LIF
+
+
+def _is_spikingjelly_lif(module: nn.Module) -> bool:
+    return type(module).__name__ == "LIFNode" and type(module).__module__.startswith("spikingjelly.")
 
 
 def _replacement(child: nn.Module, mask, backend):
+    if _is_spikingjelly_lif(child):
+        return LIF.from_spikingjelly(child, backend=backend)
     if isinstance(child, (SpikeLinear, SpikeConv2d)):
         if mask is not None:
             child.set_mask(mask)
@@ -31,8 +41,10 @@ def convert(model: nn.Module, masks: Optional[Dict[str, torch.Tensor]] = None, *
         import copy
         model = copy.deepcopy(model)
     masks = dict(masks or {})
-    if isinstance(model, (nn.Linear, nn.Conv2d)) and not isinstance(model, (SpikeLinear, SpikeConv2d)):
+    if not list(model.children()):
         new = _replacement(model, masks.pop("weight", None), backend)
+        if masks:
+            raise KeyError(f"convert: masks name parameters that are not Linear/Conv2d weights: {sorted(masks)}")
         return new if new is not None else model
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):

@@ -8,10 +8,13 @@ from .. import functional as SF
 
 
 class LIF(nn.Module):
-    """Multi-step LIF: input [T, ...] -> spikes [T, ...] (same parameters as ss.functional.lif).
+    """LIF neuron (same parameters as ss.functional.lif).
 
-    Stateless across calls by default (each call starts from v_reset), which is what a
-    time-major network wants; stateful=True carries v from one call to the next until reset().
+    step_mode="m" (default): input [T, ...] -> spikes [T, ...], fused over time. Stateless across
+    calls by default (each call starts from v_reset), which is what a time-major network wants;
+    stateful=True carries v from one call to the next until reset() (SpikingJelly's behaviour).
+    step_mode="s": one time step per call, input [N, ...], always stateful (SpikingJelly's
+    single-step mode; reset() between sequences).
     After a call, `v` holds V[T-1] (detached); with record_h=True, `h_seq` holds the pre-fire
     membrane potential [T, ...] (used by the criticality pruner).
     """
@@ -19,8 +22,12 @@ class LIF(nn.Module):
     def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, v_reset: Optional[float] = 0.0,
                  decay_input: bool = True, detach_reset: bool = False, surrogate: str = "sigmoid",
                  alpha: Optional[float] = None, *, backend: str = "auto", stateful: bool = False,
-                 record_h: bool = False):
+                 record_h: bool = False, step_mode: str = "m"):
         super().__init__()
+        if step_mode not in ("m", "s"):
+            raise ValueError(f"LIF: step_mode must be 'm' or 's', got {step_mode!r}")
+        self.step_mode = step_mode
+        stateful = stateful or step_mode == "s"
         self.tau, self.v_threshold, self.v_reset = float(tau), float(v_threshold), v_reset
         self.decay_input, self.detach_reset = decay_input, detach_reset
         self.surrogate, self.alpha = surrogate, alpha
@@ -33,7 +40,25 @@ class LIF(nn.Module):
         self.v = None
         self.h_seq = None
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def from_spikingjelly(cls, node, *, backend: str = "auto") -> "LIF":
+        """The LIF equal to a SpikingJelly LIFNode (same tau, threshold, reset, surrogate, step mode).
+        Like SpikingJelly's node it keeps v across calls until reset()."""
+        sg_name = _SJ_SURROGATES.get(type(node.surrogate_function).__name__)
+        if sg_name is None:
+            raise ValueError(f"LIF.from_spikingjelly: surrogate {type(node.surrogate_function).__name__} is not "
+                             f"supported (supported: {sorted(_SJ_SURROGATES)})")
+        return cls(tau=float(node.tau), v_threshold=float(node.v_threshold), v_reset=node.v_reset,
+                   decay_input=bool(node.decay_input), detach_reset=bool(node.detach_reset), surrogate=sg_name,
+                   alpha=float(node.surrogate_function.alpha), backend=backend, stateful=True,
+                   step_mode=getattr(node, "step_mode", "s"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.step_mode == "s":
+            return self._forward_seq(x.unsqueeze(0))[0]
+        return self._forward_seq(x)
+
+    def _forward_seq(self, x_seq: torch.Tensor) -> torch.Tensor:
         v0 = self.v if (self.stateful and self.v is not None and self.v.shape == x_seq.shape[1:]) else None
         s, v, h = SF.lif_with_h(x_seq, v0, tau=self.tau, v_threshold=self.v_threshold, v_reset=self.v_reset,
                                 decay_input=self.decay_input, detach_reset=self.detach_reset,
@@ -46,4 +71,10 @@ class LIF(nn.Module):
     def extra_repr(self):
         return (f"tau={self.tau}, v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
                 f"decay_input={self.decay_input}, detach_reset={self.detach_reset}, "
-                f"surrogate={self.surrogate!r}, alpha={self.alpha}, backend={self.backend!r}")
+                f"surrogate={self.surrogate!r}, alpha={self.alpha}, backend={self.backend!r}, "
+                f"step_mode={self.step_mode!r}")
+
+
+# SpikingJelly surrogate class name -> snnsparse surrogate name (same formulas).
+_SJ_SURROGATES = {"Sigmoid": "sigmoid", "ATan": "atan", "PiecewiseQuadratic": "piecewise_quadratic",
+                  "SoftSign": "soft_sign", "Erf": "erf"}
