@@ -7,7 +7,7 @@
 """
 import importlib
 
-from . import backends, functional, nn, ops  # noqa: F401
+from . import _ext, backends, functional, models, nn, ops  # noqa: F401
 
 __version__ = "0.1.0"
 _LAZY = ("pruning", "energy", "data", "cli")

@@ -36,13 +36,23 @@ COMMANDS = {
 }
 
 
+def _unavailable(name, err):
+    def run(args):
+        print(f"snnsparse {name}: unavailable here: {err}", file=sys.stderr)
+        return 1
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snnsparse", description="Sparse spike kernels, pruners and energy "
                                      "counting for spiking neural networks.")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     for name, (help_text, setup) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_main=setup(p))
+        try:
+            p.set_defaults(_main=setup(p))
+        except ImportError as e:  # a missing optional dependency only disables its own command
+            p.set_defaults(_main=_unavailable(name, e))
     return parser
 
 

@@ -38,10 +38,12 @@ def make_model(t: int) -> SpikingCNN:
     return SpikingCNN(in_channels=1, image_size=16, channels=(32, "M", 64, "M"), hidden=128, classes=10, t=t)
 
 
-def load_data():
-    from .data import digits
-    (xtr, ytr), (xte, yte) = digits.load(upsample=16)
-    return xtr, ytr, xte, yte
+def load_data(size: int = 16):
+    """Digits upsampled (bilinear) to size x size: (x_train, y_train, x_test, y_test)."""
+    from .data import load_digits
+    d = load_digits()
+    up = lambda x: F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)  # noqa: E731
+    return up(d.x_train), d.y_train, up(d.x_test), d.y_test
 
 
 def _batches(x, y, batch, shuffle, gen=None):
