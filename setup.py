@@ -8,7 +8,7 @@ import glob
 import os
 import shutil
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -51,8 +51,7 @@ setup(
     name="snnsparse",
     version="0.1.0",
     description="Event-driven dual-sparse kernels, pruners and energy counting for spiking neural networks",
-    packages=["snnsparse", "snnsparse.ops", "snnsparse.nn", "snnsparse.pruning", "snnsparse.energy",
-              "snnsparse.data", "snnsparse.triton_kernels"],
+    packages=find_packages(include=["snnsparse", "snnsparse.*"]) + ["snnsparse.triton_kernels"],
     package_dir={"snnsparse.triton_kernels": "kernels"},
     python_requires=">=3.10",
     install_requires=["torch>=2.6", "numpy", "packaging", "tqdm"],

@@ -65,3 +65,17 @@ def test_use_rejects_unknown_and_missing():
     if not torch.cuda.is_available():
         with pytest.raises(ss.backends.BackendUnavailable):
             ss.backends.resolve("cuda", torch.device("cpu"))
+
+
+def test_import_without_extension_reports_reason():
+    code = ("import sys; sys.modules['snnsparse._C'] = None\n"
+            "import snnsparse as ss, torch\n"
+            "av = ss.backends.available()\n"
+            "assert av['reference'] is True\n"
+            "assert 'snnsparse._C could not be loaded' in av['cpp'], av['cpp']\n"
+            "y = ss.functional.spike_linear(torch.ones(2, 3), torch.ones(4, 3))\n"
+            "assert float(y.sum()) == 24.0\n")
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
