@@ -1,0 +1,156 @@
+"""Fused multi-step LIF (SpikingJelly LIFNode, step_mode="m"): forward and surrogate backward.
+
+One program owns BLOCK neurons and walks all T steps with V in registers: HBM traffic is the
+minimum the op needs (forward: read X, write S and H; backward: read dS, H, write dX), every
+access a contiguous BLOCK vector. H (pre-fire potential) is saved in the input dtype, as
+SpikingJelly saves h_seq; the backward recomputes S and the surrogate from H.
+
+Arithmetic follows the reference's operation order (snnsparse/ops/reference.py): in fp32
+registers, rounded to the storage dtype after every operation when ROUND (fp16/bf16), which is
+what torch does op by op on half tensors, so spikes are bit-identical to the torch loop.
+Division by tau is IEEE-rounded (div_rn), never a fused multiply-add.
+
+The forward can also emit bit-packed spikes (bits[t, n // 32], bit n % 32) and per-program spike
+counts cnt[t, program] for a following spike layer (EMIT_BITS).
+
+Surrogates (x = H - V_th; SpikingJelly's formulas, snnsparse/ops/surrogate.py):
+  0 sigmoid, 1 atan, 2 piecewise_quadratic, 3 soft_sign, 4 erf.
+"""
+import triton
+import triton.language as tl
+
+SURROGATES = ("sigmoid", "atan", "piecewise_quadratic", "soft_sign", "erf")
+
+
+@triton.jit
+def _rnd(a, DT: tl.constexpr, ROUND: tl.constexpr):
+    if ROUND:
+        return a.to(DT).to(tl.float32)
+    return a
+
+
+@triton.jit
+def _div(a, b):
+    # fp32: IEEE-rounded (Triton's `/` on fp32 is an approximate division); fp64 `/` is already.
+    if a.dtype == tl.float64:
+        return a / b
+    return tl.math.div_rn(a, b)
+
+
+@triton.jit
+def lif_fwd_kernel(x_ptr, v0_ptr, s_ptr, v_ptr, h_ptr, bits_ptr, cnt_ptr, T, N, NW,
+                   tau, v_th, v_reset,
+                   DECAY_INPUT: tl.constexpr, HARD_RESET: tl.constexpr, SAVE_H: tl.constexpr,
+                   EMIT_BITS: tl.constexpr, ROUND: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    v = tl.load(v0_ptr + offs, mask=m, other=0.0)
+    if DT != tl.float64:
+        v = v.to(tl.float32)
+    # the constants as torch sees them: Python floats rounded to the tensor's dtype
+    vr = _rnd(tl.zeros_like(v) + v_reset, DT, ROUND)
+    vth = _rnd(tl.zeros_like(v) + v_th, DT, ROUND)
+    tau_v = _rnd(tl.zeros_like(v) + tau, DT, ROUND)
+    for t in range(0, T):
+        x = tl.load(x_ptr + offs, mask=m, other=0.0).to(v.dtype)
+        if HARD_RESET:
+            dv = _rnd(v - vr, DT, ROUND)
+        else:
+            dv = v
+        if DECAY_INPUT:
+            h = _rnd(v + _rnd(_div(_rnd(x - dv, DT, ROUND), tau_v), DT, ROUND), DT, ROUND)
+        else:
+            h = _rnd(_rnd(v - _rnd(_div(dv, tau_v), DT, ROUND), DT, ROUND) + x, DT, ROUND)
+        fired = h >= vth
+        if HARD_RESET:
+            v = tl.where(fired, vr, h)
+        else:
+            v = tl.where(fired, _rnd(h - vth, DT, ROUND), h)
+        tl.store(s_ptr + offs, fired.to(DT), mask=m)
+        x_ptr += N  # pointer increments: 64-bit offsets without an int64 loop counter
+        s_ptr += N
+        if SAVE_H:
+            tl.store(h_ptr + offs, h.to(DT), mask=m)
+            h_ptr += N
+        if EMIT_BITS:
+            sb = tl.reshape(fired.to(tl.int32) & m.to(tl.int32), [BLOCK // 32, 32])
+            words = tl.sum(sb << tl.arange(0, 32)[None, :], axis=1)
+            wi = pid * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
+            tl.store(bits_ptr + wi, words, mask=wi < NW)
+            tl.store(cnt_ptr + pid, tl.sum(tl.sum(sb, axis=1), axis=0))
+            bits_ptr += NW
+            cnt_ptr += tl.num_programs(0)
+    tl.store(v_ptr + offs, v.to(DT), mask=m)
+
+
+@triton.jit
+def _surrogate_grad(x, alpha, SURROGATE: tl.constexpr):
+    if SURROGATE == 0:
+        sg = tl.sigmoid(alpha * x)
+        return alpha * sg * (1.0 - sg)
+    elif SURROGATE == 1:
+        z = 1.5707963267948966 * alpha * x
+        return (alpha / 2.0) / (1.0 + z * z)
+    elif SURROGATE == 2:
+        return tl.maximum(alpha - alpha * alpha * tl.abs(x), 0.0)
+    elif SURROGATE == 3:
+        z = 1.0 + alpha * tl.abs(x)
+        return alpha / (2.0 * z * z)
+    else:
+        z = alpha * x
+        return (alpha * 0.5641895835477563) * tl.exp(-(z * z))
+
+
+@triton.jit
+def lif_bwd_kernel(gs_ptr, gv_ptr, h_ptr, gx_ptr, gv0_ptr, T, N,
+                   tau, v_th, v_reset, alpha,
+                   HAS_GV: tl.constexpr, DECAY_INPUT: tl.constexpr, HARD_RESET: tl.constexpr,
+                   DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, BLOCK: tl.constexpr):
+    """Reverse-time recurrence (fp32, fp64 for fp64 tensors):
+        gH[t] = gS[t] * sg(H[t] - V_th) + gV[t] * dV/dH,   gX[t] = gH[t] * dH/dX,
+        gV[t-1] = gH[t] * (1 - 1/tau);   gV[T-1] = grad of v_last, gV[-1] = grad of v0.
+    dV/dH: hard reset (1 - S) + (V_reset - H) sg; soft 1 - V_th sg; detach_reset drops the sg terms.
+    """
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    DT: tl.constexpr = gx_ptr.dtype.element_ty
+    if DT == tl.float64:
+        gv = tl.zeros([BLOCK], tl.float64)
+    else:
+        gv = tl.zeros([BLOCK], tl.float32)
+    if HAS_GV:
+        gv += tl.load(gv_ptr + offs, mask=m, other=0.0).to(gv.dtype)
+    one = gv * 0.0 + 1.0
+    end = T.to(tl.int64) * N  # walk back from the end of the [T, N] arrays
+    h_ptr += end
+    gs_ptr += end
+    gx_ptr += end
+    inv_tau = _div(one, one * tau)
+    for i in range(0, T):
+        h_ptr -= N
+        gs_ptr -= N
+        gx_ptr -= N
+        h = tl.load(h_ptr + offs, mask=m, other=0.0).to(gv.dtype)
+        gs = tl.load(gs_ptr + offs, mask=m, other=0.0).to(gv.dtype)
+        vth = (one * v_th).to(DT).to(gv.dtype)
+        sg = _surrogate_grad(h - vth, alpha, SURROGATE)
+        if HARD_RESET:
+            s = (h >= vth).to(gv.dtype)
+            dvdh = 1.0 - s
+            if not DETACH_RESET:
+                dvdh += ((one * v_reset).to(DT).to(gv.dtype) - h) * sg
+        else:
+            dvdh = one
+            if not DETACH_RESET:
+                dvdh -= vth * sg
+        gh = gs * sg + gv * dvdh
+        if DECAY_INPUT:
+            gx = gh * inv_tau
+        else:
+            gx = gh
+        tl.store(gx_ptr + offs, gx.to(DT), mask=m)
+        gv = gh * (1.0 - inv_tau)
+    tl.store(gv0_ptr + offs, gv.to(DT), mask=m)

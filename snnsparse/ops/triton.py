@@ -1,0 +1,534 @@
+"""Triton backend: the kernels of kernels/ (snnsparse.triton_kernels) as torch.library ops.
+
+Ops (namespace snnsparse_triton), each with a fake kernel and autograd:
+    spike_linear_fwd / spike_linear_bwd, spike_conv2d_fwd / spike_conv2d_bwd, lif_fwd / lif_bwd.
+
+Registration: on a GPU the ops are torch.library.triton_op and every launch goes through
+wrap_triton, so torch.compile / export trace into the op and see the Triton kernels. Under
+TRITON_INTERPRET=1 (CPU tensors, the kernels run in Triton's interpreter) they are
+torch.library.custom_op instead, because with triton 3.9 + torch 2.13 opcheck of a triton_op
+fails there: test_faketensor runs the op body under FakeTensorMode, where the interpreter
+reads the data pointers of meta-backed fake tensors ("meta vs cpu storage"), and even with a
+register_fake, test_aot_dispatch_dynamic traces the body and the interpreter touches "the data
+pointer on an invalid python storage". A custom_op is opaque to those tracers (they use the
+fake kernel), so opcheck passes; the kernels, fake kernels and autograd are the same in both
+modes. TRITON_INTERPRET is read when triton is imported, so the mode is fixed per process.
+
+The backend runs on CUDA tensors, or on CPU tensors only when TRITON_INTERPRET=1 was set
+before triton was imported (and only when asked for: backends.resolve never picks triton
+for CPU tensors on its own).
+
+Weight preparation (per call, on the device, no host sync): W*mask transposed to the kernels'
+weight-stationary layout plus per-block kept-synapse counts (bflag) and per-column counts
+(mcnt) used for skipping and counting. It is O(weight) work, small next to the GEMM for
+T*B >> 1; caching it across calls (keyed on weight/mask versions) is left to be measured.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Tuple
+
+import torch
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+NS = "snnsparse_triton"
+
+try:
+    import triton
+    from triton import cdiv
+    _IMPORT_ERROR: Optional[str] = None
+except ImportError as e:  # reported by unavailable_reason()
+    triton = None
+    _IMPORT_ERROR = f"triton cannot be imported ({e}); pip install triton"
+
+# Ops are registered (and the kernels imported) only where they can run. A process that imported
+# this module with neither CUDA nor the interpreter has registered nothing, so it can set
+# TRITON_INTERPRET=1 and importlib.reload() this module (tests/test_triton_ops.py does).
+ENABLED = _IMPORT_ERROR is None and (INTERPRET or torch.cuda.is_available())
+if ENABLED:
+    from snnsparse.triton_kernels import lif as _klif
+    from snnsparse.triton_kernels import spike_conv2d as _kconv
+    from snnsparse.triton_kernels import spike_linear as _klin
+    from snnsparse.triton_kernels import spike_pack as _kpack
+
+
+def unavailable_reason() -> Optional[str]:
+    """None when this backend can run here, else why not."""
+    if _IMPORT_ERROR:
+        return _IMPORT_ERROR
+    if not INTERPRET and not torch.cuda.is_available():
+        return ("no CUDA device; the Triton kernels run on CPU only in the interpreter "
+                "(set TRITON_INTERPRET=1 before triton is imported)")
+    return None
+
+
+def supports(device: torch.device):
+    """True when the Triton backend can run ops on tensors of `device`, else the reason."""
+    device = torch.device(device)
+    if _IMPORT_ERROR:
+        return _IMPORT_ERROR
+    if device.type == "cuda":
+        if INTERPRET:
+            return "TRITON_INTERPRET=1 is set: the Triton kernels run in the interpreter on CPU tensors only"
+        return True
+    if device.type == "cpu":
+        if INTERPRET:
+            return True
+        return ("Triton runs on CPU tensors only in the interpreter: set TRITON_INTERPRET=1 before "
+                "triton is imported (tests only; slow)")
+    return f"the Triton backend does not support {device.type} tensors"
+
+
+# ---------------------------------------------------------------------------------------------
+# registration helpers
+
+def _launch(kernel):
+    """A kernel launcher: wrap_triton (traceable) for triton_op, the plain kernel for custom_op."""
+    return kernel if INTERPRET else torch.library.wrap_triton(kernel)
+
+
+class _Unregistered:
+    """Stand-in for an op this process does not register (no CUDA and no interpreter)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def register_fake(self, fn):
+        return fn
+
+    def register_autograd(self, *args, **kwargs):
+        pass
+
+
+def _define(name: str):
+    def deco(fn):
+        if not ENABLED:
+            return _Unregistered(fn)
+        if INTERPRET:
+            return torch.library.custom_op(f"{NS}::{name}", mutates_args=())(fn)
+        return torch.library.triton_op(f"{NS}::{name}", mutates_args=())(fn)
+    return deco
+
+
+def _split(dtype: torch.dtype) -> bool:
+    # fp32 GEMMs run on TF32 tensor cores with a hi/lo split (kernels/common.py: mma).
+    return dtype == torch.float32
+
+
+def _f64(dtype: torch.dtype) -> bool:
+    return dtype == torch.float64
+
+
+def _zero_count(device) -> torch.Tensor:
+    return torch.zeros((), dtype=torch.int64, device=device)
+
+
+def _pad_to(t: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
+    size = t.shape[dim]
+    extra = (-size) % multiple
+    if extra == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = extra
+    return torch.cat([t, t.new_zeros(shape)], dim=dim)
+
+
+def _masked(weight: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    return weight if mask is None else torch.where(mask, weight, torch.zeros((), dtype=weight.dtype,
+                                                                             device=weight.device))
+
+
+# Tile sizes. The interpreter gets small tiles so tiny test shapes still span several blocks.
+# GPU values are starting points for the measured sweep in bench/bench_gpu.py, not tuned numbers.
+def _linear_tiles(dtype):
+    if INTERPRET:
+        return dict(BLOCK_N=16, BLOCK_M=32, BLOCK_K=32)
+    if dtype in (torch.float16, torch.bfloat16):
+        return dict(BLOCK_N=32, BLOCK_M=128, BLOCK_K=64)
+    return dict(BLOCK_N=32, BLOCK_M=64, BLOCK_K=32)
+
+
+def _conv_tiles(dtype, cin_g, cout_g):
+    if INTERPRET:
+        return dict(BLOCK_P=32, BLOCK_CO=16, BLOCK_C=32)
+    bco = 16 if cout_g <= 16 else (32 if cout_g <= 32 else (64 if dtype == torch.float32 else 128))
+    return dict(BLOCK_P=64, BLOCK_CO=bco, BLOCK_C=32 if cin_g <= 32 else 64)
+
+
+def _pack(x2: torch.Tensor, rows: int, chans: int, hw: int, groups: int, s_n: int, s_hw: int, s_c: int):
+    """bits[rows, groups, ceil(chans/32)] int32 from x (see kernels/spike_pack.py)."""
+    cw = cdiv(chans, 32)
+    bits = torch.empty((rows, groups, cw), dtype=torch.int32, device=x2.device)
+    block_r, block_w = 32, min(4, triton.next_power_of_2(cw))
+    grid = (cdiv(rows, block_r), groups * cdiv(cw, block_w))
+    _launch(_kpack.pack_spikes_kernel)[grid](x2, bits, rows, chans, hw, groups, cw, s_n, s_hw, s_c,
+                                              BLOCK_R=block_r, BLOCK_W=block_w)
+    return bits
+
+
+# ---------------------------------------------------------------------------------------------
+# spike_linear
+
+def _linear_weight_prep(weight, mask, block_m, block_k):
+    """wt = (W*mask)^T [K, M] contiguous; mcnt[MB, K] kept per (M block, column); bflag[MB, KB]."""
+    m, k = weight.shape
+    wt = _masked(weight, mask).t().contiguous()
+    if mask is None:
+        return wt, None, None
+    mp = _pad_to(mask.to(torch.int32), 0, block_m)
+    mcnt = mp.view(-1, block_m, k).sum(1, dtype=torch.int32)                       # [MB, K]
+    bflag = _pad_to(mcnt, 1, block_k).view(mcnt.shape[0], -1, block_k).sum(2, dtype=torch.int32)
+    return wt, mcnt.contiguous(), bflag.contiguous()
+
+
+@_define("spike_linear_fwd")
+def spike_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     mask: Optional[torch.Tensor], count: bool, dense_weight_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    n, k = x.shape
+    m = weight.shape[0]
+    out = torch.empty((n, m), dtype=weight.dtype, device=x.device)
+    if n == 0 or m == 0:
+        return (out.zero_(), _zero_count(x.device))
+    cfg = _linear_tiles(weight.dtype)
+    bn, bm, bk = cfg["BLOCK_N"], cfg["BLOCK_M"], cfg["BLOCK_K"]
+    x = x.contiguous()
+    wt, mcnt, _ = _linear_weight_prep(weight, mask, bm, bk)
+    kw = max(cdiv(k, 32), 1)
+    bits = _pack(x, n, k, 1, 1, k, 0, 1) if k > 0 else torch.zeros((n, 1, 1), dtype=torch.int32,
+                                                                     device=x.device)
+    nb, mb = cdiv(n, bn), cdiv(m, bm)
+    kidx = torch.empty((nb, max(k, 1)), dtype=torch.int32, device=x.device)
+    kcnt = torch.empty((nb,), dtype=torch.int32, device=x.device)
+    _launch(_kpack.compact_active_columns_kernel)[(nb,)](bits, kidx, kcnt, n, k, kw, BLOCK_N=bn, BLOCK_W=4)
+    part = torch.empty((nb, mb) if count else (1,), dtype=torch.int64, device=x.device)
+    b = bias.contiguous() if bias is not None else wt
+    _launch(_klin.spike_linear_fwd_kernel)[(nb, mb)](
+        bits, kidx, kcnt, wt, mcnt if mcnt is not None else kcnt, b, out, part, n, m, k, kw,
+        HAS_BIAS=bias is not None, HAS_MASK=mask is not None, COUNT=count, SPLIT=_split(weight.dtype),
+        IS_F64=_f64(weight.dtype), **cfg)
+    return (out, part.sum() if count else _zero_count(x.device))
+
+
+@spike_linear_fwd.register_fake
+def _(x, weight, bias, mask, count, dense_weight_grad):
+    return (x.new_empty((x.shape[0], weight.shape[0]), dtype=weight.dtype),
+            x.new_empty((), dtype=torch.int64))
+
+
+@_define("spike_linear_bwd")
+def spike_linear_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask: Optional[torch.Tensor],
+                     need_input_grad: bool, need_weight_grad: bool,
+                     dense_weight_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    n, k = x.shape
+    m = weight.shape[0]
+    gin = torch.zeros((n, k) if need_input_grad else (0,), dtype=weight.dtype, device=x.device)
+    gw = torch.zeros(weight.shape if need_weight_grad else (0,), dtype=weight.dtype, device=x.device)
+    if n == 0 or m == 0 or k == 0:
+        return (gin, gw)
+    cfg = _linear_tiles(weight.dtype)
+    bn, bm, bk = cfg["BLOCK_N"], cfg["BLOCK_M"], cfg["BLOCK_K"]
+    g = grad_out.contiguous()
+    wt, _, bflag = _linear_weight_prep(weight, mask, bm, bk)
+    kb = cdiv(k, bk)
+    flags = bflag if bflag is not None else wt
+    common = dict(HAS_MASK=mask is not None, SPLIT=_split(weight.dtype), IS_F64=_f64(weight.dtype), **cfg)
+    if need_input_grad:
+        _launch(_klin.spike_linear_grad_in_kernel)[(cdiv(n, bn), kb)](g, wt, flags, gin, n, m, k, kb, **common)
+    if need_weight_grad:
+        bits = _pack(x.contiguous(), n, k, 1, 1, k, 0, 1)
+        mask_u8 = mask.view(torch.uint8) if mask is not None else bits
+        _launch(_klin.spike_linear_grad_w_kernel)[(cdiv(m, bm), kb)](
+            g, bits, mask_u8, flags, gw, n, m, k, cdiv(k, 32), kb, DENSE=dense_weight_grad, **common)
+    return (gin, gw)
+
+
+@spike_linear_bwd.register_fake
+def _(grad_out, x, weight, mask, need_input_grad, need_weight_grad, dense_weight_grad):
+    return (x.new_empty(x.shape if need_input_grad else (0,), dtype=weight.dtype),
+            x.new_empty(weight.shape if need_weight_grad else (0,), dtype=weight.dtype))
+
+
+def _linear_setup(ctx, inputs, output):
+    x, weight, bias, mask, count, dense = inputs
+    ctx.save_for_backward(x, weight, mask)
+    ctx.has_bias = bias is not None
+    ctx.dense = dense
+    ctx.mark_non_differentiable(output[1])
+
+
+def _linear_backward(ctx, g, _g_count):
+    x, weight, mask = ctx.saved_tensors
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    gin = gw = gb = None
+    if need_x or need_w:
+        gin, gw = torch.ops.snnsparse_triton.spike_linear_bwd(g, x, weight, mask, need_x, need_w, ctx.dense)
+        gin = gin if need_x else None
+        gw = gw if need_w else None
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        gb = g.sum(0)
+    return gin, gw, gb, None, None, None
+
+
+spike_linear_fwd.register_autograd(_linear_backward, setup_context=_linear_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# spike_conv2d
+
+def _out_hw(h, w, kh, kw, stride, padding, dilation):
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return ho, wo
+
+
+def _conv_weight_prep(weight, mask, groups, block_co, block_c):
+    """wt[G, KH*KW, Cin_g, Cout_g] = W*mask; mcnt[G, COB, KH*KW, Cin_g]; bflag[G, COB, KH*KW, CIB]."""
+    cout, cin_g, kh, kw = weight.shape
+    cog = cout // groups
+    wt = _masked(weight, mask).view(groups, cog, cin_g, kh * kw).permute(0, 3, 2, 1).contiguous()
+    if mask is None:
+        return wt, None, None
+    mk = _pad_to(mask.to(torch.int32).view(groups, cog, cin_g, kh * kw), 1, block_co)
+    mcnt = mk.view(groups, -1, block_co, cin_g, kh * kw).sum(2, dtype=torch.int32).permute(0, 1, 3, 2)
+    mcnt = mcnt.contiguous()                                                     # [G, COB, KHW, Cin_g]
+    bflag = _pad_to(mcnt, 3, block_c)
+    bflag = bflag.view(*bflag.shape[:3], -1, block_c).sum(4, dtype=torch.int32).contiguous()
+    return wt, mcnt, bflag
+
+
+def _conv_consts(stride, padding, dilation, kh, kw):
+    return dict(SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
+                KH=kh, KW=kw)
+
+
+def _conv_bits(x, groups):
+    n, c, h, w = x.shape
+    return _pack(x, n * h * w, c // groups, h * w, groups, c * h * w, 1, h * w)
+
+
+@_define("spike_conv2d_fwd")
+def spike_conv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     mask: Optional[torch.Tensor], stride: List[int], padding: List[int], dilation: List[int],
+                     groups: int, count: bool, dense_weight_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    n, cin, h, w = x.shape
+    cout, cin_g, kh, kw = weight.shape
+    ho, wo = _out_hw(h, w, kh, kw, stride, padding, dilation)
+    out = torch.empty((n, cout, ho, wo), dtype=weight.dtype, device=x.device)
+    if out.numel() == 0 or cin_g == 0:
+        if out.numel():
+            out.copy_((bias if bias is not None else out.new_zeros(cout)).view(1, cout, 1, 1).expand_as(out))
+        return (out, _zero_count(x.device))
+    cog = cout // groups
+    cfg = _conv_tiles(weight.dtype, cin_g, cog)
+    wt, mcnt, bflag = _conv_weight_prep(weight, mask, groups, cfg["BLOCK_CO"], cfg["BLOCK_C"])
+    bits = _conv_bits(x.contiguous(), groups)
+    p = n * ho * wo
+    grid = (cdiv(p, cfg["BLOCK_P"]), cdiv(cog, cfg["BLOCK_CO"]), groups)
+    part = torch.empty((grid[0] * grid[1] * grid[2],) if count else (1,), dtype=torch.int64, device=x.device)
+    b = bias.contiguous() if bias is not None else wt
+    _launch(_kconv.spike_conv2d_fwd_kernel)[grid](
+        bits, wt, bflag if bflag is not None else wt, mcnt if mcnt is not None else wt, b, out, part,
+        p, h, w, ho, wo, groups, cin_g, cog, cdiv(cin_g, 32), cdiv(cin_g, cfg["BLOCK_C"]),
+        HAS_BIAS=bias is not None, HAS_MASK=mask is not None, COUNT=count, SPLIT=_split(weight.dtype),
+        IS_F64=_f64(weight.dtype), **_conv_consts(stride, padding, dilation, kh, kw), **cfg)
+    return (out, part.sum() if count else _zero_count(x.device))
+
+
+@spike_conv2d_fwd.register_fake
+def _(x, weight, bias, mask, stride, padding, dilation, groups, count, dense_weight_grad):
+    ho, wo = _out_hw(x.shape[2], x.shape[3], weight.shape[2], weight.shape[3], stride, padding, dilation)
+    return (x.new_empty((x.shape[0], weight.shape[0], ho, wo), dtype=weight.dtype),
+            x.new_empty((), dtype=torch.int64))
+
+
+@_define("spike_conv2d_bwd")
+def spike_conv2d_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask: Optional[torch.Tensor],
+                     stride: List[int], padding: List[int], dilation: List[int], groups: int,
+                     need_input_grad: bool, need_weight_grad: bool,
+                     dense_weight_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    n, cin, h, w = x.shape
+    cout, cin_g, kh, kw = weight.shape
+    ho, wo = grad_out.shape[2], grad_out.shape[3]
+    gin = torch.zeros(x.shape if need_input_grad else (0,), dtype=weight.dtype, device=x.device)
+    gw = torch.zeros(weight.shape if need_weight_grad else (0,), dtype=weight.dtype, device=x.device)
+    if grad_out.numel() == 0 or x.numel() == 0 or weight.numel() == 0:
+        return (gin, gw)
+    cog = cout // groups
+    cfg = _conv_tiles(weight.dtype, cin_g, cog)
+    bco, bc = cfg["BLOCK_CO"], cfg["BLOCK_C"]
+    wt, _, bflag = _conv_weight_prep(weight, mask, groups, bco, bc)
+    flags = bflag if bflag is not None else wt
+    g = grad_out.contiguous()
+    consts = _conv_consts(stride, padding, dilation, kh, kw)
+    common = dict(HAS_MASK=mask is not None, SPLIT=_split(weight.dtype), IS_F64=_f64(weight.dtype), **consts, **cfg)
+    cib, cob = cdiv(cin_g, bc), cdiv(cog, bco)
+    if need_input_grad:
+        _launch(_kconv.spike_conv2d_grad_in_kernel)[(cdiv(n * h * w, cfg["BLOCK_P"]), cib, groups)](
+            g, wt, flags, gin, n * h * w, h, w, ho, wo, groups, cin_g, cog, cib, cob, **common)
+    if need_weight_grad:
+        bits = _conv_bits(x.contiguous(), groups)
+        mask_u8 = mask.view(torch.uint8) if mask is not None else bits
+        _launch(_kconv.spike_conv2d_grad_w_kernel)[(cob, cib, groups * kh * kw)](
+            g, bits, mask_u8, flags, gw, n * ho * wo, h, w, ho, wo, groups, cin_g, cog, cdiv(cin_g, 32), cib,
+            DENSE=dense_weight_grad, **common)
+    return (gin, gw)
+
+
+@spike_conv2d_bwd.register_fake
+def _(grad_out, x, weight, mask, stride, padding, dilation, groups, need_input_grad, need_weight_grad,
+      dense_weight_grad):
+    return (x.new_empty(x.shape if need_input_grad else (0,), dtype=weight.dtype),
+            x.new_empty(weight.shape if need_weight_grad else (0,), dtype=weight.dtype))
+
+
+def _conv_setup(ctx, inputs, output):
+    x, weight, bias, mask, stride, padding, dilation, groups, count, dense = inputs
+    ctx.save_for_backward(x, weight, mask)
+    ctx.conv = (list(stride), list(padding), list(dilation), groups)
+    ctx.has_bias = bias is not None
+    ctx.dense = dense
+    ctx.mark_non_differentiable(output[1])
+
+
+def _conv_backward(ctx, g, _g_count):
+    x, weight, mask = ctx.saved_tensors
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    gin = gw = gb = None
+    if need_x or need_w:
+        gin, gw = torch.ops.snnsparse_triton.spike_conv2d_bwd(g, x, weight, mask, *ctx.conv, need_x, need_w,
+                                                              ctx.dense)
+        gin = gin if need_x else None
+        gw = gw if need_w else None
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        gb = g.sum((0, 2, 3))
+    return gin, gw, gb, None, None, None, None, None, None, None
+
+
+spike_conv2d_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# lif
+
+_LIF_BLOCK = 256 if not INTERPRET else 64
+
+
+@_define("lif_fwd")
+def lif_fwd(x_seq: torch.Tensor, v0: torch.Tensor, tau: float, v_threshold: float, v_reset: Optional[float],
+            decay_input: bool, detach_reset: bool, surrogate: str, alpha: float,
+            save_h: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x_seq [T, N], v0 [N] -> spikes [T, N], v_last [N], h_seq [T, N] (empty [0] unless save_h)."""
+    t, n = x_seq.shape
+    x = x_seq.contiguous()
+    s = torch.empty_like(x)
+    v_last = torch.empty_like(v0)
+    h = torch.empty_like(x) if save_h else x.new_empty((0,))
+    if t == 0 or n == 0:
+        v_last.copy_(v0)
+        return (s, v_last, h)
+    _launch(_klif.lif_fwd_kernel)[(cdiv(n, _LIF_BLOCK),)](
+        x, v0.contiguous(), s, v_last, h if save_h else s, s, s, t, n, 1, float(tau), float(v_threshold),
+        0.0 if v_reset is None else float(v_reset),
+        DECAY_INPUT=decay_input, HARD_RESET=v_reset is not None, SAVE_H=save_h, EMIT_BITS=False,
+        ROUND=x.dtype in (torch.float16, torch.bfloat16), BLOCK=_LIF_BLOCK)
+    return (s, v_last, h)
+
+
+@lif_fwd.register_fake
+def _(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, save_h):
+    return (torch.empty_like(x_seq), torch.empty_like(v0),
+            torch.empty_like(x_seq) if save_h else x_seq.new_empty((0,)))
+
+
+@_define("lif_bwd")
+def lif_bwd(grad_spikes: torch.Tensor, grad_v_last: Optional[torch.Tensor], h_seq: torch.Tensor, tau: float,
+            v_threshold: float, v_reset: Optional[float], decay_input: bool, detach_reset: bool,
+            surrogate: str, alpha: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    t, n = h_seq.shape
+    gx = torch.empty_like(h_seq)
+    gv0 = h_seq.new_empty((n,))
+    if n == 0:
+        return (gx, gv0)
+    if t == 0:
+        gv0.copy_(grad_v_last if grad_v_last is not None else gv0.zero_())
+        return (gx, gv0)
+    gs = grad_spikes.contiguous()
+    _launch(_klif.lif_bwd_kernel)[(cdiv(n, _LIF_BLOCK),)](
+        gs, grad_v_last.contiguous() if grad_v_last is not None else gs, h_seq.contiguous(), gx, gv0, t, n,
+        float(tau), float(v_threshold), 0.0 if v_reset is None else float(v_reset), float(alpha),
+        HAS_GV=grad_v_last is not None, DECAY_INPUT=decay_input, HARD_RESET=v_reset is not None,
+        DETACH_RESET=detach_reset, SURROGATE=_klif.SURROGATES.index(surrogate), BLOCK=_LIF_BLOCK)
+    return (gx, gv0)
+
+
+@lif_bwd.register_fake
+def _(grad_spikes, grad_v_last, h_seq, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha):
+    return (torch.empty_like(h_seq), h_seq.new_empty((h_seq.shape[1],)))
+
+
+def _lif_setup(ctx, inputs, output):
+    x, v0, tau, vth, vr, decay, detach, surrogate, alpha, save_h = inputs
+    ctx.args = (tau, vth, vr, decay, detach, surrogate, alpha)
+    ctx.save_for_backward(output[2])
+    ctx.mark_non_differentiable(output[2])
+
+
+def _lif_backward(ctx, gs, gv, _gh):
+    (h,) = ctx.saved_tensors
+    if h.dim() != 2:
+        raise RuntimeError("snnsparse_triton.lif_fwd was called with save_h=False; it cannot be differentiated")
+    if gs is None:
+        gs = torch.zeros_like(h)
+    gx, gv0 = torch.ops.snnsparse_triton.lif_bwd(gs, gv, h, *ctx.args)
+    return gx, gv0, None, None, None, None, None, None, None, None
+
+
+lif_fwd.register_autograd(_lif_backward, setup_context=_lif_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# backend contract (snnsparse/backends.py)
+
+def _none_if_no_count(n, count):
+    return n if count else None
+
+
+def spike_linear(x, weight, bias, mask, *, count=False, dense_weight_grad=False):
+    out, n = torch.ops.snnsparse_triton.spike_linear_fwd(x, weight, bias, mask, bool(count), bool(dense_weight_grad))
+    return out, _none_if_no_count(n, count)
+
+
+def spike_conv2d(x, weight, bias, mask, stride, padding, dilation, groups, *, count=False, dense_weight_grad=False):
+    out, n = torch.ops.snnsparse_triton.spike_conv2d_fwd(x, weight, bias, mask, list(stride), list(padding),
+                                                         list(dilation), int(groups), bool(count),
+                                                         bool(dense_weight_grad))
+    return out, _none_if_no_count(n, count)
+
+
+def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_h=False):
+    needs_grad = torch.is_grad_enabled() and (x_seq.requires_grad or v0.requires_grad)
+    s, v, h = torch.ops.snnsparse_triton.lif_fwd(x_seq, v0, float(tau), float(v_threshold),
+                                                 None if v_reset is None else float(v_reset), bool(decay_input),
+                                                 bool(detach_reset), surrogate, float(alpha),
+                                                 bool(return_h or needs_grad))
+    return s, v, (h if return_h else None)
+
+
+def lif_packed(x_seq: torch.Tensor, v0: torch.Tensor, tau: float = 2.0, v_threshold: float = 1.0,
+               v_reset: Optional[float] = 0.0, decay_input: bool = True):
+    """LIF forward that also emits bit-packed spikes bits[T, ceil(N/32)] (bit n%32 of word n//32)
+    and per-tile spike counts cnt[T, cdiv(N, BLOCK)], for a following spike layer (no autograd)."""
+    t, n = x_seq.shape
+    x = x_seq.contiguous()
+    s, v_last = torch.empty_like(x), torch.empty_like(v0)
+    nw = cdiv(n, 32)
+    nb = cdiv(n, _LIF_BLOCK)
+    bits = torch.zeros((t, nw), dtype=torch.int32, device=x.device)
+    cnt = torch.zeros((t, nb), dtype=torch.int32, device=x.device)
+    if t and n:
+        _klif.lif_fwd_kernel[(nb,)](x, v0.contiguous(), s, v_last, s, bits, cnt, t, n, nw, float(tau),
+                                    float(v_threshold), 0.0 if v_reset is None else float(v_reset),
+                                    DECAY_INPUT=decay_input, HARD_RESET=v_reset is not None, SAVE_H=False,
+                                    EMIT_BITS=True, ROUND=x.dtype in (torch.float16, torch.bfloat16),
+                                    BLOCK=_LIF_BLOCK)
+    return s, v_last, bits, cnt

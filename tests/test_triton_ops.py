@@ -1,0 +1,328 @@
+"""The triton backend against the float64 reference: forward, gradients, counting, opcheck.
+
+Without a GPU the kernels run on CPU in Triton's interpreter: TRITON_INTERPRET=1 is set here,
+before snnsparse's Triton kernels are imported (the interpreter is chosen when a kernel is
+decorated). If another test module already imported snnsparse.ops.triton without it, that
+import registered nothing (no CUDA, no interpreter) and is reloaded. The interpreter is slow:
+shapes are tiny, but still span several tiles (the interpreter uses 16-32 wide tiles).
+With a GPU the same tests run on CUDA, plus fp16/bf16 and torch.compile.
+"""
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+pytest.importorskip("triton", reason="triton is not installed")
+
+import snnsparse as ss  # noqa: E402
+from snnsparse import backends  # noqa: E402
+from snnsparse.ops import reference as R  # noqa: E402
+
+from conftest import assert_close64, mask as make_mask, randn, spikes as make_spikes  # noqa: E402
+
+_mod = sys.modules.get("snnsparse.ops.triton")
+if _mod is not None and not _mod.ENABLED and not ON_GPU:
+    importlib.reload(_mod)
+    backends._errors.pop("triton", None)
+T = importlib.import_module("snnsparse.ops.triton")
+if not ON_GPU and not T.INTERPRET:
+    pytest.skip("snnsparse.ops.triton was imported before TRITON_INTERPRET=1 could be set", allow_module_level=True)
+if T.unavailable_reason():
+    pytest.skip(T.unavailable_reason(), allow_module_level=True)
+
+DEV = torch.device("cuda" if ON_GPU else "cpu")
+# GPU-only dtypes: the interpreter has no bf16; fp16 runs in both.
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-9, atol=1e-9),
+       torch.float16: dict(rtol=1e-2, atol=2e-2), torch.bfloat16: dict(rtol=2e-2, atol=1e-1)}
+ops = torch.ops.snnsparse_triton
+
+
+def _dev(*ts):
+    return [t.to(DEV) if t is not None else None for t in ts]
+
+
+# --------------------------------------------------------------------------------------------
+# backend plumbing
+
+def test_available_and_supports():
+    assert backends.available()["triton"] is True
+    assert T.supports(DEV) is True
+    assert isinstance(T.supports(torch.device("meta")), str)
+    if not ON_GPU:
+        # Interpreter mode: CUDA tensors are refused with a reason; auto never picks triton on CPU.
+        assert "TRITON_INTERPRET" in T.supports(torch.device("cuda"))
+        assert backends.resolve("auto", torch.device("cpu"))[0] != "triton"
+    assert backends.resolve("triton", DEV)[0] == "triton"
+
+
+def test_functional_rejects_non_binary(rng):
+    x = torch.rand(4, 8, generator=rng).to(DEV) + 0.1
+    w = randn((3, 8), rng).to(DEV)
+    with pytest.raises(ValueError, match="spike_linear"):
+        ss.functional.spike_linear(x, w, backend="triton")
+
+
+# --------------------------------------------------------------------------------------------
+# spike_linear
+
+LINEAR_CASES = [  # (N, K, M, spike rate, mask density or None)
+    (1, 3, 1, 1.0, None),
+    (12, 127, 33, 0.05, 0.5),
+    (37, 70, 45, 0.5, 0.1),
+    (20, 64, 40, 0.0, 1.0),    # no spikes
+    (17, 33, 35, 1.0, 1.0),    # all spikes
+    (16, 40, 36, 0.5, 0.0),    # empty mask
+    (9, 0, 5, 0.5, None),      # K = 0: bias only
+]
+
+
+@pytest.mark.parametrize("n,k,m,rate,density", LINEAR_CASES)
+def test_spike_linear_forward_and_count(n, k, m, rate, density, rng):
+    x = make_spikes((n, k), rate, rng)
+    w, b = randn((m, k), rng), randn((m,), rng)
+    mk = None if density is None else make_mask((m, k), density, rng)
+    out, cnt = T.spike_linear(*_dev(x, w, b, mk), count=True)
+    ref, rcnt = R.spike_linear(x.double(), w.double(), b.double(), mk, count=True)
+    assert_close64(out.cpu(), ref, **TOL[torch.float32])
+    assert cnt.dtype == torch.int64 and int(cnt) == int(rcnt)
+    out2, none = T.spike_linear(*_dev(x, w, None, mk))
+    assert none is None
+    assert_close64(out2.cpu(), ref - b.double(), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dense_weight_grad", [False, True])
+@pytest.mark.parametrize("density", [None, 0.5])
+def test_spike_linear_grads(dense_weight_grad, density, rng):
+    n, k, m = 21, 45, 37
+    x = make_spikes((n, k), 0.3, rng)
+    w, b, g = randn((m, k), rng), randn((m,), rng), randn((n, m), rng)
+    mk = None if density is None else make_mask((m, k), density, rng)
+    xd, wd, bd = [t.to(DEV).requires_grad_() for t in (x, w, b)]
+    out, _ = T.spike_linear(xd, wd, bd, mk if mk is None else mk.to(DEV), dense_weight_grad=dense_weight_grad)
+    got = torch.autograd.grad(out, (xd, wd, bd), g.to(DEV))
+    x64, w64, b64 = [t.double().requires_grad_() for t in (x, w, b)]
+    ref, _ = R.spike_linear(x64, w64, b64, mk, dense_weight_grad=dense_weight_grad)
+    want = torch.autograd.grad(ref, (x64, w64, b64), g.double())
+    for a, e, name in zip(got, want, ("x", "weight", "bias")):
+        assert_close64(a.cpu(), e, **TOL[torch.float32], msg=f"grad {name}")
+
+
+def test_spike_linear_only_weight_grad_and_gradcheck(rng):
+    n, k, m = 5, 35, 6
+    x = make_spikes((n, k), 0.4, rng, torch.float64).to(DEV)
+    mk = make_mask((m, k), 0.6, rng).to(DEV)
+    w = randn((m, k), rng, torch.float64).to(DEV).requires_grad_()
+    b = randn((m,), rng, torch.float64).to(DEV).requires_grad_()
+    assert torch.autograd.gradcheck(lambda w_, b_: T.spike_linear(x, w_, b_, mk)[0], (w, b), eps=1e-6, atol=1e-6,
+                                    fast_mode=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_spike_linear_dtypes(dtype, rng):
+    n, k, m = 19, 96, 50
+    x = make_spikes((n, k), 0.2, rng)
+    w, b = randn((m, k), rng), randn((m,), rng)
+    mk = make_mask((m, k), 0.5, rng)
+    out, cnt = T.spike_linear(*_dev(x.to(dtype), w.to(dtype), b.to(dtype), mk), count=True)
+    assert out.dtype == dtype
+    ref, rcnt = R.spike_linear(x.double(), w.to(dtype).double(), b.to(dtype).double(), mk, count=True)
+    assert_close64(out.float().cpu(), ref, **TOL[dtype])
+    assert int(cnt) == int(rcnt)
+
+
+def test_functional_time_major_with_count(rng):
+    t, b_, k, m = 4, 3, 50, 20
+    s = make_spikes((t, b_, k), 0.3, rng, torch.bool)
+    w = randn((m, k), rng)
+    mk = make_mask((m, k), 0.3, rng)
+    out, n = ss.functional.spike_linear(s.to(DEV), w.to(DEV), mask=mk.to(DEV), backend="triton", return_count=True)
+    ref, rn = R.spike_linear(s.double().reshape(-1, k), w.double(), None, mk, count=True)
+    assert out.shape == (t, b_, m)
+    assert_close64(out.reshape(-1, m).cpu(), ref, **TOL[torch.float32])
+    assert n == int(rn)
+
+
+# --------------------------------------------------------------------------------------------
+# spike_conv2d
+
+CONV_CASES = [  # (N, Cin, H, W, Cout, kh, kw, stride, padding, dilation, groups, rate, density)
+    (2, 3, 5, 6, 5, 3, 3, (1, 1), (1, 1), (1, 1), 1, 0.3, None),
+    (1, 4, 7, 5, 6, 3, 2, (2, 1), (0, 2), (1, 2), 2, 0.5, 0.5),
+    (2, 35, 4, 4, 18, 1, 1, (1, 1), (0, 0), (1, 1), 1, 0.1, 0.1),   # Cin > 32: two channel words
+    (1, 4, 6, 6, 4, 3, 3, (2, 2), (2, 1), (2, 1), 4, 0.5, 1.0),     # depthwise
+    (2, 3, 4, 4, 5, 3, 3, (1, 1), (1, 1), (1, 1), 1, 0.0, 1.0),     # no spikes
+    (1, 3, 4, 5, 4, 2, 2, (1, 1), (1, 1), (1, 1), 1, 1.0, None),    # all spikes, borders
+    (1, 3, 4, 4, 4, 3, 3, (1, 1), (1, 1), (1, 1), 1, 0.5, 0.0),     # empty mask
+]
+
+
+def _conv_inputs(case, rng, dtype=torch.float32):
+    n, cin, h, w, cout, kh, kw, st, pd, dl, gr, rate, density = case
+    x = make_spikes((n, cin, h, w), rate, rng)
+    wt, b = randn((cout, cin // gr, kh, kw), rng), randn((cout,), rng)
+    mk = None if density is None else make_mask(wt.shape, density, rng)
+    return x, wt, b, mk, st, pd, dl, gr
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_spike_conv2d_forward_and_count(case, rng):
+    x, w, b, mk, st, pd, dl, gr = _conv_inputs(case, rng)
+    out, cnt = T.spike_conv2d(*_dev(x, w, b, mk), st, pd, dl, gr, count=True)
+    ref, rcnt = R.spike_conv2d(x.double(), w.double(), b.double(), mk, st, pd, dl, gr, count=True)
+    assert out.shape == ref.shape
+    assert_close64(out.cpu(), ref, **TOL[torch.float32])
+    assert int(cnt) == int(rcnt)
+
+
+@pytest.mark.parametrize("case_idx,dense_weight_grad", [(0, False), (1, True), (1, False), (3, False)])
+def test_spike_conv2d_grads(case_idx, dense_weight_grad, rng):
+    x, w, b, mk, st, pd, dl, gr = _conv_inputs(CONV_CASES[case_idx], rng)
+    xd, wd, bd = [t.to(DEV).requires_grad_() for t in (x, w, b)]
+    out, _ = T.spike_conv2d(xd, wd, bd, None if mk is None else mk.to(DEV), st, pd, dl, gr,
+                            dense_weight_grad=dense_weight_grad)
+    g = torch.randn(out.shape, generator=rng)
+    got = torch.autograd.grad(out, (xd, wd, bd), g.to(DEV))
+    x64, w64, b64 = [t.double().requires_grad_() for t in (x, w, b)]
+    ref, _ = R.spike_conv2d(x64, w64, b64, mk, st, pd, dl, gr, dense_weight_grad=dense_weight_grad)
+    want = torch.autograd.grad(ref, (x64, w64, b64), g.double())
+    for a, e, name in zip(got, want, ("x", "weight", "bias")):
+        assert_close64(a.cpu(), e, **TOL[torch.float32], msg=f"grad {name}")
+
+
+def test_spike_conv2d_gradcheck(rng):
+    x, w, b, mk, st, pd, dl, gr = _conv_inputs(CONV_CASES[1], rng)
+    x, mk = x.double().to(DEV), mk.to(DEV)
+    w = w.double().to(DEV).requires_grad_()
+    b = b.double().to(DEV).requires_grad_()
+    assert torch.autograd.gradcheck(lambda w_, b_: T.spike_conv2d(x, w_, b_, mk, st, pd, dl, gr)[0], (w, b),
+                                    eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES[1:])
+def test_spike_conv2d_half(dtype, rng):
+    x, w, b, mk, st, pd, dl, gr = _conv_inputs(CONV_CASES[2], rng)
+    out, cnt = T.spike_conv2d(*_dev(x.to(dtype), w.to(dtype), b.to(dtype), mk), st, pd, dl, gr, count=True)
+    ref, rcnt = R.spike_conv2d(x.double(), w.to(dtype).double(), b.to(dtype).double(), mk, st, pd, dl, gr,
+                               count=True)
+    assert out.dtype == dtype
+    assert_close64(out.float().cpu(), ref, **TOL[dtype])
+    assert int(cnt) == int(rcnt)
+
+
+# --------------------------------------------------------------------------------------------
+# lif
+
+SURROGATES = ("sigmoid", "atan", "piecewise_quadratic", "soft_sign", "erf")
+LIF_CASES = [(s, vr, detach, decay) for i, s in enumerate(SURROGATES)
+             for vr, detach, decay in ((0.0, i % 2 == 0, True), (None, i % 2 == 1, i % 3 == 0))]
+
+
+@pytest.mark.parametrize("surrogate,v_reset,detach_reset,decay_input", LIF_CASES)
+def test_lif_forward_backward(surrogate, v_reset, detach_reset, decay_input, rng):
+    t, n = 6, 70
+    x = randn((t, n), rng) * 1.5
+    v0 = randn((n,), rng) * 0.5
+    alpha = {"sigmoid": 4.0, "atan": 2.0}.get(surrogate, 1.5)
+    xd, vd = x.to(DEV).requires_grad_(), v0.to(DEV).requires_grad_()
+    s, v, _ = T.lif(xd, vd, 2.0, 1.0, v_reset, decay_input, detach_reset, surrogate, alpha)
+    # Same dtype, same operation order: spikes and v_last are bit-identical to the torch loop.
+    rs, rv, _ = R.lif(x.to(DEV), v0.to(DEV), 2.0, 1.0, v_reset, decay_input, detach_reset, surrogate, alpha)
+    assert torch.equal(s, rs) and torch.equal(v, rv)
+    gs, gv = randn((t, n), rng), randn((n,), rng)
+    got = torch.autograd.grad((s * gs.to(DEV)).sum() + (v * gv.to(DEV)).sum(), (xd, vd))
+    x64, v64 = x.double().requires_grad_(), v0.double().requires_grad_()
+    s64, v64_last, _ = R.lif(x64, v64, 2.0, 1.0, v_reset, decay_input, detach_reset, surrogate, alpha)
+    assert torch.equal(s64.float(), s.cpu())
+    want = torch.autograd.grad((s64 * gs.double()).sum() + (v64_last * gv.double()).sum(), (x64, v64))
+    for a, e in zip(got, want):
+        assert_close64(a.cpu(), e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tau,v_th", [(3.0, 0.7), (1.7, 1.0)])
+def test_lif_float64_other_tau(tau, v_th, rng):
+    x, v0 = randn((5, 40), rng, torch.float64), randn((40,), rng, torch.float64)
+    s, v, h = T.lif(*_dev(x, v0), tau, v_th, -0.1, True, False, "atan", 2.0, True)
+    rs, rv, rh = R.lif(x, v0, tau, v_th, -0.1, True, False, "atan", 2.0, True)
+    assert torch.equal(s.cpu(), rs) and torch.equal(h.cpu(), rh) and torch.equal(v.cpu(), rv)
+
+
+@pytest.mark.parametrize("dtype", DTYPES[1:])
+def test_lif_half_bit_exact(dtype, rng):
+    # Rounded after every operation like torch's half arithmetic: spikes, H and V match exactly.
+    x, v0 = randn((7, 96), rng, dtype) * 2, torch.zeros(96, dtype=dtype)
+    s, v, h = T.lif(*_dev(x, v0), 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True)
+    rs, rv, rh = R.lif(*_dev(x, v0), 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True)
+    assert torch.equal(s, rs) and torch.equal(h, rh) and torch.equal(v, rv)
+
+
+def test_lif_edges_and_functional(rng):
+    # T = 1, odd N, functional API with [T, B, C] shapes and return_h
+    x = randn((1, 3, 5), rng).to(DEV)
+    s, v, h = ss.functional.lif_with_h(x, tau=2.0, backend="triton", return_h=True)
+    rs, rv, rh = R.lif(x.reshape(1, -1), torch.zeros(15, device=DEV), 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0,
+                       True)
+    assert torch.equal(s.reshape(1, -1), rs) and torch.equal(h.reshape(1, -1), rh)
+    assert torch.equal(v.reshape(-1), rv)
+    # all neurons fire every step / none fires
+    big = torch.full((3, 40), 10.0, device=DEV)
+    assert bool(T.lif(big, torch.zeros(40, device=DEV), 2.0, 1.0, 0.0, True, False, "atan", 2.0)[0].all())
+    assert not bool(T.lif(-big, torch.zeros(40, device=DEV), 2.0, 1.0, 0.0, True, False, "atan", 2.0)[0].any())
+
+
+def test_lif_packed_spikes_and_counts(rng):
+    t, n = 3, 100
+    x, v0 = randn((t, n), rng).to(DEV) * 2, torch.zeros(n, device=DEV)
+    s, v, bits, cnt = T.lif_packed(x, v0)
+    rs, rv, _ = R.lif(x, v0, 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0)
+    assert torch.equal(s, rs) and torch.equal(v, rv)
+    unpacked = ((bits.long().unsqueeze(-1) >> torch.arange(32, device=DEV)) & 1).reshape(t, -1)[:, :n]
+    assert torch.equal(unpacked.to(s.dtype), s)
+    assert torch.equal(cnt.sum(1).long(), s.sum(1).long())
+
+
+# --------------------------------------------------------------------------------------------
+# torch.library registration
+
+def test_opcheck_all_ops(rng):
+    x = make_spikes((10, 37), 0.4, rng).to(DEV)
+    w, b = randn((21, 37), rng).to(DEV), randn((21,), rng).to(DEV)
+    mk = make_mask((21, 37), 0.5, rng).to(DEV)
+    g = randn((10, 21), rng).to(DEV)
+    torch.library.opcheck(ops.spike_linear_fwd, (x, w.requires_grad_(), b, mk, True, False))
+    torch.library.opcheck(ops.spike_linear_bwd, (g, x, w.detach(), mk, True, True, False))
+    xc = make_spikes((2, 4, 5, 5), 0.4, rng).to(DEV)
+    wc, bc = randn((6, 2, 3, 3), rng).to(DEV), randn((6,), rng).to(DEV)
+    mc = make_mask(wc.shape, 0.5, rng).to(DEV)
+    conv = ([2, 1], [1, 1], [1, 1], 2)
+    torch.library.opcheck(ops.spike_conv2d_fwd, (xc, wc.requires_grad_(), bc, mc, *conv, True, True))
+    gc = randn((2, 6, 3, 5), rng).to(DEV)
+    torch.library.opcheck(ops.spike_conv2d_bwd, (gc, xc, wc.detach(), mc, *conv, True, True, False))
+    xl = randn((4, 33), rng).to(DEV).requires_grad_()
+    v0 = torch.zeros(33, device=DEV)
+    torch.library.opcheck(ops.lif_fwd, (xl, v0, 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True))
+    h = T.lif(xl.detach(), v0, 2.0, 1.0, None, True, False, "atan", 2.0, True)[2]
+    torch.library.opcheck(ops.lif_bwd, (torch.randn_like(h), torch.randn_like(v0), h, 2.0, 1.0, None, True,
+                                        False, "atan", 2.0))
+
+
+@pytest.mark.skipif(not ON_GPU, reason="torch.compile of the triton_op needs a GPU (interpreter ops are custom_op)")
+def test_torch_compile_sees_kernels(rng):
+    x = make_spikes((64, 96), 0.2, rng).to(DEV)
+    w = randn((48, 96), rng).to(DEV)
+    mk = make_mask((48, 96), 0.5, rng).to(DEV)
+
+    def f(x_, w_):
+        out = ss.functional.spike_linear(x_, w_, mask=mk, backend="triton")
+        s, _ = ss.functional.lif(out.view(4, 16, 48), backend="triton")
+        return s
+
+    eager = f(x, w)
+    compiled = torch.compile(f, fullgraph=True)(x, w)
+    assert torch.equal(eager, compiled)
