@@ -30,10 +30,15 @@ def _sj_model(step_mode):
 
 
 def _run(model, x, step_mode):
+    """Output and the spikes of every neuron layer (by index), reset first."""
     sjf.reset_net(model)
-    if step_mode == "m":
-        return model(x)
-    return torch.stack([model(xt) for xt in x])
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: seen.setdefault(k, []).append(o))
+             for k, m in enumerate(model) if "LIF" in type(m).__name__]
+    out = model(x) if step_mode == "m" else torch.stack([model(xt) for xt in x])
+    for h in hooks:
+        h.remove()
+    return out, {k: torch.cat(v) for k, v in seen.items()}
 
 
 @pytest.mark.parametrize("step_mode", ["m", "s"])
@@ -47,16 +52,18 @@ def test_convert_spikingjelly_model(rng, step_mode):
     model.eval()
     x = torch.rand(4, 3, 2, 8, 8, generator=rng) * 3
     with torch.no_grad():
-        ref = _run(model, x, step_mode)
+        ref, ref_spikes = _run(model, x, step_mode)
     conv = ss.nn.convert(copy.deepcopy(model))
     kinds = [type(m).__name__ for m in conv]
     assert kinds.count("SpikeConv2d") == 2 and kinds.count("SpikeLinear") == 1 and kinds.count("LIF") == 3
     assert torch.equal(conv[4].weight_mask, model[4].weight_mask.bool())
     assert conv[5].v_reset is None and conv[5].surrogate == "sigmoid" and conv[5].alpha == 3.0
     with torch.no_grad():
-        out = _run(conv, x, step_mode)
-    assert 0 < ref.mean() < 1
+        out, spikes = _run(conv, x, step_mode)
+    assert 0 < ref_spikes[2].mean() < 1, "the first neuron layer must fire sometimes"
     assert torch.equal(out, ref)
+    for k in ref_spikes:
+        assert torch.equal(spikes[k], ref_spikes[k]), f"neuron layer {k} differs"
 
 
 def test_convert_seq_to_ann_container(rng):
