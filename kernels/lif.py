@@ -33,8 +33,10 @@ def _rnd(a, DT: tl.constexpr, ROUND: tl.constexpr):
 def _div(a, b):
     # fp32: IEEE-rounded (Triton's `/` on fp32 is an approximate division); fp64 `/` is already.
     if a.dtype == tl.float64:
-        return a / b
-    return tl.math.div_rn(a, b)
+        q = a / b
+    else:
+        q = tl.math.div_rn(a, b)
+    return q
 
 
 @triton.jit

@@ -1,21 +1,26 @@
 """The triton backend against the float64 reference: forward, gradients, counting, opcheck.
 
-Without a GPU the kernels run on CPU in Triton's interpreter: TRITON_INTERPRET=1 is set here,
-before snnsparse's Triton kernels are imported (the interpreter is chosen when a kernel is
-decorated). If another test module already imported snnsparse.ops.triton without it, that
-import registered nothing (no CUDA, no interpreter) and is reloaded. The interpreter is slow:
-shapes are tiny, but still span several tiles (the interpreter uses 16-32 wide tiles).
-With a GPU the same tests run on CUDA, plus fp16/bf16 and torch.compile.
+Without a GPU the kernels run on CPU in Triton's interpreter, which needs TRITON_INTERPRET=1
+before triton is first imported (triton decorates its own @jit library functions, tl.sum,
+tl.cumsum, tl.sigmoid..., at import). This module sets it at its top. When another test module
+already imported triton in this process (a whole-suite run: SpikingJelly and others import it),
+this file runs itself in a fresh Python process with TRITON_INTERPRET=1 instead
+(test_in_fresh_interpreter_process) and its other tests are not collected here.
+The interpreter is slow: shapes are tiny, but still span several tiles (16-32 wide there).
+With a GPU the same tests run compiled on CUDA, plus bf16 and torch.compile.
 """
 import importlib
 import os
+import subprocess
 import sys
 
 import pytest
 import torch
 
 ON_GPU = torch.cuda.is_available()
-if not ON_GPU:
+IN_SUBPROCESS = (not ON_GPU and "triton" in sys.modules
+                 and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
+if not ON_GPU and not IN_SUBPROCESS:
     os.environ["TRITON_INTERPRET"] = "1"
 
 pytest.importorskip("triton", reason="triton is not installed")
@@ -26,22 +31,23 @@ from snnsparse.ops import reference as R  # noqa: E402
 
 from conftest import assert_close64, mask as make_mask, randn, spikes as make_spikes  # noqa: E402
 
-_mod = sys.modules.get("snnsparse.ops.triton")
-if _mod is not None and not _mod.ENABLED and not ON_GPU:
-    importlib.reload(_mod)
-    backends._errors.pop("triton", None)
-T = importlib.import_module("snnsparse.ops.triton")
-if not ON_GPU and not T.INTERPRET:
-    pytest.skip("snnsparse.ops.triton was imported before TRITON_INTERPRET=1 could be set", allow_module_level=True)
-if T.unavailable_reason():
-    pytest.skip(T.unavailable_reason(), allow_module_level=True)
+T = None
+if not IN_SUBPROCESS:
+    _mod = sys.modules.get("snnsparse.ops.triton")
+    if _mod is not None and not _mod.ENABLED and not ON_GPU:
+        # imported earlier with neither CUDA nor the interpreter: it registered nothing; redo it now
+        importlib.reload(_mod)
+        backends._errors.pop("triton", None)
+    T = importlib.import_module("snnsparse.ops.triton")
+    if T.unavailable_reason():
+        pytest.skip(T.unavailable_reason(), allow_module_level=True)
 
 DEV = torch.device("cuda" if ON_GPU else "cpu")
 # GPU-only dtypes: the interpreter has no bf16; fp16 runs in both.
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-9, atol=1e-9),
        torch.float16: dict(rtol=1e-2, atol=2e-2), torch.bfloat16: dict(rtol=2e-2, atol=1e-1)}
-ops = torch.ops.snnsparse_triton
+ops = getattr(torch.ops, "snnsparse_triton", None)
 
 
 def _dev(*ts):
@@ -326,3 +332,34 @@ def test_torch_compile_sees_kernels(rng):
     eager = f(x, w)
     compiled = torch.compile(f, fullgraph=True)(x, w)
     assert torch.equal(eager, compiled)
+
+
+@pytest.mark.skipif(ON_GPU, reason="on a GPU the other tests compile every kernel for real")
+def test_kernels_compile_for_sm90_without_gpu():
+    """The interpreter accepts code the GPU compiler rejects: compile for sm_90 through ptxas (no GPU)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, "-W", "ignore", "-m", "snnsparse.triton_kernels.aot_check", "--quick"],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and "aot_check: 0 failed" in p.stdout, p.stdout[-6000:] + p.stderr[-3000:]
+    assert p.stdout.count("ok    sm_90") >= 15
+
+
+# --------------------------------------------------------------------------------------------
+# whole-suite runs on CPU: this file in its own process (see the module docstring)
+
+def test_in_fresh_interpreter_process():
+    if not IN_SUBPROCESS:
+        pytest.skip("the Triton tests ran in this process")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__)],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    print(p.stdout[-3000:])
+    assert p.returncode == 0, p.stdout[-8000:] + p.stderr[-3000:]
+    assert " passed" in p.stdout.strip().splitlines()[-1]
+
+
+if IN_SUBPROCESS:
+    for _name in [n for n in list(globals()) if n.startswith("test_") and n != "test_in_fresh_interpreter_process"]:
+        del globals()[_name]

@@ -159,7 +159,7 @@ def _pack(x2: torch.Tensor, rows: int, chans: int, hw: int, groups: int, s_n: in
     """bits[rows, groups, ceil(chans/32)] int32 from x (see kernels/spike_pack.py)."""
     cw = cdiv(chans, 32)
     bits = torch.empty((rows, groups, cw), dtype=torch.int32, device=x2.device)
-    block_r, block_w = 32, min(4, triton.next_power_of_2(cw))
+    block_r, block_w = 32, (1 if cw <= 1 else 2 if cw <= 2 else 4)  # plain comparisons: SymInt-safe
     grid = (cdiv(rows, block_r), groups * cdiv(cw, block_w))
     _launch(_kpack.pack_spikes_kernel)[grid](x2, bits, rows, chans, hw, groups, cw, s_n, s_hw, s_c,
                                               BLOCK_R=block_r, BLOCK_W=block_w)
