@@ -101,6 +101,39 @@ def record(case, impl, dtype, shape, rate, density, t, err, note="", **extra):
     return t[0]
 
 
+SWEEP = {  # --sweep: Triton tile sizes (and zero-tile skipping) tried besides the defaults
+    "LINEAR": [("32,128,64", "1"), ("64,128,64", "1"), ("16,128,64", "1"), ("32,64,64", "1"), ("64,256,64", "1")],
+    "CONV": [("64,128,64", "1"), ("64,128,64", "0"), ("128,128,64", "0"), ("128,64,64", "0"), ("64,256,64", "0")],
+}
+
+
+def triton_variants(kind, sweep):
+    """[(label, env)] for the triton backend: the defaults, then the sweep."""
+    out = [("", {})]
+    if sweep:
+        for tiles, skip in SWEEP[kind]:
+            out.append((f" tiles={tiles} skip={skip}", {f"SNNSPARSE_TRITON_{kind}_TILES": tiles,
+                                                         "SNNSPARSE_TRITON_SKIP_ZERO_TILES": skip}))
+    return out
+
+
+class env_set:
+    def __init__(self, env):
+        self.env, self.old = env, {}
+
+    def __enter__(self):
+        for k, v in self.env.items():
+            self.old[k] = os.environ.get(k)
+            os.environ[k] = v
+
+    def __exit__(self, *exc):
+        for k, v in self.old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def gpu_backends():
     av = ss.backends.available()
     out = [b for b in ("triton", "cuda") if av.get(b) is True]
@@ -205,7 +238,7 @@ def _lif_fn(backend):
     return lambda z: ss.functional.lif(z, backend=backend)[0]
 
 
-def case_conv(backends, quick):
+def case_conv(backends, quick, sweep):
     t_, b_, c, hw = (4, 32, 256, 16) if not SMOKE else (1, 2, 8, 6)
     rate, density = 0.10, 0.10
     shape = f"T{t_} B{b_} {c}->{c} @{hw}x{hw} 3x3"
@@ -236,25 +269,27 @@ def case_conv(backends, quick):
                             ("cuDNN fp16 channels_last", torch.float16, dict(channels_last=True))):
         f = cudnn(dtype, **kw)
         base[name] = record("conv", name, dtype, shape, rate, density, bench(f, quick), rel_err(f(), ref))
-    for b in backends:
+    for b, (label, env) in [(b, v) for b in backends for v in (triton_variants("CONV", sweep) if b == "triton"
+                                                                 else [("", {})])]:
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             xs, ws = s.to(dtype), w.to(dtype)
             op = ss.backends.get(b).spike_conv2d
             f = (lambda xs_=xs, ws_=ws, op_=op: op_(xs_, ws_, None, mask, (1, 1), (1, 1), (1, 1), 1)[0])
             try:
-                err = rel_err(f(), ref)
-                t = bench(f, quick)
+                with env_set(env):
+                    err = rel_err(f(), ref)
+                    t = bench(f, quick)
             except Exception as e:  # noqa: BLE001
-                print(f"  conv {b} {dtype} FAILED: {type(e).__name__}: {e}")
+                print(f"  conv {b}{label} {dtype} FAILED: {type(e).__name__}: {e}")
                 continue
-            ms = record("conv", f"snnsparse[{b}]", dtype, shape, rate, density, t, err,
+            ms = record("conv", f"snnsparse[{b}]{label}", dtype, shape, rate, density, t, err,
                         note=f"x{base['cuDNN bf16 channels_last'] / t[0]:.2f} vs cuDNN bf16, "
                              f"x{base['cuDNN fp32'] / t[0]:.2f} vs cuDNN fp32")
             ROWS[-1]["speedup_vs_cudnn_bf16"] = round(base["cuDNN bf16 channels_last"] / ms, 3)
             ROWS[-1]["speedup_vs_cudnn_fp32"] = round(base["cuDNN fp32"] / ms, 3)
 
 
-def case_linear(backends, quick):
+def case_linear(backends, quick, sweep):
     sizes = (1024, 2048, 4096) if not SMOKE else (64,)
     rates = (0.02, 0.05, 0.10, 0.20) if not quick else (0.02, 0.20)
     sj, sj_note = sj_sparse_linear()
@@ -279,11 +314,13 @@ def case_linear(backends, quick):
                     impls.append(("spikingjelly sparse_linear[sparse]", lambda: sj(xs, ws, None, strategy="sparse")))
                 for b in backends:
                     op = ss.backends.get(b).spike_linear
-                    impls.append((f"snnsparse[{b}]", (lambda op_=op: op_(xs, ws, None, None)[0])))
-                for name, f in impls:
+                    for label, env in (triton_variants("LINEAR", sweep) if b == "triton" else [("", {})]):
+                        impls.append((f"snnsparse[{b}]{label}", (lambda op_=op: op_(xs, ws, None, None)[0]), env))
+                for name, f, *env in impls:
                     try:
-                        err = rel_err(f(), ref)
-                        t = bench(f, quick)
+                        with env_set(env[0] if env else {}):
+                            err = rel_err(f(), ref)
+                            t = bench(f, quick)
                     except Exception as e:  # noqa: BLE001
                         print(f"  linear {name} {dtype} FAILED: {type(e).__name__}: {e}")
                         continue
@@ -316,6 +353,7 @@ def main():
     ap.add_argument("--md", default="")
     ap.add_argument("--cases", default="lif,conv,linear")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and densities")
+    ap.add_argument("--sweep", action="store_true", help="also try other Triton tile sizes / zero-tile skipping")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU under TRITON_INTERPRET=1")
     args = ap.parse_args()
     if not SMOKE and not torch.cuda.is_available():
@@ -328,8 +366,8 @@ def main():
     print(f"# device-to-device copy: {bw / 1e12:.3f} TB/s (read + write)")
     cases = args.cases.split(",")
     torch.manual_seed(0)
-    for name, fn in (("lif", lambda: case_lif(backends, args.quick, bw)), ("conv", lambda: case_conv(backends, args.quick)),
-                     ("linear", lambda: case_linear(backends, args.quick))):
+    for name, fn in (("lif", lambda: case_lif(backends, args.quick, bw)), ("conv", lambda: case_conv(backends, args.quick, args.sweep)),
+                     ("linear", lambda: case_linear(backends, args.quick, args.sweep))):
         if name in cases:
             print(f"== {name}", flush=True)
             fn()

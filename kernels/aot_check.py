@@ -53,19 +53,20 @@ def variants(quick: bool):
              {"g_ptr": f"*{dt}", "wt_ptr": f"*{dt}", "bflag_ptr": "*i32", "gin_ptr": f"*{dt}"}, dict(lin, HAS_MASK=True)),
             (f"linear_grad_w {dt}", L.spike_linear_grad_w_kernel,
              {"g_ptr": f"*{dt}", "bits_ptr": "*i32", "mask_ptr": "*u8", "bflag_ptr": "*i32", "gw_ptr": f"*{dt}"},
-             dict(lin, HAS_MASK=True, DENSE=False)),
+             dict(lin, HAS_MASK=True, DENSE=False, SKIP_ZERO_TILES=True)),
         ]
         bp, bco, bc = KERNEL_TILES["conv"][dt]
         cv = dict(conv_c, SPLIT=split, IS_F64=f64, BLOCK_P=bp, BLOCK_CO=bco, BLOCK_C=bc)
         out += [] if not conv else [
             (f"conv_fwd {dt}", C.spike_conv2d_fwd_kernel,
              {"bits_ptr": "*i32", "wt_ptr": f"*{dt}", "bflag_ptr": "*i32", "mcnt_ptr": "*i32", "b_ptr": f"*{dt}",
-              "out_ptr": f"*{dt}", "part_ptr": "*i64"}, dict(cv, HAS_BIAS=True, HAS_MASK=True, COUNT=True)),
+              "out_ptr": f"*{dt}", "part_ptr": "*i64"},
+             dict(cv, HAS_BIAS=True, HAS_MASK=True, COUNT=True, SKIP_ZERO_TILES=not quick or dt != "fp32")),
             (f"conv_grad_in {dt}", C.spike_conv2d_grad_in_kernel,
              {"g_ptr": f"*{dt}", "wt_ptr": f"*{dt}", "bflag_ptr": "*i32", "gin_ptr": f"*{dt}"}, dict(cv, HAS_MASK=True)),
             (f"conv_grad_w {dt}", C.spike_conv2d_grad_w_kernel,
              {"g_ptr": f"*{dt}", "bits_ptr": "*i32", "mask_ptr": "*u8", "bflag_ptr": "*i32", "gw_ptr": f"*{dt}"},
-             dict(cv, HAS_MASK=True, DENSE=False)),
+             dict(cv, HAS_MASK=True, DENSE=False, SKIP_ZERO_TILES=True)),
         ]
         scal = {"tau": "fp32", "v_th": "fp32", "v_reset": "fp32", "alpha": "fp32"}
         out.append((f"lif_fwd {dt}", LF.lif_fwd_kernel,

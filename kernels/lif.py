@@ -70,7 +70,7 @@ def lif_fwd_kernel(x_ptr, v0_ptr, s_ptr, v_ptr, h_ptr, bits_ptr, cnt_ptr, T, N, 
             v = tl.where(fired, vr, h)
         else:
             v = tl.where(fired, _rnd(h - vth, DT, ROUND), h)
-        tl.store(s_ptr + offs, fired.to(DT), mask=m)
+        tl.store(s_ptr + offs, fired.to(tl.float32).to(DT), mask=m)  # (the interpreter has no i1->bf16)
         x_ptr += N  # pointer increments: 64-bit offsets without an int64 loop counter
         s_ptr += N
         if SAVE_H:

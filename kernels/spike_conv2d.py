@@ -10,7 +10,9 @@ Forward (spike_conv2d_fwd_kernel), grid (cdiv(N*Ho*Wo, BLOCK_P), cdiv(Cout_g, BL
   fetched once per BLOCK_P pixels, T frames included), the reduction runs over taps x Cin_g
   chunks. Per (tap, chunk) the kernel skips
     - all-pruned weight blocks (bflag[g, co_block, tap, ci_block] == 0, read before any load),
-    - all-zero spike tiles (tested on the packed words alone, 1/32 of an fp32 tile's bytes);
+    - all-zero spike tiles (tested on the packed words alone, 1/32 of an fp32 tile's bytes;
+      SKIP_ZERO_TILES, because the data-dependent branch stops the loop's software pipelining
+      and at random spike rates >~1% a 64x64 tile is never empty: measure both);
   otherwise the 0/1 tile feeds a tensor-core MMA into a register accumulator (no atomics).
   Counting mode adds colsum(x tile) . mcnt[g, co_block, tap, ci] per processed tile: exactly
   sum(conv2d(x, mask)) including borders, out-of-image taps being masked to zero.
@@ -31,7 +33,7 @@ def spike_conv2d_fwd_kernel(bits_ptr, wt_ptr, bflag_ptr, mcnt_ptr, b_ptr, out_pt
                             SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                             DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                             HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, COUNT: tl.constexpr,
-                            SPLIT: tl.constexpr, IS_F64: tl.constexpr,
+                            SPLIT: tl.constexpr, IS_F64: tl.constexpr, SKIP_ZERO_TILES: tl.constexpr,
                             BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_C: tl.constexpr):
     pid_p = tl.program_id(0)
     pid_co = tl.program_id(1)
@@ -68,7 +70,10 @@ def spike_conv2d_fwd_kernel(bits_ptr, wt_ptr, bflag_ptr, mcnt_ptr, b_ptr, out_pt
                 words = tl.load(bits_ptr + pix[:, None] + (ci >> 5)[None, :], mask=ok[:, None] & cv[None, :],
                                 other=0)
                 xb = (words >> (ci & 31)[None, :]) & 1
-                if tl.max(xb) != 0:
+                nonzero = True
+                if SKIP_ZERO_TILES:
+                    nonzero = tl.max(xb) != 0
+                if nonzero:
                     w = tl.load(wt_ptr + ((g * KH * KW + t) * CIN_G + ci).to(tl.int64)[:, None] * COUT_G
                                 + co[None, :], mask=cv[:, None] & cov[None, :], other=0.0)
                     acc = mma(xb.to(w.dtype), w, acc, False, SPLIT)
@@ -146,7 +151,7 @@ def spike_conv2d_grad_w_kernel(g_ptr, bits_ptr, mask_ptr, bflag_ptr, gw_ptr,
                                SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                                DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                                HAS_MASK: tl.constexpr, DENSE: tl.constexpr, SPLIT: tl.constexpr,
-                               IS_F64: tl.constexpr,
+                               IS_F64: tl.constexpr, SKIP_ZERO_TILES: tl.constexpr,
                                BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_C: tl.constexpr):
     """gw[g*Cout_g + co, ci, kh, kw] = sum_p G[p, co] x[p @ tap, ci]. Grid (COB, CIB, G*KH*KW)."""
     pid_co = tl.program_id(0)
@@ -182,7 +187,10 @@ def spike_conv2d_grad_w_kernel(g_ptr, bits_ptr, mask_ptr, bflag_ptr, gw_ptr,
         pix = ((n.to(tl.int64) * H + ih) * W + iw) * G * CW + g * CW
         words = tl.load(bits_ptr + pix[:, None] + (ci >> 5)[None, :], mask=ok[:, None] & cv[None, :], other=0)
         xb = (words >> (ci & 31)[None, :]) & 1
-        if tl.max(xb) != 0:
+        nonzero = True
+        if SKIP_ZERO_TILES:
+            nonzero = tl.max(xb) != 0
+        if nonzero:
             gt = tl.load(g_ptr + (n.to(tl.int64) * cout * hw_o + p % hw_o)[:, None]
                          + ((g * COUT_G + co) * hw_o)[None, :], mask=pv[:, None] & cov[None, :], other=0.0)
             acc = mma(tl.trans(gt), xb.to(gt.dtype), acc, SPLIT, False)

@@ -19,7 +19,9 @@ Forward (spike_linear_fwd_kernel), grid (cdiv(N, BLOCK_N), cdiv(M, BLOCK_M)):
 grad_in[N, K] = G[N, M] @ (W*mask) (spike_linear_grad_in_kernel): dense G, skips all-pruned
   weight blocks (bflag[m_block, k_block] = kept count).
 grad_w[M, K] = G^T @ x (spike_linear_grad_w_kernel): skips row tiles whose spike words are all
-  zero (tested on the packed words), and whole all-pruned blocks unless dense_weight_grad.
+  zero (tested on the packed words; SKIP_ZERO_TILES, since the data-dependent branch costs the
+  loop its software pipelining where tiles are rarely empty), and whole all-pruned blocks
+  unless dense_weight_grad.
 """
 import triton
 import triton.language as tl
@@ -53,9 +55,11 @@ def spike_linear_fwd_kernel(bits_ptr, kidx_ptr, kcnt_ptr, wt_ptr, mcnt_ptr, b_pt
         kk = tl.load(kidx_ptr + pid_n.to(tl.int64) * K + j, mask=jv, other=0)
         if HAS_MASK:
             mc = tl.load(mcnt_ptr + pid_m.to(tl.int64) * K + kk, mask=jv, other=0)
+            run = tl.max(mc) > 0  # all gathered columns pruned in this M block: nothing to add
         else:
             mc = tl.where(jv, m_valid, 0)
-        if tl.max(mc) > 0:  # all gathered columns pruned in this M block: nothing to add
+            run = True  # static: no branch, the loop stays pipelinable
+        if run:
             words = tl.load(bits_ptr + rows64[:, None] * KW + (kk >> 5)[None, :],
                             mask=rv[:, None] & jv[None, :], other=0)
             xb = (words >> (kk & 31)[None, :]) & 1
@@ -106,7 +110,7 @@ def spike_linear_grad_in_kernel(g_ptr, wt_ptr, bflag_ptr, gin_ptr, N, M, K, KB,
 @triton.jit
 def spike_linear_grad_w_kernel(g_ptr, bits_ptr, mask_ptr, bflag_ptr, gw_ptr, N, M, K, KW, KB,
                                HAS_MASK: tl.constexpr, DENSE: tl.constexpr, SPLIT: tl.constexpr,
-                               IS_F64: tl.constexpr,
+                               IS_F64: tl.constexpr, SKIP_ZERO_TILES: tl.constexpr,
                                BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """gw[M, K] = G^T[M, N] @ x[N, K] (times mask unless DENSE). Grid (cdiv(M,BM), cdiv(K,BK))."""
     pid_m = tl.program_id(0)
@@ -129,7 +133,10 @@ def spike_linear_grad_w_kernel(g_ptr, bits_ptr, mask_ptr, bflag_ptr, gw_ptr, N, 
         words = tl.load(bits_ptr + rows.to(tl.int64)[:, None] * KW + (ks >> 5)[None, :],
                         mask=rv[:, None] & kv[None, :], other=0)
         xb = (words >> (ks & 31)[None, :]) & 1
-        if tl.max(xb) != 0:  # an all-zero spike tile adds nothing
+        run = True
+        if SKIP_ZERO_TILES:
+            run = tl.max(xb) != 0  # an all-zero spike tile adds nothing (a branch: no pipelining)
+        if run:
             g = tl.load(g_ptr + rows.to(tl.int64)[:, None] * M + ms[None, :], mask=rv[:, None] & mv[None, :],
                         other=0.0)
             acc = mma(tl.trans(g), xb.to(g.dtype), acc, SPLIT, False)

@@ -202,6 +202,30 @@ def test_spike_conv2d_grads(case_idx, dense_weight_grad, rng):
         assert_close64(a.cpu(), e, **TOL[torch.float32], msg=f"grad {name}")
 
 
+def test_without_zero_tile_skipping_and_other_tiles(rng, monkeypatch):
+    # The branch-free variants (SNNSPARSE_TRITON_SKIP_ZERO_TILES=0) and overridden tile sizes.
+    monkeypatch.setenv("SNNSPARSE_TRITON_SKIP_ZERO_TILES", "0")
+    monkeypatch.setenv("SNNSPARSE_TRITON_CONV_TILES", "16,32,64")
+    monkeypatch.setenv("SNNSPARSE_TRITON_LINEAR_TILES", "32,16,64")
+    x, w, b, mk, st, pd, dl, gr = _conv_inputs(CONV_CASES[0], rng)
+    xd, wd = x.to(DEV).requires_grad_(), w.to(DEV).requires_grad_()
+    out, cnt = T.spike_conv2d(xd, wd, None, None, st, pd, dl, gr, count=True)
+    ref, rcnt = R.spike_conv2d(x.double(), w.double(), None, None, st, pd, dl, gr, count=True)
+    assert_close64(out.detach().cpu(), ref, **TOL[torch.float32])
+    assert int(cnt) == int(rcnt)
+    g = torch.randn(out.shape, generator=rng)
+    gw = torch.autograd.grad(out, wd, g.to(DEV))[0]
+    assert_close64(gw.cpu(), torch.nn.grad.conv2d_weight(x.double(), w.shape, g.double(), st, pd, dl, gr),
+                   **TOL[torch.float32])
+    xl, wl = make_spikes((40, 70), 0.2, rng), randn((20, 70), rng)
+    wld = wl.to(DEV).requires_grad_()
+    gl = randn((40, 20), rng)
+    out, cnt = T.spike_linear(xl.to(DEV), wld, None, None, count=True)
+    assert_close64(out.detach().cpu(), xl.double() @ wl.double().t(), **TOL[torch.float32])
+    gw = torch.autograd.grad(out, wld, gl.to(DEV))[0]
+    assert_close64(gw.cpu(), gl.double().t() @ xl.double(), **TOL[torch.float32])
+
+
 def test_spike_conv2d_gradcheck(rng):
     x, w, b, mk, st, pd, dl, gr = _conv_inputs(CONV_CASES[1], rng)
     x, mk = x.double().to(DEV), mk.to(DEV)

@@ -139,20 +139,39 @@ def _masked(weight: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
 
 
 # Tile sizes. The interpreter gets small tiles so tiny test shapes still span several blocks.
-# GPU values are starting points for the measured sweep in bench/bench_gpu.py, not tuned numbers.
+# GPU values are starting points for the measured sweep in bench/bench_gpu.py, not tuned numbers;
+# SNNSPARSE_TRITON_{LINEAR,CONV}_TILES="a,b,c" overrides them (read per call, for sweeps).
+def _env_tiles(name: str, tiles: dict) -> dict:
+    v = os.environ.get(f"SNNSPARSE_TRITON_{name}_TILES")
+    if not v:
+        return tiles
+    return dict(zip(tiles, (int(t) for t in v.split(","))))
+
+
+def _skip_zero_tiles() -> bool:
+    """Test spike tiles for all-zero words and skip them (SNNSPARSE_TRITON_SKIP_ZERO_TILES=0: don't).
+    The branch stops software pipelining; at random rates above ~1% no 32x32 tile is empty."""
+    return os.environ.get("SNNSPARSE_TRITON_SKIP_ZERO_TILES", "1") not in ("", "0")
+
+
 def _linear_tiles(dtype):
     if INTERPRET:
-        return dict(BLOCK_N=16, BLOCK_M=32, BLOCK_K=32)
+        return _env_tiles("LINEAR", dict(BLOCK_N=16, BLOCK_M=32, BLOCK_K=32))
     if dtype in (torch.float16, torch.bfloat16):
-        return dict(BLOCK_N=32, BLOCK_M=128, BLOCK_K=64)
-    return dict(BLOCK_N=32, BLOCK_M=64, BLOCK_K=32)
+        return _env_tiles("LINEAR", dict(BLOCK_N=32, BLOCK_M=128, BLOCK_K=64))
+    return _env_tiles("LINEAR", dict(BLOCK_N=32, BLOCK_M=64, BLOCK_K=32))
 
 
 def _conv_tiles(dtype, cin_g, cout_g):
     if INTERPRET:
-        return dict(BLOCK_P=32, BLOCK_CO=16, BLOCK_C=32)
+        return _env_tiles("CONV", dict(BLOCK_P=32, BLOCK_CO=16, BLOCK_C=32))
     bco = 16 if cout_g <= 16 else (32 if cout_g <= 32 else (64 if dtype == torch.float32 else 128))
-    return dict(BLOCK_P=64, BLOCK_CO=bco, BLOCK_C=32 if cin_g <= 32 else 64)
+    return _env_tiles("CONV", dict(BLOCK_P=64, BLOCK_CO=bco, BLOCK_C=32 if cin_g <= 32 else 64))
+
+
+def _lif_block() -> int:
+    # 1024 neurons per program: 8 fp16 per thread (16-byte accesses) with 4 warps.
+    return 64 if INTERPRET else int(os.environ.get("SNNSPARSE_TRITON_LIF_BLOCK", "1024"))
 
 
 def _pack(x2: torch.Tensor, rows: int, chans: int, hw: int, groups: int, s_n: int, s_hw: int, s_c: int):
@@ -238,7 +257,8 @@ def spike_linear_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tens
         bits = _pack(x.contiguous(), n, k, 1, 1, k, 0, 1)
         mask_u8 = mask.view(torch.uint8) if mask is not None else bits
         _launch(_klin.spike_linear_grad_w_kernel)[(cdiv(m, bm), kb)](
-            g, bits, mask_u8, flags, gw, n, m, k, cdiv(k, 32), kb, DENSE=dense_weight_grad, **common)
+            g, bits, mask_u8, flags, gw, n, m, k, cdiv(k, 32), kb, DENSE=dense_weight_grad,
+            SKIP_ZERO_TILES=_skip_zero_tiles(), **common)
     return (gin, gw)
 
 
@@ -330,7 +350,8 @@ def spike_conv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         bits, wt, bflag if bflag is not None else wt, mcnt if mcnt is not None else wt, b, out, part,
         p, h, w, ho, wo, groups, cin_g, cog, cdiv(cin_g, 32), cdiv(cin_g, cfg["BLOCK_C"]),
         HAS_BIAS=bias is not None, HAS_MASK=mask is not None, COUNT=count, SPLIT=_split(weight.dtype),
-        IS_F64=_f64(weight.dtype), **_conv_consts(stride, padding, dilation, kh, kw), **cfg)
+        IS_F64=_f64(weight.dtype), SKIP_ZERO_TILES=_skip_zero_tiles(), **_conv_consts(stride, padding, dilation, kh, kw),
+        **cfg)
     return (out, part.sum() if count else _zero_count(x.device))
 
 
@@ -370,7 +391,7 @@ def spike_conv2d_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tens
         mask_u8 = mask.view(torch.uint8) if mask is not None else bits
         _launch(_kconv.spike_conv2d_grad_w_kernel)[(cob, cib, groups * kh * kw)](
             g, bits, mask_u8, flags, gw, n * ho * wo, h, w, ho, wo, groups, cin_g, cog, cdiv(cin_g, 32), cib,
-            DENSE=dense_weight_grad, **common)
+            DENSE=dense_weight_grad, SKIP_ZERO_TILES=_skip_zero_tiles(), **common)
     return (gin, gw)
 
 
@@ -410,9 +431,6 @@ spike_conv2d_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
 # ---------------------------------------------------------------------------------------------
 # lif
 
-_LIF_BLOCK = 256 if not INTERPRET else 64
-
-
 @_define("lif_fwd")
 def lif_fwd(x_seq: torch.Tensor, v0: torch.Tensor, tau: float, v_threshold: float, v_reset: Optional[float],
             decay_input: bool, detach_reset: bool, surrogate: str, alpha: float,
@@ -426,11 +444,12 @@ def lif_fwd(x_seq: torch.Tensor, v0: torch.Tensor, tau: float, v_threshold: floa
     if t == 0 or n == 0:
         v_last.copy_(v0)
         return (s, v_last, h)
-    _launch(_klif.lif_fwd_kernel)[(cdiv(n, _LIF_BLOCK),)](
+    block = _lif_block()
+    _launch(_klif.lif_fwd_kernel)[(cdiv(n, block),)](
         x, v0.contiguous(), s, v_last, h if save_h else s, s, s, t, n, 1, float(tau), float(v_threshold),
         0.0 if v_reset is None else float(v_reset),
         DECAY_INPUT=decay_input, HARD_RESET=v_reset is not None, SAVE_H=save_h, EMIT_BITS=False,
-        ROUND=x.dtype in (torch.float16, torch.bfloat16), BLOCK=_LIF_BLOCK)
+        ROUND=x.dtype in (torch.float16, torch.bfloat16), BLOCK=block)
     return (s, v_last, h)
 
 
@@ -453,11 +472,12 @@ def lif_bwd(grad_spikes: torch.Tensor, grad_v_last: Optional[torch.Tensor], h_se
         gv0.copy_(grad_v_last if grad_v_last is not None else gv0.zero_())
         return (gx, gv0)
     gs = grad_spikes.contiguous()
-    _launch(_klif.lif_bwd_kernel)[(cdiv(n, _LIF_BLOCK),)](
+    block = _lif_block()
+    _launch(_klif.lif_bwd_kernel)[(cdiv(n, block),)](
         gs, grad_v_last.contiguous() if grad_v_last is not None else gs, h_seq.contiguous(), gx, gv0, t, n,
         float(tau), float(v_threshold), 0.0 if v_reset is None else float(v_reset), float(alpha),
         HAS_GV=grad_v_last is not None, DECAY_INPUT=decay_input, HARD_RESET=v_reset is not None,
-        DETACH_RESET=detach_reset, SURROGATE=_klif.SURROGATES.index(surrogate), BLOCK=_LIF_BLOCK)
+        DETACH_RESET=detach_reset, SURROGATE=_klif.SURROGATES.index(surrogate), BLOCK=block)
     return (gx, gv0)
 
 
@@ -522,7 +542,8 @@ def lif_packed(x_seq: torch.Tensor, v0: torch.Tensor, tau: float = 2.0, v_thresh
     x = x_seq.contiguous()
     s, v_last = torch.empty_like(x), torch.empty_like(v0)
     nw = cdiv(n, 32)
-    nb = cdiv(n, _LIF_BLOCK)
+    block = _lif_block()
+    nb = cdiv(n, block)
     bits = torch.zeros((t, nw), dtype=torch.int32, device=x.device)
     cnt = torch.zeros((t, nb), dtype=torch.int32, device=x.device)
     if t and n:
@@ -530,5 +551,5 @@ def lif_packed(x_seq: torch.Tensor, v0: torch.Tensor, tau: float = 2.0, v_thresh
                                     float(v_threshold), 0.0 if v_reset is None else float(v_reset),
                                     DECAY_INPUT=decay_input, HARD_RESET=v_reset is not None, SAVE_H=False,
                                     EMIT_BITS=True, ROUND=x.dtype in (torch.float16, torch.bfloat16),
-                                    BLOCK=_LIF_BLOCK)
+                                    BLOCK=block)
     return s, v_last, bits, cnt
