@@ -5,6 +5,7 @@
 #   bash bench/gpu_check.sh                     # all stages: build test sanitize bench
 #   bash bench/gpu_check.sh build test          # a subset, in order (a warm machine keeps the build)
 #   QUICK=1 bash bench/gpu_check.sh bench       # fewer repetitions / densities
+#   SWEEP=1 BENCH_CASES=conv,linear bash bench/gpu_check.sh bench   # also other Triton tile sizes
 #
 # Stages: build     FORCE_CUDA=1 build of snnsparse._C (pip -e, else setup.py build_ext --inplace)
 #                   and, when its sdist was carried, SpikingJelly's native spike_linear extension
@@ -115,7 +116,7 @@ fi
 if want bench; then
   say "bench/bench_gpu.py"
   timeout 560 "$PY" bench/bench_gpu.py --csv "$OUT/bench_gpu.csv" --md "$OUT/bench_gpu.md" \
-      ${QUICK:+--quick} ${BENCH_CASES:+--cases $BENCH_CASES} 2>&1 | tee "$OUT/bench_gpu.log" | tail -60
+      ${QUICK:+--quick} ${SWEEP:+--sweep} ${BENCH_CASES:+--cases $BENCH_CASES} 2>&1 | tee "$OUT/bench_gpu.log" | tail -60
   say "bench exit ${PIPESTATUS[0]}"
 fi
 say "done; files in $OUT"
