@@ -8,8 +8,9 @@ nothing. Must run without TRITON_INTERPRET (interpreted kernels cannot be compil
 
     python -m snnsparse.triton_kernels.aot_check [--arch 90] [--quick]
 
-Exit status 0 when every variant compiled, 1 otherwise; one line per variant (with the number
-of MMA instructions in the PTX, as a check that the GEMMs reach the tensor cores).
+Exit status 0 when every variant compiled, 1 otherwise; one line per variant, with the shared
+memory it asks for and its count of tensor-core instructions in the PTX (wgmma: Hopper's
+warpgroup MMA; mma.sync: the Ampere-style one Triton falls back to for tiles under 64 rows).
 """
 from __future__ import annotations
 
@@ -18,10 +19,18 @@ import os
 import sys
 import time
 
-KERNEL_TILES = dict(  # GPU tile sizes as in snnsparse/ops/triton.py (_linear_tiles / _conv_tiles)
-    linear={"fp16": (32, 128, 64), "bf16": (32, 128, 64), "fp32": (32, 64, 32), "fp64": (32, 64, 32)},
-    conv={"fp16": (64, 128, 64), "bf16": (64, 128, 64), "fp32": (64, 64, 64), "fp64": (64, 64, 64)},
-)
+TORCH_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "fp64": "float64"}
+
+
+def _tiles(dt: str, kernel: str) -> dict:
+    """The GPU tile sizes snnsparse/ops/triton.py launches with (one source of truth)."""
+    import torch
+
+    from snnsparse.ops import triton as ops
+    dtype = getattr(torch, TORCH_DTYPE[dt])
+    if kernel == "conv":
+        return ops._conv_tiles(dtype, 256, 256)
+    return ops._linear_tiles(dtype, kernel)
 
 
 def variants(quick: bool):
@@ -40,23 +49,22 @@ def variants(quick: bool):
         split, f64 = dt == "fp32", dt == "fp64"
         if quick and dt == "bf16":
             continue
-        bn, bm, bk = KERNEL_TILES["linear"][dt]
-        lin = dict(SPLIT=split, IS_F64=f64, BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk)
+        lin = dict(SPLIT=split, IS_F64=f64)
         gemm = not quick or dt in ("fp16", "fp32")      # quick: the tensor-core and TF32-split paths
         conv = not quick or dt == "fp32"                # (fp16 conv compiles slowest; same code)
         out += [] if not gemm else [
             (f"linear_fwd {dt}", L.spike_linear_fwd_kernel,
              {"bits_ptr": "*i32", "kidx_ptr": "*i32", "kcnt_ptr": "*i32", "wt_ptr": f"*{dt}", "mcnt_ptr": "*i32",
               "b_ptr": f"*{dt}", "out_ptr": f"*{dt}", "part_ptr": "*i64"},
-             dict(lin, HAS_BIAS=True, HAS_MASK=True, COUNT=True)),
+             dict(lin, HAS_BIAS=True, HAS_MASK=True, COUNT=True, **_tiles(dt, "fwd"))),
             (f"linear_grad_in {dt}", L.spike_linear_grad_in_kernel,
-             {"g_ptr": f"*{dt}", "wt_ptr": f"*{dt}", "bflag_ptr": "*i32", "gin_ptr": f"*{dt}"}, dict(lin, HAS_MASK=True)),
+             {"g_ptr": f"*{dt}", "wt_ptr": f"*{dt}", "bflag_ptr": "*i32", "gin_ptr": f"*{dt}"},
+             dict(lin, HAS_MASK=True, **_tiles(dt, "grad_in"))),
             (f"linear_grad_w {dt}", L.spike_linear_grad_w_kernel,
              {"g_ptr": f"*{dt}", "bits_ptr": "*i32", "mask_ptr": "*u8", "bflag_ptr": "*i32", "gw_ptr": f"*{dt}"},
-             dict(lin, HAS_MASK=True, DENSE=False, SKIP_ZERO_TILES=True)),
+             dict(lin, HAS_MASK=True, DENSE=False, SKIP_ZERO_TILES=True, **_tiles(dt, "grad_w"))),
         ]
-        bp, bco, bc = KERNEL_TILES["conv"][dt]
-        cv = dict(conv_c, SPLIT=split, IS_F64=f64, BLOCK_P=bp, BLOCK_CO=bco, BLOCK_C=bc)
+        cv = dict(conv_c, SPLIT=split, IS_F64=f64, **_tiles(dt, "conv"))
         out += [] if not conv else [
             (f"conv_fwd {dt}", C.spike_conv2d_fwd_kernel,
              {"bits_ptr": "*i32", "wt_ptr": f"*{dt}", "bflag_ptr": "*i32", "mcnt_ptr": "*i32", "b_ptr": f"*{dt}",
@@ -107,9 +115,8 @@ def main(argv=None) -> int:
             k = triton.compile(ASTSource(fn, sig, constexprs=dict(consts)), target=target,
                                options={"num_warps": 4})
             ptx = k.asm["ptx"]
-            n_mma = ptx.count("mma.sync") + ptx.count("wgmma.mma_async")
-            print(f"ok    sm_{args.arch} {label:40s} {time.time() - t0:5.1f}s  shared={k.metadata.shared}  "
-                  f"mma={n_mma}", flush=True)
+            print(f"ok    sm_{args.arch} {label:40s} {time.time() - t0:5.1f}s  shared={k.metadata.shared:6d}  "
+                  f"wgmma={ptx.count('wgmma.mma_async'):3d}  mma.sync={ptx.count('mma.sync'):3d}", flush=True)
         except Exception as e:  # noqa: BLE001  (report every variant, then fail)
             failed += 1
             cause = e

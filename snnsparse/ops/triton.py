@@ -154,18 +154,27 @@ def _skip_zero_tiles() -> bool:
     return os.environ.get("SNNSPARSE_TRITON_SKIP_ZERO_TILES", "1") not in ("", "0")
 
 
-def _linear_tiles(dtype):
+_LINEAR_GPU_TILES = {  # (BLOCK_N, BLOCK_M, BLOCK_K) per kernel; >= 64 rows lets Triton use Hopper's wgmma
+    "fwd": {"half": (64, 128, 64), torch.float32: (64, 64, 32), torch.float64: (32, 64, 32)},
+    "grad_in": {"half": (128, 64, 128), torch.float32: (64, 32, 64), torch.float64: (32, 32, 64)},
+    "grad_w": {"half": (64, 128, 128), torch.float32: (32, 64, 64), torch.float64: (32, 64, 32)},
+}
+
+
+def _linear_tiles(dtype, kernel: str = "fwd"):
+    """Tiles of the spike_linear kernels: BLOCK_N rows of x, BLOCK_M outputs, BLOCK_K inputs.
+    Override: SNNSPARSE_TRITON_LINEAR_TILES (fwd), _LINEAR_GRAD_IN_TILES, _LINEAR_GRAD_W_TILES."""
+    env = "LINEAR" if kernel == "fwd" else f"LINEAR_{kernel.upper()}"
     if INTERPRET:
-        return _env_tiles("LINEAR", dict(BLOCK_N=16, BLOCK_M=32, BLOCK_K=32))
-    if dtype in (torch.float16, torch.bfloat16):
-        return _env_tiles("LINEAR", dict(BLOCK_N=32, BLOCK_M=128, BLOCK_K=64))
-    return _env_tiles("LINEAR", dict(BLOCK_N=32, BLOCK_M=64, BLOCK_K=32))
+        return _env_tiles(env, dict(BLOCK_N=16, BLOCK_M=32, BLOCK_K=32))
+    key = "half" if dtype in (torch.float16, torch.bfloat16) else dtype
+    return _env_tiles(env, dict(zip(("BLOCK_N", "BLOCK_M", "BLOCK_K"), _LINEAR_GPU_TILES[kernel][key])))
 
 
 def _conv_tiles(dtype, cin_g, cout_g):
     if INTERPRET:
         return _env_tiles("CONV", dict(BLOCK_P=32, BLOCK_CO=16, BLOCK_C=32))
-    bco = 16 if cout_g <= 16 else (32 if cout_g <= 32 else (64 if dtype == torch.float32 else 128))
+    bco = 16 if cout_g <= 16 else (32 if cout_g <= 32 else (128 if dtype in (torch.float16, torch.bfloat16) else 64))
     return _env_tiles("CONV", dict(BLOCK_P=64, BLOCK_CO=bco, BLOCK_C=32 if cin_g <= 32 else 64))
 
 
@@ -188,16 +197,16 @@ def _pack(x2: torch.Tensor, rows: int, chans: int, hw: int, groups: int, s_n: in
 # ---------------------------------------------------------------------------------------------
 # spike_linear
 
-def _linear_weight_prep(weight, mask, block_m, block_k):
-    """wt = (W*mask)^T [K, M] contiguous; mcnt[MB, K] kept per (M block, column); bflag[MB, KB]."""
-    m, k = weight.shape
-    wt = _masked(weight, mask).t().contiguous()
-    if mask is None:
-        return wt, None, None
-    mp = _pad_to(mask.to(torch.int32), 0, block_m)
-    mcnt = mp.view(-1, block_m, k).sum(1, dtype=torch.int32)                       # [MB, K]
-    bflag = _pad_to(mcnt, 1, block_k).view(mcnt.shape[0], -1, block_k).sum(2, dtype=torch.int32)
-    return wt, mcnt.contiguous(), bflag.contiguous()
+def _kept_per_column(mask, block_m):
+    """mcnt[MB, K]: kept synapses of each column within each block of block_m weight rows."""
+    k = mask.shape[1]
+    return _pad_to(mask.to(torch.int32), 0, block_m).view(-1, block_m, k).sum(1, dtype=torch.int32)
+
+
+def _kept_per_block(mask, block_m, block_k):
+    """bflag[MB, KB]: kept synapses in each [block_m, block_k] weight block (0: skip the block)."""
+    mcnt = _kept_per_column(mask, block_m)
+    return _pad_to(mcnt, 1, block_k).view(mcnt.shape[0], -1, block_k).sum(2, dtype=torch.int32).contiguous()
 
 
 @_define("spike_linear_fwd")
@@ -209,9 +218,10 @@ def spike_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     if n == 0 or m == 0:
         return (out.zero_(), _zero_count(x.device))
     cfg = _linear_tiles(weight.dtype)
-    bn, bm, bk = cfg["BLOCK_N"], cfg["BLOCK_M"], cfg["BLOCK_K"]
+    bn, bm = cfg["BLOCK_N"], cfg["BLOCK_M"]
     x = x.contiguous()
-    wt, mcnt, _ = _linear_weight_prep(weight, mask, bm, bk)
+    wt = _masked(weight, mask).t().contiguous()        # [K, M]: one spike column = one contiguous row
+    mcnt = _kept_per_column(mask, bm).contiguous() if mask is not None else None
     kw = max(cdiv(k, 32), 1)
     bits = _pack(x, n, k, 1, 1, k, 0, 1) if k > 0 else torch.zeros((n, 1, 1), dtype=torch.int32,
                                                                      device=x.device)
@@ -244,21 +254,24 @@ def spike_linear_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     gw = torch.zeros(weight.shape if need_weight_grad else (0,), dtype=weight.dtype, device=x.device)
     if n == 0 or m == 0 or k == 0:
         return (gin, gw)
-    cfg = _linear_tiles(weight.dtype)
-    bn, bm, bk = cfg["BLOCK_N"], cfg["BLOCK_M"], cfg["BLOCK_K"]
     g = grad_out.contiguous()
-    wt, _, bflag = _linear_weight_prep(weight, mask, bm, bk)
-    kb = cdiv(k, bk)
-    flags = bflag if bflag is not None else wt
-    common = dict(HAS_MASK=mask is not None, SPLIT=_split(weight.dtype), IS_F64=_f64(weight.dtype), **cfg)
+    wt = _masked(weight, mask).t().contiguous()
+    common = dict(HAS_MASK=mask is not None, SPLIT=_split(weight.dtype), IS_F64=_f64(weight.dtype))
     if need_input_grad:
-        _launch(_klin.spike_linear_grad_in_kernel)[(cdiv(n, bn), kb)](g, wt, flags, gin, n, m, k, kb, **common)
+        cfg = _linear_tiles(weight.dtype, "grad_in")
+        kb = cdiv(k, cfg["BLOCK_K"])
+        flags = _kept_per_block(mask, cfg["BLOCK_M"], cfg["BLOCK_K"]) if mask is not None else wt
+        _launch(_klin.spike_linear_grad_in_kernel)[(cdiv(n, cfg["BLOCK_N"]), kb)](
+            g, wt, flags, gin, n, m, k, kb, **common, **cfg)
     if need_weight_grad:
+        cfg = _linear_tiles(weight.dtype, "grad_w")
+        kb = cdiv(k, cfg["BLOCK_K"])
+        flags = _kept_per_block(mask, cfg["BLOCK_M"], cfg["BLOCK_K"]) if mask is not None else wt
         bits = _pack(x.contiguous(), n, k, 1, 1, k, 0, 1)
         mask_u8 = mask.view(torch.uint8) if mask is not None else bits
-        _launch(_klin.spike_linear_grad_w_kernel)[(cdiv(m, bm), kb)](
+        _launch(_klin.spike_linear_grad_w_kernel)[(cdiv(m, cfg["BLOCK_M"]), kb)](
             g, bits, mask_u8, flags, gw, n, m, k, cdiv(k, 32), kb, DENSE=dense_weight_grad,
-            SKIP_ZERO_TILES=_skip_zero_tiles(), **common)
+            SKIP_ZERO_TILES=_skip_zero_tiles(), **common, **cfg)
     return (gin, gw)
 
 
