@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
+import importlib.metadata
 import math
 import os
 import platform
@@ -165,7 +166,7 @@ def sj_lif_node():
 def sj_lif_impl_name():
     try:
         sel = importlib.import_module("spikingjelly._ops.lif")._selection
-        return sel._get_cuda_selection(DEV).name
+        return sel._get_cuda_selection(torch.device("cuda", torch.cuda.current_device())).name
     except Exception as e:  # noqa: BLE001
         return f"unknown ({type(e).__name__})"
 
