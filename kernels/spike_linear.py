@@ -8,8 +8,10 @@ Forward (spike_linear_fwd_kernel), grid (cdiv(N, BLOCK_N), cdiv(M, BLOCK_M)):
   - the K loop runs over the *active columns* of this row block only (kidx/kcnt from
     compact_active_columns_kernel): a column none of the BLOCK_N rows fired in is never
     fetched. The trip count is read from device memory: no host sync.
-  - BLOCK_N rows share every fetched weight slab: with the T frames of the same samples in
-    one row block, each weight row is fetched once for up to T (x batch) accumulations.
+  - BLOCK_N rows (of the flattened T*B frames) share every fetched weight slab: a weight row
+    is read once per row block and added into the accumulators of every row that fired in it
+    (T-reuse; ordering the rows so a block holds the T frames of the same samples, whose
+    spikes correlate, would make the active-column lists shorter: not done, to be measured).
   - the gathered columns form a dense [BLOCK_N, BLOCK_K] 0/1 tile for a tensor-core MMA: per
     event work is an add into a register accumulator, never a global atomic.
   - with a mask, a chunk of gathered columns whose weights are all pruned in this M block is

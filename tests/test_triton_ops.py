@@ -267,10 +267,16 @@ def test_lif_forward_backward(surrogate, v_reset, detach_reset, decay_input, rng
     assert torch.equal(s, rs) and torch.equal(v, rv)
     gs, gv = randn((t, n), rng), randn((n,), rng)
     got = torch.autograd.grad((s * gs.to(DEV)).sum() + (v * gv.to(DEV)).sum(), (xd, vd))
-    x64, v64 = x.double().requires_grad_(), v0.double().requires_grad_()
-    s64, v64_last, _ = R.lif(x64, v64, 2.0, 1.0, v_reset, decay_input, detach_reset, surrogate, alpha)
-    assert torch.equal(s64.float(), s.cpu())
-    want = torch.autograd.grad((s64 * gs.double()).sum() + (v64_last * gv.double()).sum(), (x64, v64))
+    # Gradients against autograd through the float64 loop. Where an fp32 H lands within rounding
+    # of the threshold (measure zero, but inputs are fresh each run) the float64 spike train
+    # differs; the fp32 loop, whose spikes were just checked identical, is the oracle then.
+    ref_dtype = torch.float64
+    if not torch.equal(R.lif(x.double(), v0.double(), 2.0, 1.0, v_reset, decay_input, detach_reset, surrogate,
+                             alpha)[0].float(), s.detach().cpu()):
+        ref_dtype = torch.float32
+    xr, vr_ = x.to(ref_dtype).requires_grad_(), v0.to(ref_dtype).requires_grad_()
+    sr, vr_last, _ = R.lif(xr, vr_, 2.0, 1.0, v_reset, decay_input, detach_reset, surrogate, alpha)
+    want = torch.autograd.grad((sr * gs.to(ref_dtype)).sum() + (vr_last * gv.to(ref_dtype)).sum(), (xr, vr_))
     for a, e in zip(got, want):
         assert_close64(a.cpu(), e, rtol=1e-5, atol=1e-5)
 
