@@ -226,6 +226,32 @@ def test_without_zero_tile_skipping_and_other_tiles(rng, monkeypatch):
     assert_close64(gw.cpu(), gl.double().t() @ xl.double(), **TOL[torch.float32])
 
 
+def test_non_contiguous_inputs(rng):
+    # channels_last spikes, weight and mask; a transposed linear weight; strided LIF state
+    x, w, b, mk, st, pd, dl, gr = _conv_inputs(CONV_CASES[1], rng)
+    cl = torch.channels_last
+    xd, wd = x.to(DEV).contiguous(memory_format=cl), w.to(DEV).contiguous(memory_format=cl).requires_grad_()
+    out, _ = T.spike_conv2d(xd, wd, None, mk.to(DEV).contiguous(memory_format=cl), st, pd, dl, gr)
+    assert_close64(out.detach().cpu(), R.spike_conv2d(x.double(), w.double(), None, mk, st, pd, dl, gr)[0],
+                   **TOL[torch.float32])
+    g = torch.randn(out.shape, generator=rng)
+    gw = torch.autograd.grad(out, wd, g.to(DEV))[0]
+    w64 = w.double().requires_grad_()
+    want = torch.autograd.grad(R.spike_conv2d(x.double(), w64, None, mk, st, pd, dl, gr)[0], w64, g.double())[0]
+    assert_close64(gw.cpu(), want, **TOL[torch.float32])
+    xl, wt = make_spikes((9, 40), 0.3, rng), randn((40, 21), rng)   # weight = wt.t(): not contiguous
+    mt = make_mask((40, 21), 0.5, rng)
+    out, n = T.spike_linear(xl.to(DEV), wt.to(DEV).t(), None, mt.to(DEV).t(), count=True)
+    ref, rn = R.spike_linear(xl.double(), wt.double().t(), None, mt.t(), count=True)
+    assert_close64(out.cpu(), ref, **TOL[torch.float32])
+    assert int(n) == int(rn)
+    xs = randn((4, 30, 2), rng)[:, :, 0]                              # strided [T, N]
+    v0 = randn((30, 2), rng)[:, 1]
+    s, v, h = T.lif(xs.to(DEV), v0.to(DEV), 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True)
+    rs, rv, rh = R.lif(xs.to(DEV), v0.to(DEV), 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True)
+    assert torch.equal(s, rs) and torch.equal(v, rv) and torch.equal(h, rh)
+
+
 def test_spike_conv2d_gradcheck(rng):
     x, w, b, mk, st, pd, dl, gr = _conv_inputs(CONV_CASES[1], rng)
     x, mk = x.double().to(DEV), mk.to(DEV)

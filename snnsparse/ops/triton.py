@@ -200,13 +200,13 @@ def _pack(x2: torch.Tensor, rows: int, chans: int, hw: int, groups: int, s_n: in
 def _kept_per_column(mask, block_m):
     """mcnt[MB, K]: kept synapses of each column within each block of block_m weight rows."""
     k = mask.shape[1]
-    return _pad_to(mask.to(torch.int32), 0, block_m).view(-1, block_m, k).sum(1, dtype=torch.int32)
+    return _pad_to(mask.to(torch.int32), 0, block_m).reshape(-1, block_m, k).sum(1, dtype=torch.int32)
 
 
 def _kept_per_block(mask, block_m, block_k):
     """bflag[MB, KB]: kept synapses in each [block_m, block_k] weight block (0: skip the block)."""
     mcnt = _kept_per_column(mask, block_m)
-    return _pad_to(mcnt, 1, block_k).view(mcnt.shape[0], -1, block_k).sum(2, dtype=torch.int32).contiguous()
+    return _pad_to(mcnt, 1, block_k).reshape(mcnt.shape[0], -1, block_k).sum(2, dtype=torch.int32).contiguous()
 
 
 @_define("spike_linear_fwd")
@@ -268,7 +268,7 @@ def spike_linear_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tens
         kb = cdiv(k, cfg["BLOCK_K"])
         flags = _kept_per_block(mask, cfg["BLOCK_M"], cfg["BLOCK_K"]) if mask is not None else wt
         bits = _pack(x.contiguous(), n, k, 1, 1, k, 0, 1)
-        mask_u8 = mask.view(torch.uint8) if mask is not None else bits
+        mask_u8 = mask.contiguous().view(torch.uint8) if mask is not None else bits
         _launch(_klin.spike_linear_grad_w_kernel)[(cdiv(m, cfg["BLOCK_M"]), kb)](
             g, bits, mask_u8, flags, gw, n, m, k, cdiv(k, 32), kb, DENSE=dense_weight_grad,
             SKIP_ZERO_TILES=_skip_zero_tiles(), **common, **cfg)
@@ -318,14 +318,14 @@ def _conv_weight_prep(weight, mask, groups, block_co, block_c):
     """wt[G, KH*KW, Cin_g, Cout_g] = W*mask; mcnt[G, COB, KH*KW, Cin_g]; bflag[G, COB, KH*KW, CIB]."""
     cout, cin_g, kh, kw = weight.shape
     cog = cout // groups
-    wt = _masked(weight, mask).view(groups, cog, cin_g, kh * kw).permute(0, 3, 2, 1).contiguous()
+    wt = _masked(weight, mask).reshape(groups, cog, cin_g, kh * kw).permute(0, 3, 2, 1).contiguous()
     if mask is None:
         return wt, None, None
-    mk = _pad_to(mask.to(torch.int32).view(groups, cog, cin_g, kh * kw), 1, block_co)
-    mcnt = mk.view(groups, -1, block_co, cin_g, kh * kw).sum(2, dtype=torch.int32).permute(0, 1, 3, 2)
+    mk = _pad_to(mask.to(torch.int32).reshape(groups, cog, cin_g, kh * kw), 1, block_co)
+    mcnt = mk.reshape(groups, -1, block_co, cin_g, kh * kw).sum(2, dtype=torch.int32).permute(0, 1, 3, 2)
     mcnt = mcnt.contiguous()                                                     # [G, COB, KHW, Cin_g]
     bflag = _pad_to(mcnt, 3, block_c)
-    bflag = bflag.view(*bflag.shape[:3], -1, block_c).sum(4, dtype=torch.int32).contiguous()
+    bflag = bflag.reshape(*bflag.shape[:3], -1, block_c).sum(4, dtype=torch.int32).contiguous()
     return wt, mcnt, bflag
 
 
@@ -401,7 +401,7 @@ def spike_conv2d_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tens
             g, wt, flags, gin, n * h * w, h, w, ho, wo, groups, cin_g, cog, cib, cob, **common)
     if need_weight_grad:
         bits = _conv_bits(x.contiguous(), groups)
-        mask_u8 = mask.view(torch.uint8) if mask is not None else bits
+        mask_u8 = mask.contiguous().view(torch.uint8) if mask is not None else bits
         _launch(_kconv.spike_conv2d_grad_w_kernel)[(cob, cib, groups * kh * kw)](
             g, bits, mask_u8, flags, gw, n * ho * wo, h, w, ho, wo, groups, cin_g, cog, cdiv(cin_g, 32), cib,
             DENSE=dense_weight_grad, SKIP_ZERO_TILES=_skip_zero_tiles(), **common)
@@ -451,9 +451,9 @@ def lif_fwd(x_seq: torch.Tensor, v0: torch.Tensor, tau: float, v_threshold: floa
     """x_seq [T, N], v0 [N] -> spikes [T, N], v_last [N], h_seq [T, N] (empty [0] unless save_h)."""
     t, n = x_seq.shape
     x = x_seq.contiguous()
-    s = torch.empty_like(x)
-    v_last = torch.empty_like(v0)
-    h = torch.empty_like(x) if save_h else x.new_empty((0,))
+    s = x.new_empty(x.shape)                       # every output contiguous, as the kernels write them
+    v_last = x.new_empty(v0.shape)
+    h = x.new_empty(x.shape if save_h else (0,))
     if t == 0 or n == 0:
         v_last.copy_(v0)
         return (s, v_last, h)
@@ -468,8 +468,8 @@ def lif_fwd(x_seq: torch.Tensor, v0: torch.Tensor, tau: float, v_threshold: floa
 
 @lif_fwd.register_fake
 def _(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, save_h):
-    return (torch.empty_like(x_seq), torch.empty_like(v0),
-            torch.empty_like(x_seq) if save_h else x_seq.new_empty((0,)))
+    return (x_seq.new_empty(x_seq.shape), x_seq.new_empty(v0.shape),
+            x_seq.new_empty(x_seq.shape if save_h else (0,)))
 
 
 @_define("lif_bwd")
@@ -477,12 +477,13 @@ def lif_bwd(grad_spikes: torch.Tensor, grad_v_last: Optional[torch.Tensor], h_se
             v_threshold: float, v_reset: Optional[float], decay_input: bool, detach_reset: bool,
             surrogate: str, alpha: float) -> Tuple[torch.Tensor, torch.Tensor]:
     t, n = h_seq.shape
-    gx = torch.empty_like(h_seq)
+    gx = h_seq.new_empty(h_seq.shape)
     gv0 = h_seq.new_empty((n,))
-    if n == 0:
-        return (gx, gv0)
-    if t == 0:
-        gv0.copy_(grad_v_last if grad_v_last is not None else gv0.zero_())
+    if t == 0 or n == 0:
+        if grad_v_last is not None:
+            gv0.copy_(grad_v_last)          # v_last is v0 when there is no step
+        else:
+            gv0.zero_()
         return (gx, gv0)
     gs = grad_spikes.contiguous()
     block = _lif_block()
@@ -496,7 +497,7 @@ def lif_bwd(grad_spikes: torch.Tensor, grad_v_last: Optional[torch.Tensor], h_se
 
 @lif_bwd.register_fake
 def _(grad_spikes, grad_v_last, h_seq, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha):
-    return (torch.empty_like(h_seq), h_seq.new_empty((h_seq.shape[1],)))
+    return (h_seq.new_empty(h_seq.shape), h_seq.new_empty((h_seq.shape[1],)))
 
 
 def _lif_setup(ctx, inputs, output):
@@ -553,7 +554,7 @@ def lif_packed(x_seq: torch.Tensor, v0: torch.Tensor, tau: float = 2.0, v_thresh
     and per-tile spike counts cnt[T, cdiv(N, BLOCK)], for a following spike layer (no autograd)."""
     t, n = x_seq.shape
     x = x_seq.contiguous()
-    s, v_last = torch.empty_like(x), torch.empty_like(v0)
+    s, v_last = x.new_empty(x.shape), x.new_empty(v0.shape)
     nw = cdiv(n, 32)
     block = _lif_block()
     nb = cdiv(n, block)
