@@ -2,17 +2,21 @@
 # One script for the GPU machine (H100/H200, no network): build, GPU tests, compute-sanitizer,
 # benchmarks. Installs nothing from the network. Results (CSV, markdown table, logs) go to $OUT.
 #
-#   bash bench/gpu_check.sh                     # all stages: build test sanitize bench
-#   bash bench/gpu_check.sh build test          # a subset, in order (a warm machine keeps the build)
+#   bash bench/gpu_check.sh                     # all stages: build test sanitize sj bench
+#   bash bench/gpu_check.sh build test sanitize # a subset (stages always run in the order below)
+#   bash bench/gpu_check.sh build sj bench      # a second call: build is skipped when still there
 #   QUICK=1 bash bench/gpu_check.sh bench       # fewer repetitions / densities
 #   SWEEP=1 BENCH_CASES=conv,linear bash bench/gpu_check.sh bench   # also other Triton tile sizes
 #
-# Stages: build     FORCE_CUDA=1 build of snnsparse._C (pip -e, else setup.py build_ext --inplace)
-#                   and, when its sdist was carried, SpikingJelly's native spike_linear extension
+# Stages: build     FORCE_CUDA=1 build of snnsparse._C (pip -e, else setup.py build_ext --inplace);
+#                   skipped when a CUDA build of snnsparse._C already imports (warm machine)
 #         test      pytest tests -k "triton or cuda"  (GPU tests; the triton ones run compiled)
 #         sanitize  compute-sanitizer memcheck + racecheck over tests/test_cuda_ops.py (cuda backend only)
+#         sj        SpikingJelly's native spike_linear CUDA extension from the carried sdist
 #         bench     bench/bench_gpu.py (every GPU backend vs cuDNN/cuBLAS fp32/TF32/bf16, SpikingJelly)
-# One device command may run 600 s: a full run can exceed that; split it (build test | sanitize bench).
+# One device command may run 600 s and a machine idle for 30 s is given back (with /tmp and the
+# build): a full run can exceed 600 s, so use two calls, each building what it needs:
+#   bash bench/gpu_check.sh build test sanitize      then      bash bench/gpu_check.sh build sj bench
 #
 # SpikingJelly 2.0 on the GPU machine (it has no network and no spikingjelly): prepare on the dev
 # machine, in the repo root (.whl/ is git-ignored; it travels only when named in `carry`):
@@ -32,7 +36,7 @@ mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 PY=${PYTHON:-$(command -v python3 || echo /opt/torch/.venv/bin/python3)}
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(build test sanitize bench)
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(build test sanitize sj bench)
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET   # compiled Triton on the GPU
 
@@ -55,7 +59,7 @@ if ls .whl/spikingjelly-*.whl >/dev/null 2>&1; then
 else
   say "no .whl/spikingjelly-*.whl carried: SpikingJelly baselines will be skipped"
 fi
-if want build && ls .whl/spikingjelly-*.tar.gz >/dev/null 2>&1 && [ ! -d /tmp/sjnative/spikingjelly ]; then
+if want sj && ls .whl/spikingjelly-*.tar.gz >/dev/null 2>&1 && [ ! -d /tmp/sjnative/spikingjelly ]; then
   say "building SpikingJelly native spike_linear from the sdist"
   rm -rf /tmp/sjsrc && mkdir -p /tmp/sjsrc && tar xzf .whl/spikingjelly-*.tar.gz -C /tmp/sjsrc
   src=$(ls -d /tmp/sjsrc/spikingjelly-*)
@@ -69,7 +73,10 @@ fi
 [ -d /tmp/sjnative/spikingjelly ] && export PYTHONPATH=/tmp/sjnative${PYTHONPATH:+:$PYTHONPATH}
 
 # --- build snnsparse ------------------------------------------------------------------------
-if want build; then
+built=$("$PY" -c "import snnsparse._C, torch; print('cuda' in torch.ops.snnsparse.build_info())" 2>/dev/null)
+if want build && [ "$built" = "True" ]; then
+  say "snnsparse._C with CUDA already built: build skipped"
+elif want build; then
   say "building snnsparse (FORCE_CUDA=1)"
   export FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
   if ! timeout 540 "$PY" -m pip install -q --no-build-isolation --no-deps --no-index -e . >>"$LOG" 2>&1; then
