@@ -74,7 +74,10 @@ fi
 
 # --- build snnsparse ------------------------------------------------------------------------
 built=$("$PY" -c "import snnsparse._C, torch; print('cuda' in torch.ops.snnsparse.build_info())" 2>/dev/null)
-if want build && [ "$built" = "True" ]; then
+has_cuda=$("$PY" -c "import torch; print(torch.cuda.is_available())" 2>/dev/null)
+if want build && [ "$has_cuda" != "True" ]; then
+  say "no CUDA device visible to torch: build skipped (this script is for the GPU machine)"
+elif want build && [ "$built" = "True" ]; then
   say "snnsparse._C with CUDA already built: build skipped"
 elif want build; then
   say "building snnsparse (FORCE_CUDA=1)"
