@@ -30,6 +30,9 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from snnsparse.functional import conv2d_output_size
+from snnsparse.ops.reference import masked_weight
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 NS = "snnsparse_triton"
 
@@ -133,10 +136,6 @@ def _pad_to(t: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros(shape)], dim=dim)
 
 
-def _masked(weight: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    return weight if mask is None else torch.where(mask, weight, torch.zeros((), dtype=weight.dtype,
-                                                                             device=weight.device))
-
 
 # Tile sizes. The interpreter gets small tiles so tiny test shapes still span several blocks.
 # GPU values are starting points for the measured sweep in bench/bench_gpu.py, not tuned numbers;
@@ -220,7 +219,7 @@ def spike_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     cfg = _linear_tiles(weight.dtype)
     bn, bm = cfg["BLOCK_N"], cfg["BLOCK_M"]
     x = x.contiguous()
-    wt = _masked(weight, mask).t().contiguous()        # [K, M]: one spike column = one contiguous row
+    wt = masked_weight(weight, mask).t().contiguous()        # [K, M]: one spike column = one contiguous row
     mcnt = _kept_per_column(mask, bm).contiguous() if mask is not None else None
     kw = max(cdiv(k, 32), 1)
     bits = _pack(x, n, k, 1, 1, k, 0, 1) if k > 0 else torch.zeros((n, 1, 1), dtype=torch.int32,
@@ -255,7 +254,7 @@ def spike_linear_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     if n == 0 or m == 0 or k == 0:
         return (gin, gw)
     g = grad_out.contiguous()
-    wt = _masked(weight, mask).t().contiguous()
+    wt = masked_weight(weight, mask).t().contiguous()
     common = dict(HAS_MASK=mask is not None, SPLIT=_split(weight.dtype), IS_F64=_f64(weight.dtype))
     if need_input_grad:
         cfg = _linear_tiles(weight.dtype, "grad_in")
@@ -308,17 +307,12 @@ spike_linear_fwd.register_autograd(_linear_backward, setup_context=_linear_setup
 # ---------------------------------------------------------------------------------------------
 # spike_conv2d
 
-def _out_hw(h, w, kh, kw, stride, padding, dilation):
-    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    return ho, wo
-
 
 def _conv_weight_prep(weight, mask, groups, block_co, block_c):
     """wt[G, KH*KW, Cin_g, Cout_g] = W*mask; mcnt[G, COB, KH*KW, Cin_g]; bflag[G, COB, KH*KW, CIB]."""
     cout, cin_g, kh, kw = weight.shape
     cog = cout // groups
-    wt = _masked(weight, mask).reshape(groups, cog, cin_g, kh * kw).permute(0, 3, 2, 1).contiguous()
+    wt = masked_weight(weight, mask).reshape(groups, cog, cin_g, kh * kw).permute(0, 3, 2, 1).contiguous()
     if mask is None:
         return wt, None, None
     mk = _pad_to(mask.to(torch.int32).reshape(groups, cog, cin_g, kh * kw), 1, block_co)
@@ -345,7 +339,7 @@ def spike_conv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                      groups: int, count: bool, dense_weight_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     n, cin, h, w = x.shape
     cout, cin_g, kh, kw = weight.shape
-    ho, wo = _out_hw(h, w, kh, kw, stride, padding, dilation)
+    ho, wo = conv2d_output_size(h, w, (kh, kw), stride, padding, dilation)
     out = torch.empty((n, cout, ho, wo), dtype=weight.dtype, device=x.device)
     if out.numel() == 0 or cin_g == 0:
         if out.numel():
@@ -370,7 +364,7 @@ def spike_conv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
 
 @spike_conv2d_fwd.register_fake
 def _(x, weight, bias, mask, stride, padding, dilation, groups, count, dense_weight_grad):
-    ho, wo = _out_hw(x.shape[2], x.shape[3], weight.shape[2], weight.shape[3], stride, padding, dilation)
+    ho, wo = conv2d_output_size(x.shape[2], x.shape[3], weight.shape[2:], stride, padding, dilation)
     return (x.new_empty((x.shape[0], weight.shape[0], ho, wo), dtype=weight.dtype),
             x.new_empty((), dtype=torch.int64))
 
