@@ -346,6 +346,37 @@ def _linear_tf32(x, w, tf32):
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
+def profile_triton(out_path):
+    """Per-kernel device time of one call of each Triton op (pack, compaction, GEMM, LIF...):
+    where the time goes, for the next optimisation step. torch.profiler, CUDA activity."""
+    from torch.profiler import ProfilerActivity, profile
+    T = ss.backends.get("triton")
+    g = torch.Generator(device=DEV).manual_seed(7)
+    lin_x = (torch.rand((4096, 4096), device=DEV, generator=g) < 0.02).half()
+    lin_w = torch.randn((4096, 4096), device=DEV, generator=g).half()
+    conv_x = (torch.rand((128, 256, 16, 16), device=DEV, generator=g) < 0.1).half()
+    conv_w = torch.randn((256, 256, 3, 3), device=DEV, generator=g).half()
+    conv_m = torch.rand(conv_w.shape, device=DEV, generator=g) < 0.1
+    lif_x = torch.randn((32, 64 * 65536), device=DEV, generator=g).half().requires_grad_()
+    calls = {
+        "linear 4096^3 fp16 rate 0.02": lambda: T.spike_linear(lin_x, lin_w, None, None),
+        "conv 3x3 T4 B32 256@16 fp16 rate/density 0.1": lambda: T.spike_conv2d(conv_x, conv_w, None, conv_m, (1, 1),
+                                                                               (1, 1), (1, 1), 1),
+        "lif fwd+bwd [32, 4M] fp16": lambda: T.lif(lif_x, torch.zeros(lif_x.shape[1], device=DEV, dtype=lif_x.dtype),
+                                                   2.0, 1.0, 0.0, True, False, "sigmoid", 4.0)[0].sum().backward(),
+    }
+    with open(out_path, "w") as fh:
+        for name, fn in calls.items():
+            fn()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                fn()
+                torch.cuda.synchronize()
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
+            print(f"== profile: {name}\n{table}")
+            fh.write(f"== profile: {name}\n{table}\n")
+
+
 # ----------------------------------------------------------------------------------------- main
 
 def main():
@@ -355,6 +386,7 @@ def main():
     ap.add_argument("--cases", default="lif,conv,linear")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and densities")
     ap.add_argument("--sweep", action="store_true", help="also try other Triton tile sizes / zero-tile skipping")
+    ap.add_argument("--profile", default="", help="also write per-kernel device times of the Triton ops here")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU under TRITON_INTERPRET=1")
     args = ap.parse_args()
     if not SMOKE and not torch.cuda.is_available():
@@ -372,6 +404,8 @@ def main():
         if name in cases:
             print(f"== {name}", flush=True)
             fn()
+    if args.profile and "triton" in backends and not SMOKE:
+        profile_triton(args.profile)
     keys = []
     for r in ROWS:
         r.update(info)

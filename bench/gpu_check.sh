@@ -126,7 +126,8 @@ fi
 if want bench; then
   say "bench/bench_gpu.py"
   timeout 560 "$PY" bench/bench_gpu.py --csv "$OUT/bench_gpu.csv" --md "$OUT/bench_gpu.md" \
-      ${QUICK:+--quick} ${SWEEP:+--sweep} ${BENCH_CASES:+--cases $BENCH_CASES} 2>&1 | tee "$OUT/bench_gpu.log" | tail -60
+      --profile "$OUT/profile_triton.txt" \
+      ${QUICK:+--quick} ${SWEEP:+--sweep} ${BENCH_CASES:+--cases $BENCH_CASES} 2>&1 | tee -a "$LOG" | tail -60
   say "bench exit ${PIPESTATUS[0]}"
 fi
 say "done; files in $OUT"
