@@ -21,7 +21,9 @@ for CPU tensors on its own).
 Weight preparation (per call, on the device, no host sync): W*mask transposed to the kernels'
 weight-stationary layout plus per-block kept-synapse counts (bflag) and per-column counts
 (mcnt) used for skipping and counting. It is O(weight) work, small next to the GEMM for
-T*B >> 1; caching it across calls (keyed on weight/mask versions) is left to be measured.
+T*B >> 1, and is redone every call: a cache keyed on tensor versions was tried and dropped,
+because writes through `.data` (gradcheck, pruning code) change a weight without bumping its
+version and the cache then served a stale weight.
 """
 from __future__ import annotations
 
