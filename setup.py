@@ -32,7 +32,7 @@ def _extensions():
         cxx.append("-march=" + os.environ.get("SNNSPARSE_MARCH", "native"))
     kwargs = dict(extra_link_args=["-fopenmp"], include_dirs=[os.path.join(ROOT, "csrc")])
     if with_cuda:
-        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
+        nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo",
                 "-DSNNSPARSE_WITH_CUDA"]
         arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
         if not arch:

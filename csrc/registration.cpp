@@ -60,4 +60,22 @@ TORCH_LIBRARY(snnsparse, m) {
   m.def("lif_bwd(Tensor grad_spikes, Tensor? grad_v_last, Tensor h_seq, float tau,"
         " float v_threshold, float? v_reset, bool decay_input, bool detach_reset,"
         " str surrogate, float alpha) -> (Tensor grad_x, Tensor grad_v0)");
+
+  // ---- added by the cpp backend (CPU impls only; the core schemas above are unchanged) ----
+  // Forward with the weight pre-packed by snnsparse/ops/cpp.py (cached per weight/mask version).
+  // packed: dense rows/slabs [W', nnz-per-column] or compressed rows [rowptr, idx, val, nnz-per-column].
+  // weight and mask are the source of truth (autograd, fake kernels); dense_weight_grad only
+  // selects the weight gradient of the autograd formula.
+  m.def("spike_linear_fwd_packed(Tensor spikes, Tensor weight, Tensor? bias, Tensor? mask, Tensor[] packed,"
+        " bool count, bool dense_weight_grad) -> (Tensor out, Tensor n_acc)");
+  m.def("spike_conv2d_fwd_packed(Tensor spikes, Tensor weight, Tensor? bias, Tensor? mask, Tensor[] packed,"
+        " int[2] stride, int[2] padding, int[2] dilation, int groups, bool count, bool dense_weight_grad)"
+        " -> (Tensor out, Tensor n_acc)");
+  // lif_fwd that carries the surrogate for autograd (always returns h_seq).
+  m.def("lif_fwd_sg(Tensor x_seq, Tensor v0, float tau, float v_threshold, float? v_reset, bool decay_input,"
+        " bool detach_reset, str surrogate, float alpha) -> (Tensor spikes, Tensor v_last, Tensor h_seq)");
+  // lif_bwd with an optional gradient flowing into h_seq as well.
+  m.def("lif_bwd_h(Tensor grad_spikes, Tensor? grad_v_last, Tensor? grad_h, Tensor h_seq, float tau,"
+        " float v_threshold, float? v_reset, bool decay_input, bool detach_reset, str surrogate, float alpha)"
+        " -> (Tensor grad_x, Tensor grad_v0)");
 }

@@ -1,0 +1,375 @@
+"""cpp backend (csrc/cpu, snnsparse.ops.cpp) against the reference over the DESIGN.md grid.
+
+Also: torch.library.opcheck on every registered op, float64 gradcheck, counting mode against an
+independent count, LIF forward/backward for every option and surrogate, refused inputs, and the
+weight-packing cache.
+"""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import snnsparse as ss
+from conftest import DENSITIES, ODD_SIZES, RATES, TIMESTEPS, assert_close64, mask, randn, spikes
+from snnsparse.ops import reference as R
+from snnsparse.ops import surrogate as SG
+
+pytestmark = pytest.mark.skipif(ss.backends.available()["cpp"] is not True,
+                                reason=f"cpp backend unavailable: {ss.backends.available()['cpp']}")
+if ss.backends.available()["cpp"] is True:
+    from snnsparse.ops import cpp as C
+
+OPS = torch.ops.snnsparse
+CONV_CASES = [  # (cin, cout, groups, k(h,w), stride, padding, dilation, hw)
+    (3, 5, 1, (3, 3), 1, 1, 1, (7, 9)),
+    (4, 6, 2, (1, 3), (2, 1), (0, 1), 1, (5, 6)),
+    (6, 6, 6, (3, 3), 1, 2, 2, (8, 8)),
+    (1, 3, 1, (2, 5), 2, (1, 2), (1, 2), (11, 10)),
+    (8, 16, 1, (3, 3), 1, 1, 1, (6, 5)),
+]
+
+
+def _fmts(kind, groups=1):
+    # every weight format is checked on every case: dense rows/slabs, compressed rows, (conv, groups 1) blocks
+    fmts = [1, 2]
+    if kind == "conv" and groups == 1:
+        fmts.append(3)
+    return fmts
+
+
+def _conv_fmts(g, st, wd, wo):
+    return _fmts("conv", g) + ([4] if C.HAS_AVX512 and st in (1, (1, 1)) and wd <= 64 and wo <= 64 else [])
+
+
+def _linear_ref(s, w, b, msk, dwg=False):
+    return F.linear(s, R.masked_weight(w, msk, dwg), b)
+
+
+@pytest.mark.parametrize("rate,density", list(itertools.product(RATES, DENSITIES)))
+@pytest.mark.parametrize("t", TIMESTEPS)
+def test_linear_grid(rng, rate, density, t):
+    for k, m, b_ in ((ODD_SIZES[0], ODD_SIZES[2], 3), (ODD_SIZES[2], ODD_SIZES[1], 3), (16, 7, 1), (70, 5, 17)):
+        s = spikes((t, b_, k), rate, rng)
+        w, b, msk = randn((m, k), rng), randn((m,), rng), mask((m, k), density, rng)
+        x = s.reshape(-1, k)
+        expect = F.linear(x.double(), (w * msk).double(), b.double())
+        count = int((x.double() @ msk.double().t()).sum())
+        y, n = ss.functional.spike_linear(s, w, b, mask=msk, backend="cpp", return_count=True)
+        assert y.shape == (t, b_, m) and n == count
+        assert_close64(y.reshape(-1, m), expect)
+        for fmt in _fmts("linear"):
+            packed = C.pack_linear(w, msk, fmt)
+            y2, n2 = OPS.spike_linear_fwd_packed(x, w, b, msk, packed, True, False)
+            assert_close64(y2, expect, msg=f"format {fmt}")
+            assert int(n2) == count
+        y3, n3 = OPS.spike_linear_fwd(x, w, None, msk, True)
+        assert_close64(y3, expect - b.double())
+        assert int(n3) == count
+
+
+@pytest.mark.parametrize("rate,density", list(itertools.product(RATES, DENSITIES)))
+def test_conv_grid(rng, rate, density):
+    for cin, cout, g, kk, st, pad, dil, (h, wd) in CONV_CASES:
+        st2, pad2, dil2 = [v if isinstance(v, tuple) else (v, v) for v in (st, pad, dil)]
+        for t in TIMESTEPS:
+            s = spikes((t, 2, cin, h, wd), rate, rng)
+            w, b, msk = randn((cout, cin // g, *kk), rng), randn((cout,), rng), None
+            msk = mask(w.shape, density, rng)
+            x = s.flatten(0, 1)
+            expect = F.conv2d(x.double(), (w * msk).double(), b.double(), st, pad, dil, g)
+            count = int(F.conv2d(x.double(), msk.double(), None, st, pad, dil, g).sum())
+            y, n = ss.functional.spike_conv2d(s, w, b, st, pad, dil, g, mask=msk, backend="cpp", return_count=True)
+            assert n == count
+            assert_close64(y.flatten(0, 1), expect)
+            for fmt in _conv_fmts(g, st, wd, expect.shape[3]):
+                packed = C.pack_conv(w, msk, g, fmt)
+                y2, n2 = OPS.spike_conv2d_fwd_packed(x, w, b, msk, packed, st2, pad2, dil2, g, True, False)
+                assert_close64(y2, expect, msg=f"format {fmt}")
+                assert int(n2) == count
+            y3, n3 = OPS.spike_conv2d_fwd(x, w, None, None, st2, pad2, dil2, g, True)
+            assert_close64(y3, F.conv2d(x.double(), w.double(), None, st, pad, dil, g))
+            assert int(n3) == int(F.conv2d(x.double(), torch.ones_like(w).double(), None, st, pad, dil, g).sum())
+
+
+def _grads(fn, inputs):
+    out = fn(*inputs)
+    g = torch.randn_like(out)
+    return torch.autograd.grad(out, inputs, g, allow_unused=True), g
+
+
+@pytest.mark.parametrize("rate,density", [(0.3, 1.0), (0.3, 0.5), (0.05, 0.1), (1.0, 0.0), (0.0, 0.5)])
+@pytest.mark.parametrize("dwg", [False, True])
+def test_linear_backward(rng, rate, density, dwg):
+    for k, m, n in ((127, 3, 12), (1, 9, 4), (33, 70, 65)):
+        s = spikes((n, k), rate, rng, torch.float64)
+        w, b, msk = randn((m, k), rng, torch.float64), randn((m,), rng, torch.float64), mask((m, k), density, rng)
+        inputs = [s.requires_grad_(), w.requires_grad_(), b.requires_grad_()]
+        out_c = ss.functional.spike_linear(inputs[0], inputs[1], inputs[2], mask=msk, backend="cpp",
+                                           dense_weight_grad=dwg)
+        out_r = _linear_ref(*inputs, msk, dwg)
+        assert_close64(out_c, out_r)
+        g = torch.randn_like(out_r)
+        gc = torch.autograd.grad(out_c, inputs, g)
+        gr = torch.autograd.grad(out_r, inputs, g)
+        for a, e in zip(gc, gr):
+            assert_close64(a, e, rtol=1e-10, atol=1e-10)
+        if not dwg and density < 1:
+            assert not gc[1][~msk].any()
+
+
+@pytest.mark.parametrize("dwg", [False, True])
+def test_conv_backward(rng, dwg):
+    for (cin, cout, g, kk, st, pad, dil, (h, wd)), density in itertools.product(CONV_CASES, (1.0, 0.3)):
+        s = spikes((3, cin, h, wd), 0.3, rng, torch.float64)
+        w, b = randn((cout, cin // g, *kk), rng, torch.float64), randn((cout,), rng, torch.float64)
+        msk = mask(w.shape, density, rng)
+        inputs = [s.requires_grad_(), w.requires_grad_(), b.requires_grad_()]
+        out_c = ss.functional.spike_conv2d(*inputs, st, pad, dil, g, mask=msk, backend="cpp", dense_weight_grad=dwg)
+        out_r = F.conv2d(inputs[0], R.masked_weight(inputs[1], msk, dwg), inputs[2], st, pad, dil, g)
+        assert_close64(out_c, out_r)
+        go = torch.randn_like(out_r)
+        for a, e in zip(torch.autograd.grad(out_c, inputs, go), torch.autograd.grad(out_r, inputs, go)):
+            assert_close64(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_gradcheck_linear_and_conv(rng):
+    s = spikes((6, 9), 0.4, rng, torch.float64)
+    w, b = randn((5, 9), rng, torch.float64).requires_grad_(), randn((5,), rng, torch.float64).requires_grad_()
+    msk = mask(w.shape, 0.6, rng)
+    # gradcheck perturbs w through .data, which does not bump w's version counter, so the pack cache
+    # cannot see it: pack inside the function (both formats) or use the core op (packs per call).
+    for fmt in (1, 2):
+        assert torch.autograd.gradcheck(
+            lambda w_, b_: OPS.spike_linear_fwd_packed(s, w_, b_, msk, C.pack_linear(w_, msk, fmt), False, False)[0],
+            (w, b))
+    assert torch.autograd.gradcheck(lambda w_, b_: OPS.spike_linear_fwd(s, w_, b_, msk, False)[0], (w, b))
+    x = spikes((2, 4, 6, 5), 0.4, rng, torch.float64)
+    wc = randn((6, 2, 3, 3), rng, torch.float64).requires_grad_()
+    bc = randn((6,), rng, torch.float64).requires_grad_()
+    mc = mask(wc.shape, 0.5, rng)
+    for fmt in (1, 2):
+        assert torch.autograd.gradcheck(
+            lambda w_, b_: OPS.spike_conv2d_fwd_packed(x, w_, b_, mc, C.pack_conv(w_, mc, 2, fmt), [2, 1], [1, 1],
+                                                       [1, 2], 2, False, False)[0], (wc, bc))
+    assert torch.autograd.gradcheck(
+        lambda w_, b_: OPS.spike_conv2d_fwd(x, w_, b_, mc, [1, 2], [1, 0], [1, 1], 2, False)[0], (wc, bc))
+    # Gradient w.r.t. the spikes (gradcheck cannot perturb binary spikes): the dense formula.
+    xs = x.clone().requires_grad_()
+    out = ss.functional.spike_conv2d(xs, wc, bc, 1, 1, 1, 2, mask=mc, backend="cpp")
+    g = torch.randn_like(out)
+    (gx,) = torch.autograd.grad(out, xs, g)
+    xs2 = x.clone().requires_grad_()
+    (gx2,) = torch.autograd.grad(F.conv2d(xs2, wc * mc, bc, 1, 1, 1, 2), xs2, g)
+    assert_close64(gx, gx2, rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------- LIF
+LIF_OPTIONS = list(itertools.product((True, False), (0.0, None, -0.2), (False, True), SG.NAMES))
+
+
+@pytest.mark.parametrize("decay_input,v_reset,detach_reset,sg", LIF_OPTIONS)
+def test_lif_forward_backward(rng, decay_input, v_reset, detach_reset, sg):
+    alpha = SG.DEFAULT_ALPHA[sg] * 1.5
+    for t, with_v0 in ((1, False), (4, True), (5, False)):
+        x = (randn((t, 3, 37), rng, torch.float64) * 1.2 + 0.6)
+        v0 = randn((3, 37), rng, torch.float64) * 0.5 if with_v0 else None
+        kw = dict(tau=1.7, v_threshold=0.9, v_reset=v_reset, decay_input=decay_input, detach_reset=detach_reset,
+                  surrogate=sg, alpha=alpha)
+        xc = x.clone().requires_grad_()
+        xr = x.clone().requires_grad_()
+        v0c = v0.clone().requires_grad_() if with_v0 else None
+        v0r = v0.clone().requires_grad_() if with_v0 else None
+        sc, vc = ss.functional.lif(xc, v0c, backend="cpp", **kw)
+        sr, vr = ss.functional.lif(xr, v0r, backend="reference", **kw)
+        assert torch.equal(sc, sr) and torch.equal(vc, vr)  # same float operation order: bit-identical
+        gs, gv = torch.randn_like(sc), torch.randn_like(vc)
+        ins_c = [xc] + ([v0c] if with_v0 else [])
+        ins_r = [xr] + ([v0r] if with_v0 else [])
+        gc = torch.autograd.grad((sc * gs).sum() + (vc * gv).sum(), ins_c)
+        gr = torch.autograd.grad((sr * gs).sum() + (vr * gv).sum(), ins_r)
+        for a, e in zip(gc, gr):
+            assert_close64(a, e, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("sg", SG.NAMES)
+def test_lif_float32_and_grad_h(rng, sg):
+    x = randn((4, 2, 1100), rng) * 1.5 + 0.5  # > one 1024-neuron block
+    sc, vc, hc = ss.functional.lif_with_h(x, backend="cpp", surrogate=sg, return_h=True)
+    sr, vr, hr = ss.functional.lif_with_h(x, backend="reference", surrogate=sg, return_h=True)
+    assert torch.equal(sc, sr) and torch.equal(vc, vr) and torch.equal(hc, hr)
+    # A gradient flowing into h_seq (e.g. a criticality regulariser) reaches x through lif_bwd_h.
+    xc, xr = x.double().requires_grad_(), x.double().requires_grad_()
+    outs = [ss.functional.lif_with_h(xx, backend=be, surrogate=sg, return_h=True) for xx, be in
+            ((xc, "cpp"), (xr, "reference"))]
+    w = torch.randn_like(xc)
+    (g1,) = torch.autograd.grad((outs[0][0] * w).sum() + (outs[0][2] ** 2).sum(), xc)
+    (g2,) = torch.autograd.grad((outs[1][0] * w).sum() + (outs[1][2] ** 2).sum(), xr)
+    assert_close64(g1, g2, rtol=1e-9, atol=1e-9)
+    # float32 backward vs float64 reference (vectorised exp in the sigmoid/erf surrogates).
+    x32 = x.clone().requires_grad_()
+    s32, _ = ss.functional.lif(x32, backend="cpp", surrogate=sg)
+    (g32,) = torch.autograd.grad((s32 * w.float()).sum(), x32)
+    x64 = x.double().requires_grad_()
+    s64, _ = ss.functional.lif(x64, backend="reference", surrogate=sg)
+    (g64,) = torch.autograd.grad((s64 * w).sum(), x64)
+    assert_close64(g32, g64, rtol=1e-4, atol=1e-5)
+
+
+def test_lif_core_ops(rng):
+    x, v0 = randn((3, 50), rng), randn((50,), rng)
+    s, v, h = OPS.lif_fwd(x, v0, 2.0, 1.0, 0.0, True, True)
+    sr, vr, hr = R.lif(x, v0, 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, return_h=True)
+    assert torch.equal(s, sr) and torch.equal(v, vr) and torch.equal(h, hr)
+    assert OPS.lif_fwd(x, v0, 2.0, 1.0, None, False, False)[2].numel() == 0
+    gs = torch.randn_like(s)
+    gx, gv0 = OPS.lif_bwd(gs, None, h, 2.0, 1.0, 0.0, True, False, "atan", 2.0)
+    xr, v0r = x.double().requires_grad_(), v0.double().requires_grad_()
+    sr, _, _ = R.lif(xr, v0r, 2.0, 1.0, 0.0, True, False, "atan", 2.0)
+    gxr, gv0r = torch.autograd.grad((sr * gs.double()).sum(), (xr, v0r))
+    assert_close64(gx, gxr, rtol=1e-5, atol=1e-6)
+    assert_close64(gv0, gv0r, rtol=1e-5, atol=1e-6)
+    e = torch.empty(0, 7)
+    s, v, h = OPS.lif_fwd(e, torch.zeros(7), 2.0, 1.0, 0.0, True, True)
+    assert s.shape == (0, 7) and torch.equal(v, torch.zeros(7))
+
+
+# ---------------------------------------------------------------------------------------------- opcheck
+def _opcheck_samples():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(6, 9, generator=g) < 0.4).double()
+    w = torch.randn(5, 9, generator=g, dtype=torch.float64)
+    b = torch.randn(5, generator=g, dtype=torch.float64)
+    m = torch.rand(5, 9, generator=g) < 0.6
+    xc = (torch.rand(2, 4, 6, 5, generator=g) < 0.4).double()
+    wc = torch.randn(6, 2, 3, 3, generator=g, dtype=torch.float64)
+    bc = torch.randn(6, generator=g, dtype=torch.float64)
+    mc = torch.rand(6, 2, 3, 3, generator=g) < 0.5
+    geo = ([2, 1], [1, 1], [1, 2], 2)
+    go = torch.randn(2, 6, 3, 3, generator=g, dtype=torch.float64)
+    xs = torch.randn(4, 11, generator=g, dtype=torch.float64)
+    v0 = torch.randn(11, generator=g, dtype=torch.float64)
+    h = torch.randn(4, 11, generator=g, dtype=torch.float64)
+    rg = lambda t: t.clone().requires_grad_()  # noqa: E731
+    return [
+        ("spike_linear_fwd", (rg(x), rg(w), rg(b), m, True)),
+        ("spike_linear_fwd", (x, w, None, None, False)),
+        ("spike_linear_fwd_packed", (rg(x), rg(w), rg(b), m, C.pack_linear(w, m, 1), True, False)),
+        ("spike_linear_fwd_packed", (rg(x), rg(w), None, m, C.pack_linear(w, m, 2), False, True)),
+        ("spike_linear_bwd", (torch.randn(6, 5, dtype=torch.float64), x, w, m, True, True, False)),
+        ("spike_linear_bwd", (torch.randn(6, 5, dtype=torch.float64), x, w, None, False, True, True)),
+        ("spike_conv2d_fwd", (rg(xc), rg(wc), rg(bc), mc, *geo, True)),
+        ("spike_conv2d_fwd_packed", (rg(xc), rg(wc), rg(bc), mc, C.pack_conv(wc, mc, 2, 1), *geo, True, False)),
+        ("spike_conv2d_fwd_packed", (rg(xc), rg(wc), None, mc, C.pack_conv(wc, mc, 2, 2), *geo, False, True)),
+        ("spike_conv2d_bwd", (go, xc, wc, mc, *geo, True, True, False)),
+        ("spike_conv2d_bwd", (go, xc, wc, None, *geo, True, False, False)),
+        ("lif_fwd", (rg(xs), rg(v0), 2.0, 1.0, 0.0, True, True)),
+        ("lif_fwd", (xs, v0, 2.0, 0.5, None, False, False)),
+        ("lif_fwd_sg", (rg(xs), rg(v0), 2.0, 1.0, None, True, True, "atan", 2.0)),
+        ("lif_fwd_sg", (rg(xs), rg(v0), 3.0, 0.5, 0.1, False, False, "erf", 2.0)),
+        ("lif_bwd", (torch.randn_like(h), torch.randn_like(v0), h, 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0)),
+        ("lif_bwd_h", (torch.randn_like(h), None, torch.randn_like(h), h, 2.0, 1.0, None, False, True,
+                       "piecewise_quadratic", 1.0)),
+    ]
+
+
+@pytest.mark.parametrize("i", range(len(_opcheck_samples())))
+def test_opcheck(i):
+    name, args = _opcheck_samples()[i]
+    torch.library.opcheck(getattr(OPS, name).default, args)
+
+
+def test_every_registered_op_is_opchecked():
+    from torch._C import _dispatch_get_registrations_for_dispatch_key as regs
+    cpu_ops = {n.split("::")[1].split(".")[0] for n in regs("CPU") if n.startswith("snnsparse::")}
+    assert cpu_ops and cpu_ops <= {name for name, _ in _opcheck_samples()}
+
+
+# ---------------------------------------------------------------------------------------------- refused
+def test_bad_input_refused(rng):
+    x = spikes((4, 6), 0.5, rng)
+    w = randn((3, 6), rng)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        OPS.spike_linear_fwd(x.half(), w.half(), None, None, False)
+    with pytest.raises(TypeError, match="same dtype"):
+        OPS.spike_linear_fwd(x.double(), w, None, None, False)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        OPS.spike_linear_fwd(x.int(), w.int(), None, None, False)
+    with pytest.raises(TypeError, match="mask must be bool"):
+        OPS.spike_linear_fwd(x, w, None, torch.ones(3, 6), False)
+    with pytest.raises(RuntimeError, match="spikes must be"):
+        OPS.spike_linear_fwd(x[:, :5], w, None, None, False)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        OPS.spike_linear_fwd(x, w, torch.zeros(4), None, False)
+    with pytest.raises(RuntimeError, match="packed"):
+        OPS.spike_linear_fwd_packed(x, w, None, None, [torch.zeros(3)], False, False)
+    xc, wc = spikes((2, 4, 5, 5), 0.5, rng), randn((3, 4, 3, 3), rng)
+    with pytest.raises(RuntimeError, match="channels"):
+        OPS.spike_conv2d_fwd(xc, randn((3, 3, 3, 3), rng), None, None, [1, 1], [0, 0], [1, 1], 1, False)
+    with pytest.raises(RuntimeError, match="smaller than"):
+        OPS.spike_conv2d_fwd(xc, randn((3, 4, 7, 7), rng), None, None, [1, 1], [0, 0], [1, 1], 1, False)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        OPS.spike_conv2d_fwd(xc.bfloat16(), wc.bfloat16(), None, None, [1, 1], [0, 0], [1, 1], 1, False)
+    with pytest.raises(TypeError):
+        OPS.lif_fwd(torch.zeros(2, 3, dtype=torch.int32), torch.zeros(3, dtype=torch.int32), 2.0, 1.0, 0.0, True, True)
+    with pytest.raises(ValueError, match="tau"):
+        OPS.lif_fwd(torch.zeros(2, 3), torch.zeros(3), 0.5, 1.0, 0.0, True, True)
+    with pytest.raises(ValueError, match="surrogate"):
+        OPS.lif_bwd(torch.zeros(2, 3), None, torch.zeros(2, 3), 2.0, 1.0, 0.0, True, False, "relu", 1.0)
+    with pytest.raises(ValueError, match="binary"):
+        ss.functional.spike_linear(x * 0.5, w, backend="cpp")
+
+
+def test_low_precision_is_upcast(rng):
+    s = spikes((2, 3, 10), 0.4, rng)
+    w, msk = randn((4, 10), rng), mask((4, 10), 0.5, rng)
+    for dt in (torch.float16, torch.bfloat16):
+        y = ss.functional.spike_linear(s.to(dt), w.to(dt), mask=msk, backend="cpp")
+        assert y.dtype == dt
+        assert_close64(y, F.linear(s.to(dt).double(), w.to(dt).double() * msk), rtol=1e-2, atol=1e-2)
+        xc, wc = spikes((2, 3, 6, 6), 0.4, rng).to(dt), randn((5, 3, 3, 3), rng).to(dt)
+        yc = ss.functional.spike_conv2d(xc, wc, padding=1, backend="cpp")
+        assert yc.dtype == dt
+        assert_close64(yc, F.conv2d(xc.double(), wc.double(), padding=1), rtol=2e-2, atol=2e-2)
+        sl, _ = ss.functional.lif(randn((3, 8), rng).to(dt), backend="cpp")
+        assert sl.dtype == dt
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def test_pack_cache_tracks_versions(rng):
+    layer = ss.nn.SpikeLinear(20, 7, backend="cpp")
+    layer.set_mask(mask(layer.weight.shape, 0.2, rng))
+    s = spikes((3, 2, 20), 0.5, rng)
+    C.clear_cache()
+    before = dict(C.stats)
+    y1 = layer(s)
+    y2 = layer(s)
+    assert C.stats["packs"] == before["packs"] + 1 and C.stats["hits"] == before["hits"] + 1
+    assert torch.equal(y1, y2)
+    with torch.no_grad():
+        layer.weight.mul_(2)  # in-place update (an optimizer step) bumps the version: repacked
+    assert_close64(layer(s), F.linear(s, layer.weight * layer.weight_mask, layer.bias))
+    layer.set_mask(torch.ones_like(layer.weight_mask))  # mask change: repacked
+    assert_close64(layer(s), F.linear(s, layer.weight, layer.bias))
+    assert C.stats["packs"] == before["packs"] + 3
+    conv = ss.nn.SpikeConv2d(3, 4, 3, padding=1, backend="cpp")
+    xc = spikes((2, 3, 5, 5), 0.5, rng)
+    conv(xc)
+    with torch.no_grad():
+        conv.weight.add_(1.0)
+    assert_close64(conv(xc), F.conv2d(xc, conv.weight, conv.bias, padding=1))
+
+
+def test_training_step_through_modules(rng):
+    layer = ss.nn.SpikeConv2d(4, 6, 3, padding=1, backend="cpp")
+    layer.set_mask(mask(layer.weight.shape, 0.3, rng))
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x = spikes((2, 3, 4, 6, 6), 0.3, rng)
+    for _ in range(3):
+        opt.zero_grad()
+        y = layer(x)
+        yr = F.conv2d(x.flatten(0, 1), layer.weight * layer.weight_mask, layer.bias, padding=1)
+        assert_close64(y.flatten(0, 1), yr)
+        y.square().sum().backward()
+        assert not layer.weight.grad[~layer.weight_mask].any()
+        opt.step()
