@@ -139,7 +139,8 @@ NOTES = """Notes on the digits settings (the paper recipes are in snnsparse/reci
   exact (round(0.25 * alive) per round), so the sparsity is exactly 1 - 0.75^k. A cosine schedule per
   round (the paper's) was worse here on seed 0 (92.2% vs 96.1% at 95.8% with 8 epochs per round), so
   the digits recipe uses a constant lr.
-- Criticality vs GMP: identical runs except the regrowth ratio r (0.2 vs 0); one pruning step per
+- Criticality vs GMP: identical runs except the regrowth ratio r (0.2 vs 0); criticality ends slightly
+  denser (ties in the channel score regrow whole channels, so a step may regrow more than g); one pruning step per
   epoch for 15 epochs (cubic schedule to 95.7%), then 15 epochs of fine-tuning. "criticality" is the
   paper's score (surrogate derivative of the LIF's own surrogate, atan here, at threshold);
   "criticality (code_tanh)" is the official weight-pruning code's surrogate-function score.
@@ -148,11 +149,14 @@ NOTES = """Notes on the digits settings (the paper recipes are in snnsparse/reci
   (Adam 1e-3), which plain edge-popup does not do.
 - "[longer]" rows: a second run, started after the first showed LTH and MPSLT missing their goals, with
   12 epochs per LTH round (instead of 8) and 60 MPSLT epochs (instead of 30); all other settings and the
-  seeds are the same. Both runs are reported.
+  seeds are the same. Both runs are reported. (Those runs printed their per-seed results but crashed
+  before writing their JSON, a bug of this script since fixed; the rows were taken from the printed
+  results, so their intermediate LTH rounds are not recorded.)
 - Spikformer rows: MultiSpSLT (embed 64, 4 heads, 1 block, 2x2 patches -> 16 patches). MultiSp: CPM
   connection ticket (biprop, 50%) searched for 5 epochs with the temporary head, patches ranked by the
   sparse CPM's firing rate on the training set and the top 11 of 16 kept (31% dropped), then 20 epochs
-  of training with the binary sparse CPM frozen; the dense row trains 20 epochs."""
+  of training with the binary sparse CPM frozen; the dense row trains 20 epochs (so MultiSp also had
+  the 5 search epochs; the two rows are not equal-compute, and both are far below the CNN)."""
 
 
 def _stats(values):
@@ -164,8 +168,17 @@ def _stats(values):
 def summarize(rows):
     order = []
     for r in rows:
-        if r["method"] not in order:
-            order.append(r["method"])
+        m = r["method"]
+        if m in order:
+            continue
+        base = m.split(" [", 1)[0]
+        if base != m and base in order:        # a --label variant goes right after its base row
+            i = order.index(base) + 1
+            while i < len(order) and order[i].startswith(base + " ["):
+                i += 1
+            order.insert(i, m)
+        else:
+            order.append(m)
     out = []
     for m in order:
         rs = [r for r in rows if r["method"] == m]
@@ -274,6 +287,7 @@ def main(argv=None):
     ap.add_argument("--label", default="", help="suffix for the method names of this run's rows")
     ap.add_argument("--json", default=None, help="write the raw rows here")
     ap.add_argument("--from-json", nargs="*", default=None, help="summarise earlier --json outputs instead of running")
+    ap.add_argument("--measured", default=None, help="when the runs took place (with --from-json)")
     ap.add_argument("--results", default=None, help="update the Pruning section of this RESULTS.md")
     args = ap.parse_args(argv)
     overrides = {}
@@ -293,17 +307,21 @@ def main(argv=None):
         rows = [r for s in args.seeds for r in run_seed(s, args.quick, not args.no_multisp, args.backend, args.only,
                                                         overrides, args.label)]
     split = R.load_data("digits", None)
-    env = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), cpu=_cpu_name(),
-               threads="1 thread per seed", torch=torch.__version__, seeds=sorted({r["seed"] for r in rows}),
+    env = dict(date=args.measured or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), cpu=_cpu_name(),
+               threads=f"{os.cpu_count()} vCPUs shared with other jobs, 1 thread per seed", torch=torch.__version__, seeds=sorted({r["seed"] for r in rows}),
                n_train=len(split.y_train), n_test=len(split.y_test),
                backend=args.backend)
     summary = summarize(rows)
-    text = markdown(summary, rows, env)
-    print(text)
-    if args.json:
+    if args.json:    # first, so that a partial run (--only) keeps its rows
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(dict(env=env, rows=rows, summary=summary), f, indent=1)
+    if not any(s["method"] == "dense" for s in summary):
+        print(json.dumps(summary, indent=1))
+        print("no dense rows: merge this --json with a full run's (--from-json) for the table")
+        return
+    text = markdown(summary, rows, env)
+    print(text)
     if args.results:
         update_results(args.results, text)
 

@@ -306,23 +306,23 @@ def run_targets(reps: int = 9, threads: int = 2, out_dir: Optional[str] = DEFAUL
     add("linear 4096x4096 N64 rate 0.1 dens 0.1", ">=5x", "torch.sparse CSR", tc, to)
 
     # LIF forward + backward, [8, 64, 16384], vs SpikingJelly 2.0 LIFNode(step_mode="m") (torch backend).
-    xl = torch.randn(8, 64, 16384) * 0.8 + 0.6
+    xl = (torch.randn(8, 64, 16384) * 0.8 + 0.6).requires_grad_()
     gl = torch.randn_like(xl)
     try:
         sj = _sj_lif()
 
         def sj_step():
             sj.reset()
-            xx = xl.clone().requires_grad_()
-            s = sj(xx)
+            xl.grad = None
+            s = sj(xl)
             s.backward(gl)
     except Exception as e:  # pragma: no cover
         sj_step = None
         print(f"[targets] spikingjelly unavailable: {e}", file=sys.stderr)
 
     def ours_step():
-        xx = xl.clone().requires_grad_()
-        s, _ = ss.functional.lif(xx, backend="cpp")
+        xl.grad = None
+        s, _ = ss.functional.lif(xl, backend="cpp")
         s.backward(gl)
 
     def ours_fwd():
@@ -331,9 +331,8 @@ def run_targets(reps: int = 9, threads: int = 2, out_dir: Optional[str] = DEFAUL
 
     tb, to, tf = timed([sj_step, ours_step, ours_fwd], reps=max(3, reps // 2))
     bw = copy_bandwidth_gbs()
-    # Bytes the fused kernels must move: fwd reads x, writes s and h; bwd reads grad_s, h, writes grad_x
-    # (+ the clone of x for requires_grad, read+write), fp32.
-    nbytes = xl.numel() * 4 * (3 + 3 + 2)
+    # Bytes the fused kernels must move: fwd reads x, writes s and h; bwd reads grad_s, h, writes grad_x.
+    nbytes = xl.numel() * 4 * (3 + 3)
     t_med = statistics.median(to)
     add("lif fwd+bwd [8,64,16384] sigmoid", ">=5x", "SpikingJelly LIFNode", tb, to,
         dict(copy_gbs=round(bw, 1), achieved_gbs=round(nbytes / t_med / 1e9, 1),
@@ -348,10 +347,12 @@ def run_targets(reps: int = 9, threads: int = 2, out_dir: Optional[str] = DEFAUL
     go = torch.randn(64, 256, 16, 16) * 0.01
 
     def dense_train():
+        xd.grad = wd.grad = None
         y = F.conv2d(xd, wd * m, None, 1, 1)
         y.backward(go)
 
     def ours_train():
+        xo.grad = wo.grad = None
         y = ss.functional.spike_conv2d(xo, wo, None, 1, 1, mask=m, backend="cpp")
         y.backward(go)
 

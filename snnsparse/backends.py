@@ -128,6 +128,7 @@ def resolve(backend: str, device: torch.device, op: str = "", **shape_info):
         return name, mod
     if device.type == "cuda":
         order = ["cuda", "triton"]
+        _try("cuda", device)  # importing snnsparse.ops.cuda installs gpu_rule
         if gpu_rule is not None and op:
             first = gpu_rule(op, **shape_info)
             order.sort(key=lambda n: n != first)

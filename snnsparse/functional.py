@@ -191,7 +191,7 @@ def lif_with_h(x_seq, v0=None, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_i
                                                             surrogate, alpha)
     shape = x_seq.shape
     t = shape[0]
-    x = x_seq.reshape(t, -1)
+    x = x_seq.reshape(t, math.prod(shape[1:]))
     if v0 is None:
         v = torch.full((x.shape[1],), 0.0 if v_reset is None else v_reset, dtype=x.dtype, device=x.device)
     else:

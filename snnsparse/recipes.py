@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .models import SeqToANN as TD  # applies a per-sample module to [T, B, ...]
+from .models import vgg_cfg
 from .nn import LIF, SpikeConv2d, SpikeLinear
 from . import pruning as P
 
@@ -37,18 +39,6 @@ METHODS = ("dense", "gradr", "lth", "criticality", "gmp", "mpslt")
 # ---------------------------------------------------------------------------------------------
 # Networks
 # ---------------------------------------------------------------------------------------------
-class TD(nn.Module):
-    """Apply a per-sample module (BN, pooling, dropout, flatten) to a time-major [T, B, ...] tensor."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.m = module
-
-    def forward(self, x):
-        y = self.m(x.flatten(0, 1))
-        return y.reshape(x.shape[0], x.shape[1], *y.shape[1:])
-
-
 class SeqDropout(nn.Module):
     """SpikingJelly-style dropout: one mask per sample, fixed over the T time steps."""
 
@@ -132,17 +122,14 @@ def mnist_fc(T: int = 8, neuron: Optional[dict] = None, in_channels: int = 1, si
     return SpikingNet(static, body, T, readout="vote", vote=1)
 
 
-VGG_CFG = {
-    "vgg9": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M"],
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-}
+VGG9_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M")   # 2311.12060's VGG-9 (vgg16 from models.vgg_cfg)
 
 
 def vgg(name: str = "vgg16", T: int = 5, neuron: Optional[dict] = None, num_classes: int = 10,
         in_channels: int = 3, size: int = 32) -> SpikingNet:
     """Spiking VGG (conv3 + BN + LIF blocks, max pooling keeps spikes binary, linear classifier)."""
     neuron = neuron or dict(tau=4.0 / 3.0, surrogate="atan")
-    cfg = VGG_CFG[name]
+    cfg = VGG9_CFG if name == "vgg9" else vgg_cfg(name)
     first = cfg[0]
     static = nn.Sequential(SpikeConv2d(in_channels, first, 3, padding=1, bias=False), nn.BatchNorm2d(first))
     layers: List[nn.Module] = [_lif(neuron)]

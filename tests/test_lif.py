@@ -72,6 +72,8 @@ def test_lif_edges(rng, backend):
     assert s.item() == 1.0 and v.item() == 0.0
     s, v = ss.functional.lif(torch.zeros(4, 7), backend=backend)
     assert not s.any() and not v.any()
+    s, v = ss.functional.lif(torch.zeros(0, 2, 3), v_reset=-0.5, backend=backend)  # T = 0: v stays v0
+    assert s.shape == (0, 2, 3) and torch.equal(v, torch.full((2, 3), -0.5))
 
 
 def test_module_lif_records_h_and_state(rng):

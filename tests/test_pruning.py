@@ -407,23 +407,23 @@ def test_cubic_schedule_and_gradual_pruning_reaches_final_sparsity():
 def test_channel_pruner_slimming_and_critical_channel_regrowth():
     model = small_snn()
     cp = P.CriticalityChannelPruner(model, percent=0.5, growth_rate=0.5)
-    assert cp.bn_names == ["static.1", "body.2.m"] and cp.producers["body.2.m"] == "body.1.weight"
+    assert cp.bn_names == ["static.1", "body.2.module"] and cp.producers["body.2.module"] == "body.1.weight"
     with torch.no_grad():
         model.static[1].weight.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
-        model.body[2].m.weight.copy_(torch.tensor([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75]))
+        model.body[2].module.weight.copy_(torch.tensor([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75]))
     # total 12: n_prune 6, g = int(6 * 0.5) = 3, thr = sorted[9] = 0.55 -> keep 0.65, 0.75
     cp.monitor.sums = {"static.1": torch.tensor([0.0, 0.9, 0.0, 0.8]),
-                       "body.2.m": torch.tensor([0.7, 0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.0])}
-    cp.monitor.counts = {"static.1": 1, "body.2.m": 1}
+                       "body.2.module": torch.tensor([0.7, 0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.0])}
+    cp.monitor.counts = {"static.1": 1, "body.2.module": 1}
     cms = cp.compute_channel_masks()
     assert torch.equal(cms["static.1"], torch.tensor([False, True, False, True]))
-    assert torch.equal(cms["body.2.m"], torch.tensor([True, False, False, False, False, False, True, True]))
+    assert torch.equal(cms["body.2.module"], torch.tensor([True, False, False, False, False, False, True, True]))
     wm = cp.apply(cms)
     assert not wm["body.1.weight"][1:6].any() and wm["body.1.weight"][6:].all()
-    assert (model.body[2].m.weight.detach()[1:6] == 0).all() and (model.body[2].m.bias.detach()[1:6] == 0).all()
+    assert (model.body[2].module.weight.detach()[1:6] == 0).all() and (model.body[2].module.bias.detach()[1:6] == 0).all()
     x, y = batch()
     F.cross_entropy(model(x), y).backward()
-    assert (model.body[2].m.bias.grad[1:6] == 0).all()
+    assert (model.body[2].module.bias.grad[1:6] == 0).all()
     P.slimming_penalty(model, 1e-4)
     with pytest.raises(ValueError, match="percent"):
         P.CriticalityChannelPruner(small_snn(), percent=1.5)
@@ -440,3 +440,13 @@ def test_criticality_bad_arguments():
         P.CriticalityPruner(small_snn(), classifier="fc9.weight")
     with pytest.raises(ValueError, match="prune_every"):
         P.CriticalityPruner(small_snn(), prune_every=0)
+
+
+def test_criticality_monitor_remove_restores_lif_settings():
+    model = small_snn()
+    lifs = [m for m in model.modules() if isinstance(m, ss.nn.LIF)]
+    assert not any(m.record_h for m in lifs)
+    cp = P.CriticalityPruner(model, final_sparsity=0.5, prune_every=1, prune_steps=1)
+    assert all(m.record_h for m in lifs[:3])
+    cp.remove()
+    assert not any(m.record_h for m in lifs) and not any(m._forward_hooks for m in lifs)

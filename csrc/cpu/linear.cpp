@@ -83,15 +83,45 @@ void linear_dense_rows(const std::vector<uint64_t>& xb, const scalar_t* wt, cons
 template <int NG, typename idx_t>
 inline void csr_row_f32(const uint64_t* bits, const int64_t p0, const int64_t p1, const idx_t* idx,
                         const float* val, float* col /* [64] */) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-  for (int64_t j = p0; j < p1; ++j) {
-    const uint64_t b = bits[idx[j]];
-    const __m512 w = _mm512_set1_ps(val[j]);
-    a0 = _mm512_mask_add_ps(a0, (__mmask16)b, a0, w);
-    if (NG > 1) a1 = _mm512_mask_add_ps(a1, (__mmask16)(b >> 16), a1, w);
-    if (NG > 2) a2 = _mm512_mask_add_ps(a2, (__mmask16)(b >> 32), a2, w);
-    if (NG > 3) a3 = _mm512_mask_add_ps(a3, (__mmask16)(b >> 48), a3, w);
+  // Two interleaved accumulator sets: a masked add has ~3 cycles latency, so one set would
+  // make every kept synapse wait for the previous one (measured 2.9 ms -> see RESULTS.md for
+  // 1.68M synapses, N=1, 1 thread).
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  // The 64 fire bits of column k are read as four 16-bit masks straight from memory (kmovw
+  // k, m16 uses a load port; shifting a 64-bit word and moving it to k registers was the
+  // bottleneck: 3.5 ms -> see RESULTS.md at N=64, 1 thread).
+  int64_t j = p0;
+  for (; j + 1 < p1; j += 2) {
+    __mmask16* mb = (__mmask16*)(bits + idx[j]);
+    __mmask16* mc = (__mmask16*)(bits + idx[j + 1]);
+    const __m512 w = _mm512_set1_ps(val[j]), v = _mm512_set1_ps(val[j + 1]);
+    a0 = _mm512_mask_add_ps(a0, _load_mask16(mb), a0, w);
+    b0 = _mm512_mask_add_ps(b0, _load_mask16(mc), b0, v);
+    if (NG > 1) {
+      a1 = _mm512_mask_add_ps(a1, _load_mask16(mb + 1), a1, w);
+      b1 = _mm512_mask_add_ps(b1, _load_mask16(mc + 1), b1, v);
+    }
+    if (NG > 2) {
+      a2 = _mm512_mask_add_ps(a2, _load_mask16(mb + 2), a2, w);
+      b2 = _mm512_mask_add_ps(b2, _load_mask16(mc + 2), b2, v);
+    }
+    if (NG > 3) {
+      a3 = _mm512_mask_add_ps(a3, _load_mask16(mb + 3), a3, w);
+      b3 = _mm512_mask_add_ps(b3, _load_mask16(mc + 3), b3, v);
+    }
   }
+  if (j < p1) {
+    __mmask16* mb = (__mmask16*)(bits + idx[j]);
+    const __m512 w = _mm512_set1_ps(val[j]);
+    a0 = _mm512_mask_add_ps(a0, _load_mask16(mb), a0, w);
+    if (NG > 1) a1 = _mm512_mask_add_ps(a1, _load_mask16(mb + 1), a1, w);
+    if (NG > 2) a2 = _mm512_mask_add_ps(a2, _load_mask16(mb + 2), a2, w);
+    if (NG > 3) a3 = _mm512_mask_add_ps(a3, _load_mask16(mb + 3), a3, w);
+  }
+  a0 = _mm512_add_ps(a0, b0);
+  a1 = _mm512_add_ps(a1, b1);
+  a2 = _mm512_add_ps(a2, b2);
+  a3 = _mm512_add_ps(a3, b3);
   _mm512_storeu_ps(col, a0);
   _mm512_storeu_ps(col + 16, a1);
   _mm512_storeu_ps(col + 32, a2);
@@ -262,7 +292,7 @@ std::tuple<at::Tensor, at::Tensor> linear_fwd(const at::Tensor& spikes, const at
   check_linear_inputs(spikes, weight, bias, mask, "snnsparse::spike_linear_fwd");
   double density = mask.has_value() && mask->numel() ? mask->sum().item<double>() / mask->numel() : 1.0;
   // LINEAR_DENSE_MIN in snnsparse/ops/cpp.py (measured crossover).
-  const int64_t fmt = density >= 0.3 ? 1 : 2;
+  const int64_t fmt = density >= 0.5 ? 1 : 2;
   auto packed = linear_pack(weight.contiguous(), mask, fmt);
   return linear_fwd_packed(spikes, weight, bias, mask, packed, count, false);
 }

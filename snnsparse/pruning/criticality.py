@@ -106,11 +106,13 @@ class CriticalityMonitor:
         self.sums: Dict[str, torch.Tensor] = {}
         self.counts: Dict[str, int] = {}
         self.handles = []
+        self._record_h = {}
         root = unwrap(model)
         for key, lif_name in self.pairs.items():
             lif = root.get_submodule(lif_name)
             if not isinstance(lif, LIF):
                 raise ValueError(f"{lif_name!r} is not an ss.nn.LIF module")
+            self._record_h.setdefault(lif, lif.record_h)
             lif.record_h = True
             self.handles.append(lif.register_forward_hook(self._hook(key)))
 
@@ -137,9 +139,13 @@ class CriticalityMonitor:
         self.counts.clear()
 
     def remove(self):
+        """Detach the hooks and give each LIF its record_h setting back."""
         for h in self.handles:
             h.remove()
         self.handles = []
+        for lif, rec in self._record_h.items():
+            lif.record_h = rec
+        self._record_h = {}
 
 
 def cubic_sparsity(k: int, K: int, final_sparsity: float, init_density: float = 1.0) -> float:
