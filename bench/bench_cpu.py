@@ -16,8 +16,7 @@ import torch.nn.functional as F
 
 import snnsparse as ss
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import sweep  # noqa: E402
+from snnsparse import benchmark as sweep  # noqa: E402
 
 pytestmark = pytest.mark.skipif(ss.backends.available()["cpp"] is not True, reason="cpp backend unavailable")
 THREADS = int(os.environ.get("SNNSPARSE_BENCH_THREADS", "2"))

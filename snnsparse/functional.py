@@ -75,10 +75,28 @@ def _common(op, spikes, weight, bias, mask, weight_rank):
             raise ValueError(f"{op}: mask must have the weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
         if mask.device != weight.device:
             raise ValueError(f"{op}: mask is on {mask.device} but weight is on {weight.device}")
-    _check_binary(spikes, op)
     if not spikes.is_floating_point():
         spikes = spikes.to(weight.dtype)
     return spikes
+
+
+def _run(op, impl, fn, x, *args, **kwargs):
+    """Call backend op `fn`, making sure non-binary spikes are refused with the op's name.
+
+    Backends whose kernels check binarity while they pack the spikes (CHECKS_BINARY = True; the
+    cpp kernels do it in the same pass, at no measurable cost) skip the separate Python pass,
+    which on a 32 MiB input costs 10-14 ms, as much as the sparse kernel itself (bench/RESULTS.md).
+    """
+    if not getattr(impl, "CHECKS_BINARY", False):
+        _check_binary(x, op)
+        return fn(x, *args, **kwargs)
+    try:
+        return fn(x, *args, **kwargs)
+    except ValueError as e:
+        msg = str(e)
+        if "spikes must be binary" not in msg:
+            raise
+        raise ValueError(f"{op}: " + msg[msg.index("spikes must be binary"):].split("\n")[0]) from None
 
 
 def _result(out, n, return_count):
@@ -104,7 +122,8 @@ def spike_linear(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     lead = spikes.shape[:-1]
     x = spikes.reshape(-1, weight.shape[1])
     name, impl = backends.resolve(backend, x.device, op, n=x.shape[0], k=weight.shape[1], m=weight.shape[0])
-    out, n = impl.spike_linear(x, weight, bias, mask, count=return_count, dense_weight_grad=dense_weight_grad)
+    out, n = _run(op, impl, impl.spike_linear, x, weight, bias, mask, count=return_count,
+                  dense_weight_grad=dense_weight_grad)
     return _result(out.reshape(*lead, weight.shape[0]), n, return_count)
 
 
@@ -153,8 +172,8 @@ def spike_conv2d(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     x = spikes.reshape(-1, cin, h, w)
     name, impl = backends.resolve(backend, x.device, op, n=x.shape[0], cin=cin, cout=cout, h=h, w=w,
                                   kh=kh, kw=kw, groups=groups)
-    out, n = impl.spike_conv2d(x, weight, bias, mask, stride, padding, dilation, groups,
-                               count=return_count, dense_weight_grad=dense_weight_grad)
+    out, n = _run(op, impl, impl.spike_conv2d, x, weight, bias, mask, stride, padding, dilation, groups,
+                  count=return_count, dense_weight_grad=dense_weight_grad)
     return _result(out.reshape(*lead, cout, ho, wo), n, return_count)
 
 

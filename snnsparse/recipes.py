@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .models import SeqToANN as TD  # applies a per-sample module to [T, B, ...]
+from .models import SeqToANN  # applies a per-sample module (BN, pooling) to [T, B, ...]
 from .models import vgg_cfg
 from .nn import LIF, SpikeConv2d, SpikeLinear
 from . import pruning as P
@@ -88,8 +88,8 @@ def digits_cnn(T: int = 4, neuron: Optional[dict] = None, width: int = 16, hidde
     static = nn.Sequential(SpikeConv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
     body = nn.Sequential(
         _lif(neuron),
-        SpikeConv2d(width, 2 * width, 3, padding=1, bias=False), TD(nn.BatchNorm2d(2 * width)), _lif(neuron),
-        TD(nn.MaxPool2d(2)), TD(nn.Flatten()),
+        SpikeConv2d(width, 2 * width, 3, padding=1, bias=False), SeqToANN(nn.BatchNorm2d(2 * width)), _lif(neuron),
+        SeqToANN(nn.MaxPool2d(2)), SeqToANN(nn.Flatten()),
         SpikeLinear(2 * width * 16, hidden, bias=False), _lif(neuron),
         SpikeLinear(hidden, 10))
     return SpikingNet(static, body, T)
@@ -104,11 +104,11 @@ def cifar10net(T: int = 8, neuron: Optional[dict] = None, channels: int = 256, n
     static = nn.Sequential(SpikeConv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
     layers: List[nn.Module] = []
     for _ in range(2):
-        layers += [_lif(neuron), SpikeConv2d(c, c, 3, padding=1, bias=False), TD(nn.BatchNorm2d(c))]
-    layers += [_lif(neuron), TD(nn.MaxPool2d(2))]
+        layers += [_lif(neuron), SpikeConv2d(c, c, 3, padding=1, bias=False), SeqToANN(nn.BatchNorm2d(c))]
+    layers += [_lif(neuron), SeqToANN(nn.MaxPool2d(2))]
     for _ in range(3):
-        layers += [SpikeConv2d(c, c, 3, padding=1, bias=False), TD(nn.BatchNorm2d(c)), _lif(neuron)]
-    layers += [TD(nn.MaxPool2d(2)), TD(nn.Flatten()), SeqDropout(0.5),
+        layers += [SpikeConv2d(c, c, 3, padding=1, bias=False), SeqToANN(nn.BatchNorm2d(c)), _lif(neuron)]
+    layers += [SeqToANN(nn.MaxPool2d(2)), SeqToANN(nn.Flatten()), SeqDropout(0.5),
                SpikeLinear(c * (size // 4) ** 2, 2048, bias=False), _lif(neuron),
                SpikeLinear(2048, num_classes * 10, bias=False), _lif(neuron)]
     return SpikingNet(static, nn.Sequential(*layers), T, readout="vote", vote=10)
@@ -136,12 +136,12 @@ def vgg(name: str = "vgg16", T: int = 5, neuron: Optional[dict] = None, num_clas
     c, s = first, size
     for v in cfg[1:]:
         if v == "M":
-            layers.append(TD(nn.MaxPool2d(2)))
+            layers.append(SeqToANN(nn.MaxPool2d(2)))
             s //= 2
         else:
-            layers += [SpikeConv2d(c, v, 3, padding=1, bias=False), TD(nn.BatchNorm2d(v)), _lif(neuron)]
+            layers += [SpikeConv2d(c, v, 3, padding=1, bias=False), SeqToANN(nn.BatchNorm2d(v)), _lif(neuron)]
             c = v
-    layers += [TD(nn.Flatten()), SpikeLinear(c * s * s, num_classes)]
+    layers += [SeqToANN(nn.Flatten()), SpikeLinear(c * s * s, num_classes)]
     return SpikingNet(static, nn.Sequential(*layers), T)
 
 

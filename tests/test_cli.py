@@ -32,3 +32,16 @@ def test_no_command_and_bad_option():
     assert r.returncode == 2 and "invalid int value" in r.stderr
     r = _run("frobnicate")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_bench_writes_csv_and_png(tmp_path):
+    # A one-point sweep: checks the plumbing (rows, CSV, PNG), never the timings.
+    from snnsparse import benchmark
+    rows = benchmark.run_sweep(["reference"], shapes=[("tiny", "linear", dict(N=4, K=16, M=8))], rates=(0.5,),
+                               densities=(0.5,), reps=1, out_dir=str(tmp_path), verbose=False)
+    assert len(rows) == 1 and rows[0]["backend"] == "reference" and rows[0]["speedup"] > 0
+    assert (tmp_path / "sweep_reference.csv").read_text().startswith("backend,shape,kind,rate")
+    png = benchmark.plot(rows, str(tmp_path / "s.png"))
+    assert open(png, "rb").read(4) == b"\x89PNG"
+    r = _run("bench", "--backends", "nope")
+    assert r.returncode != 0 and "unknown backend" in r.stderr

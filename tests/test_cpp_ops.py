@@ -246,6 +246,9 @@ def _opcheck_samples():
     bc = torch.randn(6, generator=g, dtype=torch.float64)
     mc = torch.rand(6, 2, 3, 3, generator=g) < 0.5
     geo = ([2, 1], [1, 1], [1, 2], 2)
+    wc1 = torch.randn(3, 4, 3, 2, generator=g, dtype=torch.float64)
+    mc1 = torch.rand(3, 4, 3, 2, generator=g) < 0.5
+    geo1 = ([1, 1], [1, 0], [1, 2], 1)
     go = torch.randn(2, 6, 3, 3, generator=g, dtype=torch.float64)
     xs = torch.randn(4, 11, generator=g, dtype=torch.float64)
     v0 = torch.randn(11, generator=g, dtype=torch.float64)
@@ -261,6 +264,10 @@ def _opcheck_samples():
         ("spike_conv2d_fwd", (rg(xc), rg(wc), rg(bc), mc, *geo, True)),
         ("spike_conv2d_fwd_packed", (rg(xc), rg(wc), rg(bc), mc, C.pack_conv(wc, mc, 2, 1), *geo, True, False)),
         ("spike_conv2d_fwd_packed", (rg(xc), rg(wc), None, mc, C.pack_conv(wc, mc, 2, 2), *geo, False, True)),
+        ("spike_conv2d_fwd_packed", (rg(xc), rg(wc1), rg(bc[:3]), mc1, C.pack_conv(wc1, mc1, 1, 3), *geo1, True, False)),
+        *([("spike_conv2d_fwd_packed", (rg(xc.float()), rg(wc1.float()), None, mc1,
+                                         C.pack_conv(wc1.float(), mc1, 1, 4), *geo1, True, False))]
+          if C.HAS_AVX512 else []),
         ("spike_conv2d_bwd", (go, xc, wc, mc, *geo, True, True, False)),
         ("spike_conv2d_bwd", (go, xc, wc, None, *geo, True, False, False)),
         ("lif_fwd", (rg(xs), rg(v0), 2.0, 1.0, 0.0, True, True)),

@@ -66,6 +66,16 @@ def test_apply_masks_bad_arguments():
         P.prunable_weights(model, exclude=["nope.weight"])
 
 
+def test_masks_from_weights_after_grad_r():
+    model = nn.Sequential(ss.nn.SpikeLinear(4, 3, bias=False), nn.BatchNorm1d(3))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.0, 1.0, 0.0, -2.0], [3.0, 0.0, 0.0, 0.0], [0.0] * 4]))
+    masks = P.masks_from_weights(model)
+    assert set(masks) == {"0.weight"}
+    assert torch.equal(masks["0.weight"], model[0].weight.detach() != 0)
+    assert P.density(masks) == 3 / 12 and P.sparsity(masks) == 9 / 12
+
+
 def test_masks_accept_ddp_style_prefix():
     model = nn.Sequential(ss.nn.SpikeLinear(4, 3))
     m = torch.zeros(3, 4, dtype=torch.bool)

@@ -15,8 +15,9 @@ def _lin():
 def test_non_binary_spikes_raise(value):
     s, w = _lin()
     s[1, 2] = value
-    with pytest.raises(ValueError, match=r"spike_linear: spikes must be binary.*" + str(value)):
+    with pytest.raises(ValueError, match=r"spike_linear: spikes must be binary") as e:
         F.spike_linear(s, w)
+    assert float(str(e.value).split("found value ")[1].split(". ")[0].split()[0]) == value
     with pytest.raises(ValueError, match="spike_conv2d: spikes must be binary"):
         F.spike_conv2d(torch.full((1, 2, 4, 4), value), torch.randn(3, 2, 3, 3))
 

@@ -35,6 +35,9 @@ LINEAR_DENSE_MIN = 0.5
 CONV_DENSE_MIN = 0.05
 
 _LOW = (torch.float16, torch.bfloat16)
+# The kernels refuse non-binary spikes themselves while bit-packing them (same pass), so
+# snnsparse.functional skips its own check for this backend.
+CHECKS_BINARY = True
 
 
 def unavailable_reason() -> Optional[str]:

@@ -15,7 +15,7 @@ from .criticality import (CriticalityChannelPruner, CriticalityMonitor, Critical
                           cubic_sparsity, prune_and_regrow, slimming_penalty)
 from .gradrewiring import GradRewiring, enable_dense_weight_grad  # noqa: F401
 from .lottery import LotteryTicket, early_time_steps, global_magnitude_prune, kl_to_full, lth_sparsity  # noqa: F401
-from .masks import (apply_masks, broadcast_masks, check_masks, density, get_masks, prunable_weights,  # noqa: F401
-                    sparsity, topk_mask)
+from .masks import (apply_masks, broadcast_masks, check_masks, density, get_masks, masks_from_weights,  # noqa: F401
+                    prunable_weights, sparsity, topk_mask)
 from .multiprize import MultiPrizeTicket, biprop_gain  # noqa: F401
 from .multisp import MultiSpSLT  # noqa: F401

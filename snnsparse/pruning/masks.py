@@ -154,6 +154,12 @@ def get_masks(model: nn.Module) -> Masks:
     return out
 
 
+def masks_from_weights(model: nn.Module, exclude: Iterable[str] = ()) -> Masks:
+    """{weight name: weight != 0} for every conv + linear layer (e.g. after Grad R, whose pruned
+    synapses are exactly 0)."""
+    return {n: w.detach() != 0 for n, w in prunable_weights(model, exclude).items()}
+
+
 def density(masks: Mapping[str, torch.Tensor]) -> float:
     """Fraction of kept entries over all masks (connectivity)."""
     total = sum(m.numel() for m in masks.values())
