@@ -10,36 +10,21 @@ several runs after warm-up. Writes a CSV row to bench/out/e2e_vgg.csv and prints
 import argparse
 import csv
 import os
-import platform
 import statistics
-import time
 
 import torch
 
 import snnsparse as ss
-from snnsparse.demo import evaluate, firing_rates, load_data, spike_layers, train
+from snnsparse.benchmark import device_info
+from snnsparse.demo import evaluate, firing_rates, inference_times, load_data, spike_layers, train
 from snnsparse.models import SpikingCNN, vgg_cfg
-
-
-def timed(model, x, backend, repeats):
-    layers = spike_layers(model)
-    for m in layers.values():
-        m.backend = backend
-    times = []
-    with torch.no_grad():
-        model(x)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return times
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--prune-epochs", type=int, default=6)
-    p.add_argument("--alpha", type=float, default=3.0)
+    p.add_argument("--alpha", type=float, default=0.3)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=7)
@@ -61,14 +46,15 @@ def main():
     ss.pruning.apply_masks(model, gr.named_masks())
     model.eval()
     acc = evaluate(model, xte, yte)
+    # Inference deployment for both paths alike: BN folded into the convs (masks unchanged).
+    ss.nn.fuse_conv_bn(model)
     xb = xte[:args.batch]
     rates = firing_rates(model, xb)
     dens = {n: m.density() for n, m in spike_layers(model).items()}
-    t_dense = timed(model, xb, "reference", args.repeats)
-    t_sparse = timed(model, xb, "cpp", args.repeats)
+    t_dense = inference_times(model, xb, "reference", args.repeats)
+    t_sparse = inference_times(model, xb, "cpp", args.repeats)
     q = lambda ts, f: statistics.quantiles(ts, n=10)[f] if len(ts) >= 2 else ts[0]  # noqa: E731
-    row = dict(device=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-               torch=torch.__version__, cfg=args.cfg, input="1x32x32", T=4, batch=args.batch,
+    row = dict(**device_info(), cfg=args.cfg, input="1x32x32", T=4, batch=args.batch,
                connectivity=round(gr.connectivity(), 4), acc_dense=round(acc_dense, 4), acc_pruned=round(acc, 4),
                spike_rates=" ".join(f"{r:.3f}" for r in rates.values()),
                densities=" ".join(f"{d:.3f}" for d in dens.values()),
@@ -78,6 +64,7 @@ def main():
                sparse_ms_p20=round(q(t_sparse, 1) * 1e3, 2), sparse_ms_p80=round(q(t_sparse, 7) * 1e3, 2),
                speedup=round(statistics.median(t_dense) / statistics.median(t_sparse), 2))
     os.makedirs(args.out, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(args.out, f"e2e_{args.cfg}.pt"))  # for profiling
     path = os.path.join(args.out, "e2e_vgg.csv")
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:

@@ -7,6 +7,7 @@ same model run dense in torch (same process, median of several runs); 6. save th
 and show that loading it reproduces the same outputs.
 """
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from . import backends
 from .models import SpikingCNN
-from .nn import LIF, SpikeConv2d, SpikeLinear
+from .nn import LIF, SpikeConv2d, SpikeLinear, fuse_conv_bn
 
 
 def add_args(p: argparse.ArgumentParser):
@@ -102,8 +103,8 @@ def spike_layers(model):
     return {n: m for n, m in model.named_modules() if isinstance(m, (SpikeConv2d, SpikeLinear))}
 
 
-def time_inference(model, x, backend: str, repeats: int = 7) -> float:
-    """Median seconds of model(x) with every spike layer on `backend` (after one warm-up)."""
+def inference_times(model, x, backend: str, repeats: int = 7) -> list:
+    """Seconds of each of `repeats` runs of model(x) (after one warm-up), every spike layer on `backend`."""
     layers = spike_layers(model)
     saved = {n: m.backend for n, m in layers.items()}
     for m in layers.values():
@@ -118,7 +119,12 @@ def time_inference(model, x, backend: str, repeats: int = 7) -> float:
             times.append(time.perf_counter() - t0)
     for n, m in layers.items():
         m.backend = saved[n]
-    return statistics.median(times)
+    return times
+
+
+def time_inference(model, x, backend: str, repeats: int = 7) -> float:
+    """Median seconds of model(x) with every spike layer on `backend`."""
+    return statistics.median(inference_times(model, x, backend, repeats))
 
 
 def main(args) -> int:
@@ -169,9 +175,10 @@ def main(args) -> int:
     # [4] inference speed: the pruned model on the sparse kernels vs the same model dense in torch.
     xb = xte[:128]
     sparse_backend = "cpp" if backends.available()["cpp"] is True else "reference"
-    t_dense = time_inference(model, xb, "reference")
-    t_sparse = time_inference(model, xb, sparse_backend)
-    print(f"\n[4] inference, batch 128, T={args.t}, {torch.get_num_threads()} threads: dense torch "
+    deployed = fuse_conv_bn(copy.deepcopy(model).eval())  # BN folded into the convs, for both paths
+    t_dense = time_inference(deployed, xb, "reference")
+    t_sparse = time_inference(deployed, xb, sparse_backend)
+    print(f"\n[4] inference (BN folded), batch 128, T={args.t}, {torch.get_num_threads()} threads: dense torch "
           f"{t_dense * 1e3:.1f} ms, snnsparse[{sparse_backend}] {t_sparse * 1e3:.1f} ms (median of 7) -> "
           f"{t_dense / t_sparse:.2f}x")
 

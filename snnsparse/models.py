@@ -66,9 +66,20 @@ class SpikingCNN(nn.Module):
         self.classifier = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features
         if x.dim() == 4:
+            # Direct encoding: the layers before the first neuron (conv, BN) see the same image at
+            # every step, so they run once and their output is repeated over T (as in Grad R's
+            # official "static conv"). Measured on the demo model (batch 128, 16x16, T=4): the
+            # encoding conv+BN took 26% of the pruned model's inference time when run T times.
+            i = 0
+            while i < len(features) and not isinstance(features[i], LIF):
+                m = features[i]
+                x = m.module(x) if isinstance(m, SeqToANN) else m(x)
+                i += 1
+            features = features[i:]
             x = repeat_time(x, self.t)
-        return self.classifier(self.features(x)).mean(0)
+        return self.classifier(features(x)).mean(0)
 
 
 def vgg_cfg(name: str):

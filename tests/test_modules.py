@@ -113,3 +113,40 @@ def test_convert_with_named_masks_and_errors(rng):
         ss.nn.SpikeConv2d(1, 1, 3, padding_mode="reflect")
     with pytest.raises(ValueError, match="mask must be a tensor of the weight's shape"):
         model[0].set_mask(torch.ones(4, 3, dtype=torch.bool))
+
+
+def test_fuse_conv_bn_keeps_outputs_and_masks(rng):
+    torch.manual_seed(rng.initial_seed())
+    model = ss.models.SpikingCNN(in_channels=2, image_size=8, channels=(6, "M", 8), classes=3, t=3)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial running statistics and affine parameters
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.features[4].set_mask(mask(model.features[4].weight.shape, 0.5, rng))
+    model.double().eval()
+    x = torch.rand(5, 2, 8, 8, generator=rng, dtype=torch.float64) * 2
+    with torch.no_grad():
+        ref = model(x)
+    masks = {n: m.weight_mask.clone() for n, m in model.named_modules() if hasattr(m, "weight_mask")}
+    ss.nn.fuse_conv_bn(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, rtol=1e-9, atol=1e-9)
+    for n, m in model.named_modules():
+        if hasattr(m, "weight_mask"):
+            assert torch.equal(m.weight_mask, masks[n])
+    with pytest.raises(ValueError, match="call model.eval"):
+        ss.nn.fuse_conv_bn(model.train())
+
+
+def test_module_falls_back_to_dense_for_pixels_and_raises_other_errors(rng):
+    m = ss.nn.SpikeLinear(4, 3)
+    x = torch.rand(2, 4, generator=rng)
+    torch.testing.assert_close(m(x), nn.functional.linear(x, m.weight, m.bias))
+    assert m.last_input_binary is False
+    m((x > 0.5).float())
+    assert m.last_input_binary is True
+    with pytest.raises(ValueError, match=r"spikes must have shape \[\.\.\., 4\]"):
+        m(torch.ones(2, 5))

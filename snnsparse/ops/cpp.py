@@ -277,7 +277,9 @@ def _linear_setup_packed(ctx, inputs, output):
     ctx.npacked = len(inputs[4])
 
 
-def _linear_backward(ctx, grad_out, _grad_n):
+def _spike_backward(ctx, grad_out, bwd, bias_dims):
+    """(grad spikes, grad weight, grad bias, None) of a spike linear/conv from its bwd op
+    `bwd(grad_out, spikes, weight, mask, need_x, need_w)`; gradients not needed are None."""
     spikes, weight, mask = ctx.saved_tensors
     need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     need_b = ctx.has_bias and ctx.needs_input_grad[2]
@@ -285,12 +287,17 @@ def _linear_backward(ctx, grad_out, _grad_n):
         return None, None, None, None
     gi = gw = gb = None
     if need_x or need_w:
-        gi, gw = torch.ops.snnsparse.spike_linear_bwd(grad_out, spikes, weight, mask, need_x, need_w, ctx.dwg)
+        gi, gw = bwd(grad_out, spikes, weight, mask, need_x, need_w)
         gi = gi if need_x else None
         gw = gw if need_w else None
     if need_b:
-        gb = grad_out.sum(0)
+        gb = grad_out.sum(bias_dims)
     return gi, gw, gb, None
+
+
+def _linear_backward(ctx, grad_out, _grad_n):
+    return _spike_backward(ctx, grad_out, lambda g, s, w, m, nx, nw: torch.ops.snnsparse.spike_linear_bwd(
+        g, s, w, m, nx, nw, ctx.dwg), 0)
 
 
 def _linear_backward_packed(ctx, grad_out, grad_n):
@@ -322,21 +329,9 @@ def _conv_setup_packed(ctx, inputs, output):
 
 
 def _conv_backward(ctx, grad_out, _grad_n):
-    spikes, weight, mask = ctx.saved_tensors
-    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    need_b = ctx.has_bias and ctx.needs_input_grad[2]
-    if grad_out is None:
-        return None, None, None, None
-    gi = gw = gb = None
     stride, padding, dilation, groups = ctx.geom
-    if need_x or need_w:
-        gi, gw = torch.ops.snnsparse.spike_conv2d_bwd(grad_out, spikes, weight, mask, stride, padding, dilation,
-                                                     groups, need_x, need_w, ctx.dwg)
-        gi = gi if need_x else None
-        gw = gw if need_w else None
-    if need_b:
-        gb = grad_out.sum((0, 2, 3))
-    return gi, gw, gb, None
+    return _spike_backward(ctx, grad_out, lambda g, s, w, m, nx, nw: torch.ops.snnsparse.spike_conv2d_bwd(
+        g, s, w, m, stride, padding, dilation, groups, nx, nw, ctx.dwg), (0, 2, 3))
 
 
 def _conv_backward_core(ctx, grad_out, grad_n):

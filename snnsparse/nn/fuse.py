@@ -1,0 +1,45 @@
+"""fuse_conv_bn(): fold inference-mode BatchNorm into the preceding SpikeConv2d.
+
+y = gamma * (conv(x, W*M) - mean) / sqrt(var + eps) + beta  ==  conv(x, (W*s)*M) + (beta - mean*s)
+with s = gamma / sqrt(var + eps) per output channel, so the mask (and therefore the event-driven
+work) is unchanged and one full pass over the activations disappears. SpikingJelly ships the same
+transform (activation_based/functional/conv_bn_fusion.py); this one works on snnsparse layers,
+time-major BN wrappers included.
+"""
+import torch
+import torch.nn as nn
+
+from .layers import SpikeConv2d
+
+
+def _bn_of(module: nn.Module):
+    if isinstance(module, nn.BatchNorm2d):
+        return module
+    inner = getattr(module, "module", None)  # snnsparse.models.SeqToANN
+    if isinstance(inner, nn.BatchNorm2d) and len(list(module.children())) == 1:
+        return inner
+    if type(module).__name__ == "SeqToANNContainer" and len(module) == 1 and isinstance(module[0], nn.BatchNorm2d):
+        return module[0]
+    return None
+
+
+@torch.no_grad()
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d that directly follows a SpikeConv2d in an nn.Sequential into the conv
+    (for inference: uses the running statistics). The BN becomes nn.Identity. Returns the model."""
+    if model.training:
+        raise ValueError("fuse_conv_bn: call model.eval() first (folding uses BN's running statistics)")
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], _bn_of(seq[i + 1])
+            if not isinstance(conv, SpikeConv2d) or bn is None or not bn.track_running_stats:
+                continue
+            scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+            shift = (bn.bias if bn.affine else torch.zeros_like(bn.running_mean)) - bn.running_mean * scale
+            conv.weight.mul_(scale.view(-1, 1, 1, 1).to(conv.weight.dtype))
+            if conv.bias is None:
+                conv.bias = nn.Parameter(shift.to(conv.weight.dtype))
+            else:
+                conv.bias.mul_(scale).add_(shift)
+            seq[i + 1] = nn.Identity()
+    return model
