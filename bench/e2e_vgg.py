@@ -51,7 +51,7 @@ def main():
     xb = xte[:args.batch]
     rates = firing_rates(model, xb)
     dens = {n: m.density() for n, m in spike_layers(model).items()}
-    t_dense = inference_times(model, xb, "reference", args.repeats)
+    t_dense = inference_times(model, xb, "dense", args.repeats)
     t_sparse = inference_times(model, xb, "cpp", args.repeats)
     q = lambda ts, f: statistics.quantiles(ts, n=10)[f] if len(ts) >= 2 else ts[0]  # noqa: E731
     row = dict(**device_info(), cfg=args.cfg, input="1x32x32", T=4, batch=args.batch,

@@ -150,3 +150,13 @@ def test_module_falls_back_to_dense_for_pixels_and_raises_other_errors(rng):
     assert m.last_input_binary is True
     with pytest.raises(ValueError, match=r"spikes must have shape \[\.\.\., 4\]"):
         m(torch.ones(2, 5))
+
+
+def test_dense_module_mode_matches_event_path(rng):
+    m = ss.nn.SpikeConv2d(3, 4, 3, padding=1)
+    m.set_mask(mask(m.weight.shape, 0.5, rng))
+    x = spikes((2, 3, 3, 6, 6), 0.3, rng)
+    y_event = m(x)
+    m.backend = "dense"
+    torch.testing.assert_close(m(x), y_event, rtol=1e-5, atol=1e-5)
+    assert m.last_input_binary is None

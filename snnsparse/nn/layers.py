@@ -4,7 +4,8 @@ They subclass nn.Linear / nn.Conv2d (same constructor, `weight` stays a plain Pa
 `weight_mask`, a bool buffer of the weight's shape (True = keep). Binary input runs the
 event-driven kernel of the chosen backend; non-binary input (the encoding layer sees pixels)
 runs dense torch with the mask applied, and `last_input_binary` records which path ran so that
-energy counting can charge MACs instead of SOPs.
+energy counting can charge MACs instead of SOPs. `backend` is any snnsparse backend name, "auto",
+or (modules only) "dense": plain F.linear / F.conv2d with the masked weight, for baselines.
 """
 from __future__ import annotations
 
@@ -47,7 +48,12 @@ class _SpikeMixin:
         Binarity is not checked in a separate pass: the kernels (or the functional layer) refuse
         non-binary spikes with ValueError, which a pixel input triggers within its first values.
         A separate (x == 0 | x == 1).all() pass cost as much as the sparse kernel on a pruned
-        VGG layer (see bench/RESULTS.md, "end to end")."""
+        VGG layer (see bench/RESULTS.md, "end to end").
+        backend="dense" (a module-only setting) always runs plain torch with the masked weight and
+        no checks: the honest "same model, dense torch" baseline of the benchmarks."""
+        if self.backend == "dense":
+            self.last_input_binary = None  # not looked at; the energy counter checks x itself
+            return dense(x)
         try:
             out = event(x)
             self.last_input_binary = True
