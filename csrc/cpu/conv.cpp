@@ -73,6 +73,23 @@ inline int64_t out_coord(int64_t y, int64_t k, int64_t pad, int64_t dil, int64_t
   return o < lim ? o : -1;
 }
 
+// Calls f(tap, o) for every kernel tap (ky * kw + kx) through which input pixel i (= y * W + x)
+// reaches an output position o (= oy * Wo + ox) inside the output: the scatter pattern shared by
+// the event-driven forward and the event-driven weight gradient.
+template <typename F>
+inline void for_each_tap(const ConvGeom& g, int64_t i, F&& f) {
+  const int64_t y = i / g.W, xx = i % g.W;
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    const int64_t oy = out_coord(y, ky, g.ph, g.dh, g.sh, g.Ho);
+    if (oy < 0) continue;
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      const int64_t ox = out_coord(xx, kx, g.pw, g.dw, g.sw, g.Wo);
+      if (ox < 0) continue;
+      f(ky * g.kw + kx, oy * g.Wo + ox);
+    }
+  }
+}
+
 // Blocked transpose: src [P][O] (channels-last) -> dst [O][P].
 template <typename scalar_t>
 void transpose_to_nchw(const scalar_t* src, scalar_t* dst, int64_t P, int64_t O) {
@@ -108,20 +125,13 @@ int64_t conv_fwd_dense(const ConvGeom& g, const scalar_t* x, const scalar_t* wp,
         scalar_t* accg = acc.data() + grp * g.Og;
         const int64_t Og = g.Og, O = g.O;
         for_each_bit(bits.data(), nw, [&](int64_t i) {
-          const int64_t y = i / g.W, xx = i % g.W;
-          for (int64_t ky = 0; ky < g.kh; ++ky) {
-            const int64_t oy = out_coord(y, ky, g.ph, g.dh, g.sh, g.Ho);
-            if (oy < 0) continue;
-            for (int64_t kx = 0; kx < g.kw; ++kx) {
-              const int64_t ox = out_coord(xx, kx, g.pw, g.dw, g.sw, g.Wo);
-              if (ox < 0) continue;
-              scalar_t* __restrict__ d = accg + (oy * g.Wo + ox) * O;
-              const scalar_t* __restrict__ s = slab + (ky * g.kw + kx) * Og;
+          for_each_tap(g, i, [&](int64_t tap, int64_t o) {
+            scalar_t* __restrict__ d = accg + o * O;
+            const scalar_t* __restrict__ s = slab + tap * Og;
 #pragma omp simd
-              for (int64_t c = 0; c < Og; ++c) d[c] += s[c];
-              if (count) cnt += tn[ky * g.kw + kx];
-            }
-          }
+            for (int64_t c = 0; c < Og; ++c) d[c] += s[c];
+            if (count) cnt += tn[tap];
+          });
         });
       }
       transpose_to_nchw(acc.data(), out + n * g.O * P, P, g.O);
@@ -433,19 +443,12 @@ void conv_grad_weight(const ConvGeom& g, const scalar_t* xp, const scalar_t* gp,
               scalar_t* dst = wpp + ci * slab;
               const int64_t Og = g.Og, O = g.O;
               for_each_bit(bits.data(), nw, [&](int64_t i) {
-                const int64_t y = i / g.W, xx = i % g.W;
-                for (int64_t ky = 0; ky < g.kh; ++ky) {
-                  const int64_t oy = out_coord(y, ky, g.ph, g.dh, g.sh, g.Ho);
-                  if (oy < 0) continue;
-                  for (int64_t kx = 0; kx < g.kw; ++kx) {
-                    const int64_t ox = out_coord(xx, kx, g.pw, g.dw, g.sw, g.Wo);
-                    if (ox < 0) continue;
-                    scalar_t* __restrict__ d = dst + (ky * g.kw + kx) * Og;
-                    const scalar_t* __restrict__ s = gg + (oy * g.Wo + ox) * O;
+                for_each_tap(g, i, [&](int64_t tap, int64_t o) {
+                  scalar_t* __restrict__ d = dst + tap * Og;
+                  const scalar_t* __restrict__ s = gg + o * O;
 #pragma omp simd
-                    for (int64_t c = 0; c < Og; ++c) d[c] += s[c];
-                  }
-                }
+                  for (int64_t c = 0; c < Og; ++c) d[c] += s[c];
+                });
               });
             }
           }
