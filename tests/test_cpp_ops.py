@@ -344,6 +344,22 @@ def test_low_precision_is_upcast(rng):
 
 # ---------------------------------------------------------------------------------------------- cache
 def test_pack_cache_tracks_versions(rng):
+    with torch.no_grad():  # the cache serves inference; with grad the weight is packed per call
+        _pack_cache_checks(rng)
+
+
+def test_no_stale_pack_when_weight_needs_grad(rng):
+    # Writes through .data do not bump the version counter: with grad enabled nothing is cached,
+    # so such a write is seen (this is what gradcheck does to the weight).
+    layer = ss.nn.SpikeLinear(12, 5, backend="cpp")
+    layer.set_mask(mask(layer.weight.shape, 0.3, rng))
+    s = spikes((4, 12), 0.5, rng)
+    layer(s)
+    layer.weight.data.mul_(3.0)
+    assert_close64(layer(s), F.linear(s, layer.weight * layer.weight_mask, layer.bias))
+
+
+def _pack_cache_checks(rng):
     layer = ss.nn.SpikeLinear(20, 7, backend="cpp")
     layer.set_mask(mask(layer.weight.shape, 0.2, rng))
     s = spikes((3, 2, 20), 0.5, rng)

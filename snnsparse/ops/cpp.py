@@ -160,13 +160,20 @@ def _key(kind, weight, mask, extra):
 
 
 def _packed(kind: str, weight: torch.Tensor, mask: Optional[torch.Tensor], groups: int = 1, fmt=None):
-    """Packed weight for `kind` ("linear"/"conv"), cached per (weight, mask) versions and storage.
+    """Packed weight for `kind` ("linear"/"conv"), cached per (weight, mask) versions and storage
+    for inference (no grad needed for the weight); packed per call when the weight needs grad.
 
     fmt: a callable returning the conv format (evaluated only when packing)."""
     if kind == "linear":
         pack = lambda: pack_linear(weight, mask)  # noqa: E731
     else:
         pack = lambda: pack_conv(weight, mask, groups, fmt() if fmt else 0)  # noqa: E731
+    if torch.is_grad_enabled() and weight.requires_grad:
+        # Training (or gradcheck): the weight changes every step anyway, so a cache would rarely hit,
+        # and writes through .data (gradcheck's perturbations, some training code) do not bump the
+        # version the cache is keyed on. Packing per call keeps every gradient path exact.
+        stats["packs"] += 1
+        return pack()
     try:
         key = _key(kind, weight, mask, (groups, LINEAR_DENSE_MIN, CONV_DENSE_MIN, fmt_key(fmt)))
     except Exception:  # tensors without storage (fake/functional): no cache
