@@ -111,16 +111,18 @@ def _time_major(module: nn.Module, x: torch.Tensor) -> Optional[int]:
     return None
 
 
-def _conv_call(acc: _Layer, module: nn.Conv2d, x: torch.Tensor, out: torch.Tensor, binary: bool):
-    cout, cin_g, kh, kw = module.weight.shape
+def _layer_mask_noted(acc: _Layer, module: nn.Module) -> torch.Tensor:
+    """The layer's mask; notes where it came from and the weight density."""
     mask, src = layer_mask(module)
     acc.note(src)
     acc.density = float(mask.float().mean()) if mask.numel() else 0.0
-    ho, wo = int(out.shape[-2]), int(out.shape[-1])
-    c, h, w = (int(s) for s in x.shape[-3:])
-    frames = int(x.numel() // max(c * h * w, 1)) if x.dim() > 3 else 1
-    dense_per_frame = cout * ho * wo * cin_g * kh * kw
-    masked_per_frame = int(mask.sum()) * ho * wo
+    return mask
+
+
+def _record_call(acc: _Layer, module, x, binary: bool, frames: int, dense_per_frame: int,
+                 masked_per_frame: int) -> bool:
+    """Book one call's geometry and dense MACs; analog input is charged as MACs (mask applied).
+    Returns True when the input is binary and its SOPs remain to be counted."""
     acc.call_geometry.append((frames, dense_per_frame, masked_per_frame, _time_major(module, x)))
     acc.frames += frames
     acc.dense_macs += frames * dense_per_frame
@@ -128,8 +130,20 @@ def _conv_call(acc: _Layer, module: nn.Conv2d, x: torch.Tensor, out: torch.Tenso
         acc.analog_calls += 1
         acc.mac += frames * masked_per_frame
         acc.note("analog input: counted as MACs (mask applied)")
-        return
+        return False
     acc.binary_calls += 1
+    return True
+
+
+def _conv_call(acc: _Layer, module: nn.Conv2d, x: torch.Tensor, out: torch.Tensor, binary: bool):
+    cout, cin_g, kh, kw = module.weight.shape
+    mask = _layer_mask_noted(acc, module)
+    ho, wo = int(out.shape[-2]), int(out.shape[-1])
+    c, h, w = (int(s) for s in x.shape[-3:])
+    frames = int(x.numel() // max(c * h * w, 1)) if x.dim() > 3 else 1
+    dense_per_frame = cout * ho * wo * cin_g * kh * kw
+    if not _record_call(acc, module, x, binary, frames, dense_per_frame, int(mask.sum()) * ho * wo):
+        return
     with torch.no_grad():
         fired = x.detach().reshape(-1, c, h, w).sum(0, dtype=torch.float64)[None]  # [1, C, H, W]
         nnz = int(fired.sum().round())
@@ -152,21 +166,10 @@ def _conv_call(acc: _Layer, module: nn.Conv2d, x: torch.Tensor, out: torch.Tenso
 
 def _linear_call(acc: _Layer, module: nn.Linear, x: torch.Tensor, binary: bool):
     m_out, k = module.weight.shape
-    mask, src = layer_mask(module)
-    acc.note(src)
-    acc.density = float(mask.float().mean()) if mask.numel() else 0.0
+    mask = _layer_mask_noted(acc, module)
     frames = int(x.numel() // k) if k else 0
-    dense_per_frame = m_out * k
-    masked_per_frame = int(mask.sum())
-    acc.call_geometry.append((frames, dense_per_frame, masked_per_frame, _time_major(module, x)))
-    acc.frames += frames
-    acc.dense_macs += frames * dense_per_frame
-    if not binary:
-        acc.analog_calls += 1
-        acc.mac += frames * masked_per_frame
-        acc.note("analog input: counted as MACs (mask applied)")
+    if not _record_call(acc, module, x, binary, frames, m_out * k, int(mask.sum())):
         return
-    acc.binary_calls += 1
     if k == 0 or x.numel() == 0:
         return
     with torch.no_grad():
