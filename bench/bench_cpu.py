@@ -8,7 +8,6 @@ bench/sweep.py --targets prints the ratios of medians (the numbers of bench/RESU
 Shapes are the issue-3 targets. Set SNNSPARSE_BENCH_THREADS to change the thread count (default 2).
 """
 import os
-import sys
 
 import pytest
 import torch

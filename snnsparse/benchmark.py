@@ -198,7 +198,6 @@ def break_even(rows: Sequence[Dict[str, object]]) -> Dict[tuple, Optional[float]
     for key in keys:
         pts = sorted((float(r["combined"]), float(r["speedup"])) for r in rows if (r["backend"], r["shape"]) == key)
         lose = [c for c, s in pts if s < 1.0]
-        win = [c for c, s in pts if s >= 1.0]
         if not lose:
             out[key] = None
             continue
@@ -272,6 +271,7 @@ def copy_bandwidth_gbs(nbytes=256 << 20, reps=5) -> float:
 
 def run_targets(reps: int = 9, threads: int = 2, out_dir: Optional[str] = DEFAULT_OUT, verbose=True):
     """The issue-3 target rows; returns row dicts (and writes out_dir/targets_cpu.csv)."""
+    from snnsparse.ops import cpp as _cpp
     torch.set_num_threads(threads)
     cpu = torch.device("cpu")
     info = device_info(cpu)
@@ -293,17 +293,15 @@ def run_targets(reps: int = 9, threads: int = 2, out_dir: Optional[str] = DEFAUL
                                     (128, 32, 0.05, 0.01, 30)):
         x, w, m = _inputs("conv", dict(T=4, B=16, C=C, HW=HW), rate, dens, cpu)
         dense, ours = _calls("conv", x, w, m, "cpp")
-        from snnsparse.ops import cpp as _cpp
         op = lambda: _cpp.spike_conv2d(x, w, None, m, (1, 1), (1, 1), (1, 1), 1)  # noqa: E731
         tb, to, tp = timed([dense, ours, op], reps=reps)
         add(f"conv {C}@{HW}x{HW} T4 B16 rate {rate} dens {dens}", f">={goal}x", "F.conv2d", tb, to)
-        add(f"  same, backend op only (no functional checks)", f">={goal}x", "F.conv2d", tb, tp)
+        add("  same, backend op only (no functional checks)", f">={goal}x", "F.conv2d", tb, tp)
     x, w, m = _inputs("linear", dict(N=64, K=4096, M=4096), 0.1, 0.1, cpu)
     dense, ours = _calls("linear", x, w, m, "cpp")
     wcsr = (w * m).to_sparse_csr()
     xt = x.t().contiguous()
     csr = lambda: torch.sparse.mm(wcsr, xt)  # noqa: E731
-    from snnsparse.ops import cpp as _cpp
     op = lambda: _cpp.spike_linear(x, w, None, m)  # noqa: E731
     tb, to, tc, tp = timed([dense, ours, csr, op], reps=reps)
     add("linear 4096x4096 N64 rate 0.1 dens 0.1", ">=15x", "F.linear", tb, to)
