@@ -25,6 +25,10 @@ def _pair(v, name, op):
     raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
 
 
+class NonBinarySpikesError(ValueError):
+    """An event-driven op was given spikes that are not all 0 or 1 (the message names the op and a value)."""
+
+
 def is_binary(x: torch.Tensor) -> bool:
     """True when every element of x is 0 or 1 (bool and empty tensors are binary)."""
     if x.dtype == torch.bool or x.numel() == 0:
@@ -43,7 +47,7 @@ def _check_binary(spikes: torch.Tensor, op: str):
     bad = (spikes != 0) & (spikes != 1)
     if bool(bad.any()):
         value = spikes[bad].flatten()[0].item()
-        raise ValueError(f"{op}: spikes must be binary (0 or 1) for an event-driven kernel; found value "
+        raise NonBinarySpikesError(f"{op}: spikes must be binary (0 or 1) for an event-driven kernel; found value "
                          f"{value!r}. Use the dense layer (or torch.nn.functional) for non-binary input.")
 
 
@@ -96,7 +100,7 @@ def _run(op, impl, fn, x, *args, **kwargs):
         msg = str(e)
         if "spikes must be binary" not in msg:
             raise
-        raise ValueError(f"{op}: " + msg[msg.index("spikes must be binary"):].split("\n")[0]) from None
+        raise NonBinarySpikesError(f"{op}: " + msg[msg.index("spikes must be binary"):].split("\n")[0]) from None
 
 
 def _result(out, n, return_count):

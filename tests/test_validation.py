@@ -99,3 +99,13 @@ def test_explicit_missing_backend_raises_with_reason(monkeypatch):
         F.spike_linear(torch.ones(2, 4), torch.randn(3, 4), backend="cuda")
     with pytest.raises(ValueError, match="backend must be one of"):
         F.spike_linear(torch.ones(2, 4), torch.randn(3, 4), backend="nope")
+
+
+@pytest.mark.parametrize("backend", [b for b in ("reference", "cpp") if ss.backends.available()[b] is True])
+def test_non_binary_error_type_is_the_same_on_every_backend(backend):
+    s = torch.zeros(3, 4)
+    s[2, 3] = 0.25
+    with pytest.raises(F.NonBinarySpikesError, match="spike_linear: spikes must be binary"):
+        F.spike_linear(s, torch.randn(2, 4), backend=backend)
+    with pytest.raises(F.NonBinarySpikesError, match="spike_conv2d: spikes must be binary"):
+        F.spike_conv2d(s.reshape(1, 1, 3, 4), torch.randn(2, 1, 2, 2), backend=backend)

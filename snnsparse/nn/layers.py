@@ -46,7 +46,8 @@ class _SpikeMixin:
         """Run the event-driven kernel; fall back to dense torch when x is not binary.
 
         Binarity is not checked in a separate pass: the kernels (or the functional layer) refuse
-        non-binary spikes with ValueError, which a pixel input triggers within its first values.
+        non-binary spikes with NonBinarySpikesError (a ValueError), which a pixel input triggers
+        within its first values.
         A separate (x == 0 | x == 1).all() pass cost as much as the sparse kernel on a pruned
         VGG layer (see bench/RESULTS.md, "end to end").
         backend="dense" (a module-only setting) always runs plain torch with the masked weight and
@@ -58,9 +59,8 @@ class _SpikeMixin:
             out = event(x)
             self.last_input_binary = True
             return out
-        except ValueError as e:
-            if "spikes must be binary" not in str(e):
-                raise
+        except SF.NonBinarySpikesError:
+            pass
         self.last_input_binary = False
         return dense(x)
 
