@@ -14,6 +14,8 @@
 
 #include <string>
 
+#include "cpu/common.h"
+
 namespace {
 std::string build_info() {
 #ifdef SNNSPARSE_WITH_CUDA
@@ -22,6 +24,7 @@ std::string build_info() {
   return "cpu";
 #endif
 }
+std::string cpu_isa() { return snnsparse::cpu::cpu_isa_name(); }
 }  // namespace
 
 extern "C" {
@@ -36,15 +39,18 @@ TORCH_LIBRARY(snnsparse, m) {
   // Build information: which dispatch keys were compiled in ("cpu", "cpu,cuda").
   m.def("build_info() -> str", &build_info);
 
-  m.def("spike_linear_fwd(Tensor spikes, Tensor weight, Tensor? bias, Tensor? mask, bool count)"
-        " -> (Tensor out, Tensor n_acc)");
+  // dense_weight_grad selects the weight gradient of the autograd formula (Grad R trains pruned
+  // synapses too); it is an argument of the op itself so that no path (eager, torch.compile, any
+  // backend) can drop it.
+  m.def("spike_linear_fwd(Tensor spikes, Tensor weight, Tensor? bias, Tensor? mask, bool count,"
+        " bool dense_weight_grad) -> (Tensor out, Tensor n_acc)");
   // grad_in = grad_out @ (W*M); grad_w = grad_out^T @ spikes, masked unless dense_weight_grad.
   m.def("spike_linear_bwd(Tensor grad_out, Tensor spikes, Tensor weight, Tensor? mask,"
         " bool need_input_grad, bool need_weight_grad, bool dense_weight_grad)"
         " -> (Tensor grad_in, Tensor grad_weight)");
 
   m.def("spike_conv2d_fwd(Tensor spikes, Tensor weight, Tensor? bias, Tensor? mask,"
-        " int[2] stride, int[2] padding, int[2] dilation, int groups, bool count)"
+        " int[2] stride, int[2] padding, int[2] dilation, int groups, bool count, bool dense_weight_grad)"
         " -> (Tensor out, Tensor n_acc)");
   m.def("spike_conv2d_bwd(Tensor grad_out, Tensor spikes, Tensor weight, Tensor? mask,"
         " int[2] stride, int[2] padding, int[2] dilation, int groups,"
@@ -62,10 +68,17 @@ TORCH_LIBRARY(snnsparse, m) {
         " str surrogate, float alpha) -> (Tensor grad_x, Tensor grad_v0)");
 
   // ---- added by the cpp backend (CPU impls only; the core schemas above are unchanged) ----
-  // Forward with the weight pre-packed by snnsparse/ops/cpp.py (cached per weight/mask version).
-  // packed: dense rows/slabs [W', nnz-per-column] or compressed rows [rowptr, idx, val, nnz-per-column].
-  // weight and mask are the source of truth (autograd, fake kernels); dense_weight_grad only
-  // selects the weight gradient of the autograd formula.
+  // The core forward ops above pack (weight, mask) on every call, so they can never read a stale
+  // packing. Packing once is for owners that hold an immutable snapshot of the weights (the
+  // benchmarks' kernel timings, an inference-only model): spike_*_pack returns the packed tensors
+  // (format 0 = chosen by density and geometry, as the core ops choose), spike_*_fwd_packed runs
+  // on them. packed: dense rows/slabs [W', nnz-per-column] or compressed rows
+  // [rowptr, idx, val, nnz-per-column]; weight and mask give shapes, autograd and fake kernels.
+  m.def("spike_linear_pack(Tensor weight, Tensor? mask, int format) -> Tensor[]");
+  m.def("spike_conv2d_pack(Tensor weight, Tensor? mask, int groups, int[2] stride, int in_width, int out_width,"
+        " int format) -> Tensor[]");
+  // The SIMD level the CPU kernels were compiled for: "avx512", "avx2" or "generic".
+  m.def("cpu_isa() -> str", &cpu_isa);
   m.def("spike_linear_fwd_packed(Tensor spikes, Tensor weight, Tensor? bias, Tensor? mask, Tensor[] packed,"
         " bool count, bool dense_weight_grad) -> (Tensor out, Tensor n_acc)");
   m.def("spike_conv2d_fwd_packed(Tensor spikes, Tensor weight, Tensor? bias, Tensor? mask, Tensor[] packed,"

@@ -84,10 +84,10 @@ def variants(quick: bool):
                          ROUND=dt in ("fp16", "bf16"), BLOCK=256)))
         for sur in range(5):
             out.append((f"lif_bwd {dt} surrogate={LF.SURROGATES[sur]}", LF.lif_bwd_kernel,
-                        {"gs_ptr": f"*{dt}", "gv_ptr": f"*{dt}", "h_ptr": f"*{dt}", "gx_ptr": f"*{dt}",
-                         "gv0_ptr": f"*{dt}", **scal},
-                        dict(HAS_GV=True, DECAY_INPUT=sur % 2 == 0, HARD_RESET=sur < 3, DETACH_RESET=sur == 3,
-                             SURROGATE=sur, BLOCK=256)))
+                        {"gs_ptr": f"*{dt}", "gv_ptr": f"*{dt}", "gh_ptr": f"*{dt}", "h_ptr": f"*{dt}",
+                         "gx_ptr": f"*{dt}", "gv0_ptr": f"*{dt}", **scal},
+                        dict(HAS_GV=True, HAS_GH=True, DECAY_INPUT=sur % 2 == 0, HARD_RESET=sur < 3,
+                             DETACH_RESET=sur == 3, SURROGATE=sur, BLOCK=256)))
             if quick:
                 break
     return out

@@ -40,8 +40,15 @@ def _div(a, b):
 
 
 @triton.jit
-def lif_fwd_kernel(x_ptr, v0_ptr, s_ptr, v_ptr, h_ptr, bits_ptr, cnt_ptr, T, N, NW,
-                   tau, v_th, v_reset,
+def lif_fwd_kernel(x_ptr,     # *DT [T, N]   input current
+                   v0_ptr,    # *DT [N]      V[-1]
+                   s_ptr,     # *DT [T, N]   out: spikes
+                   v_ptr,     # *DT [N]      out: v_last = V[T-1]
+                   h_ptr,     # *DT [T, N]   out: h_seq (written only if SAVE_H)
+                   bits_ptr,  # *i32 [T, NW] out: packed spikes (written only if EMIT_BITS)
+                   cnt_ptr,   # *i32 [T, num_programs] out: spikes per program (only if EMIT_BITS)
+                   T, N, NW,  # i32; NW = cdiv(N, 32)
+                   tau, v_th, v_reset,  # fp32 scalars (v_reset ignored unless HARD_RESET)
                    DECAY_INPUT: tl.constexpr, HARD_RESET: tl.constexpr, SAVE_H: tl.constexpr,
                    EMIT_BITS: tl.constexpr, ROUND: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -66,10 +73,13 @@ def lif_fwd_kernel(x_ptr, v0_ptr, s_ptr, v_ptr, h_ptr, bits_ptr, cnt_ptr, T, N, 
         else:
             h = _rnd(_rnd(v - _rnd(_div(dv, tau_v), DT, ROUND), DT, ROUND) + x, DT, ROUND)
         fired = h >= vth
+        # The reference's arithmetic reset, not a select: they differ only for non-finite H, where
+        # torch gives 0 * inf = NaN for a hard reset after H = +inf (a select would return V_reset).
+        sf = fired.to(v.dtype)
         if HARD_RESET:
-            v = tl.where(fired, vr, h)
+            v = _rnd(_rnd(sf * vr, DT, ROUND) + _rnd((1.0 - sf) * h, DT, ROUND), DT, ROUND)
         else:
-            v = tl.where(fired, _rnd(h - vth, DT, ROUND), h)
+            v = _rnd(h - _rnd(sf * vth, DT, ROUND), DT, ROUND)
         tl.store(s_ptr + offs, fired.to(tl.float32).to(DT), mask=m)  # (the interpreter has no i1->bf16)
         x_ptr += N  # pointer increments: 64-bit offsets without an int64 loop counter
         s_ptr += N
@@ -96,7 +106,8 @@ def _surrogate_grad(x, alpha, SURROGATE: tl.constexpr):
         z = 1.5707963267948966 * alpha * x
         return (alpha / 2.0) / (1.0 + z * z)
     elif SURROGATE == 2:
-        return tl.maximum(alpha - alpha * alpha * tl.abs(x), 0.0)
+        # NaN in, NaN out, as torch.clamp in the reference (tl.maximum's default drops a NaN operand)
+        return tl.maximum(alpha - alpha * alpha * tl.abs(x), 0.0, propagate_nan=tl.PropagateNan.ALL)
     elif SURROGATE == 3:
         z = 1.0 + alpha * tl.abs(x)
         return alpha / (2.0 * z * z)
@@ -106,13 +117,20 @@ def _surrogate_grad(x, alpha, SURROGATE: tl.constexpr):
 
 
 @triton.jit
-def lif_bwd_kernel(gs_ptr, gv_ptr, h_ptr, gx_ptr, gv0_ptr, T, N,
-                   tau, v_th, v_reset, alpha,
-                   HAS_GV: tl.constexpr, DECAY_INPUT: tl.constexpr, HARD_RESET: tl.constexpr,
-                   DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, BLOCK: tl.constexpr):
+def lif_bwd_kernel(gs_ptr,    # *DT [T, N]  grad of the spikes
+                   gv_ptr,    # *DT [N]     grad of v_last (read only if HAS_GV)
+                   gh_ptr,    # *DT [T, N]  grad of h_seq, when it was returned (read only if HAS_GH)
+                   h_ptr,     # *DT [T, N]  h_seq saved by the forward
+                   gx_ptr,    # *DT [T, N]  out: grad of x_seq
+                   gv0_ptr,   # *DT [N]     out: grad of v0
+                   T, N,      # i32
+                   tau, v_th, v_reset, alpha,   # fp32 scalars
+                   HAS_GV: tl.constexpr, HAS_GH: tl.constexpr, DECAY_INPUT: tl.constexpr,
+                   HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr,
+                   BLOCK: tl.constexpr):
     """Reverse-time recurrence (fp32, fp64 for fp64 tensors):
-        gH[t] = gS[t] * sg(H[t] - V_th) + gV[t] * dV/dH,   gX[t] = gH[t] * dH/dX,
-        gV[t-1] = gH[t] * (1 - 1/tau);   gV[T-1] = grad of v_last, gV[-1] = grad of v0.
+        gH[t] = gS[t] * sg(H[t] - V_th) + gV[t] * dV/dH (+ gHout[t], the grad of the returned h_seq),
+        gX[t] = gH[t] * dH/dX,   gV[t-1] = gH[t] * (1 - 1/tau);   gV[T-1] = grad of v_last, gV[-1] = grad of v0.
     dV/dH: hard reset (1 - S) + (V_reset - H) sg; soft 1 - V_th sg; detach_reset drops the sg terms.
     """
     pid = tl.program_id(0)
@@ -130,6 +148,8 @@ def lif_bwd_kernel(gs_ptr, gv_ptr, h_ptr, gx_ptr, gv0_ptr, T, N,
     h_ptr += end
     gs_ptr += end
     gx_ptr += end
+    if HAS_GH:
+        gh_ptr += end
     inv_tau = _div(one, one * tau)
     for i in range(0, T):
         h_ptr -= N
@@ -149,6 +169,9 @@ def lif_bwd_kernel(gs_ptr, gv_ptr, h_ptr, gx_ptr, gv0_ptr, T, N,
             if not DETACH_RESET:
                 dvdh -= vth * sg
         gh = gs * sg + gv * dvdh
+        if HAS_GH:  # h_seq is an output too: its gradient enters H[t] directly
+            gh_ptr -= N
+            gh += tl.load(gh_ptr + offs, mask=m, other=0.0).to(gv.dtype)
         if DECAY_INPUT:
             gx = gh * inv_tau
         else:

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as prune
 
 import snnsparse as ss
-from conftest import mask
+from conftest import assert_close64, mask
 
 sj = pytest.importorskip("spikingjelly.activation_based", reason="spikingjelly 2.0 is a test dependency")
 from spikingjelly.activation_based import functional as sjf, layer, neuron, surrogate  # noqa: E402
@@ -87,3 +87,114 @@ def test_unsupported_surrogate_is_refused():
     node = neuron.LIFNode(surrogate_function=surrogate.PiecewiseLeakyReLU(), step_mode="m")
     with pytest.raises(ValueError, match="surrogate PiecewiseLeakyReLU is not supported"):
         ss.nn.convert(nn.Sequential(node))
+
+
+def _load_zoo_module(name):
+    """A module of spikingjelly.activation_based.model, loaded by file: the package's __init__ imports
+    every zoo model, some of which need h5py / torchvision (not test dependencies)."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(sj.__file__), "model", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"spikingjelly.activation_based.model.{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _left_names(caught):
+    (message,) = [str(w.message) for w in caught if w.category is ss.nn.ConvertWarning]
+    return message
+
+
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+def test_convert_leaves_weight_standardised_layers(rng, step_mode):
+    """layer.WSConv2d / WSLinear subclass Conv2d / Linear but standardise the weight in forward:
+    swapping them for plain Spike* layers changed the outputs (by ~0.86 here)."""
+    torch.manual_seed(rng.initial_seed())
+    model = nn.Sequential(
+        layer.WSConv2d(2, 6, 3, padding=1, gain=False, step_mode=step_mode),
+        neuron.LIFNode(step_mode=step_mode),
+        layer.Conv2d(6, 6, 3, padding=1, step_mode=step_mode),
+        neuron.LIFNode(step_mode=step_mode),
+        layer.Flatten(step_mode=step_mode),
+        layer.WSLinear(6 * 5 * 5, 8, step_mode=step_mode),
+        neuron.LIFNode(step_mode=step_mode),
+        layer.Linear(8, 4, step_mode=step_mode),
+    ).double()
+    with torch.no_grad():  # every neuron layer fires sometimes (checked below)
+        model[2].weight.uniform_(-0.2, 1.0, generator=rng)
+        model[5].gain.fill_(12.0)
+    x = torch.rand(3, 2, 2, 5, 5, generator=rng, dtype=torch.float64) * 4
+    with torch.no_grad():
+        ref, ref_spikes = _run(model, x, step_mode)
+    for k in (1, 3, 6):
+        assert 0 < ref_spikes[k].mean() < 1, f"neuron layer {k} must fire sometimes"
+    with pytest.warns(ss.nn.ConvertWarning) as caught:
+        conv = ss.nn.convert(copy.deepcopy(model))
+    message = _left_names(caught)
+    assert "'0' (WSConv2d)" in message and "'5' (WSLinear)" in message
+    assert "forward may compute something else" in message
+    assert type(conv[0]) is layer.WSConv2d and type(conv[5]) is layer.WSLinear
+    assert isinstance(conv[2], ss.nn.SpikeConv2d) and isinstance(conv[7], ss.nn.SpikeLinear)
+    report = {r.name: (r.action, r.result) for r in conv.snnsparse_convert_report}
+    assert report == {"0": ("left", "WSConv2d"), "1": ("converted", "LIF"), "2": ("converted", "SpikeConv2d"),
+                      "3": ("converted", "LIF"), "5": ("left", "WSLinear"), "6": ("converted", "LIF"),
+                      "7": ("converted", "SpikeLinear")}
+    with torch.no_grad():
+        out, spikes = _run(conv, x, step_mode)
+    assert_close64(out, ref, rtol=1e-12, atol=1e-12)
+    for k in ref_spikes:
+        assert torch.equal(spikes[k], ref_spikes[k]), f"neuron layer {k} differs"
+
+
+@pytest.mark.slow
+def test_convert_ottt_spiking_vgg11_ws_zoo_model(rng):
+    """The SpikingJelly zoo model whose outputs convert used to change by 2.1-2.8: every conv and the
+    two hidden classifier layers are weight-standardised (left), the last layer.Linear is converted.
+    (The model has 130 M parameters, mostly the 25088 x 4096 classifier layer: about 1.8 GB and a few
+    seconds on a CPU; the input is kept small.)"""
+    zoo = _load_zoo_module("spiking_vggws_ottt")
+    torch.manual_seed(rng.initial_seed())
+    model = zoo.ottt_spiking_vgg11_ws(num_classes=10).eval()
+    x = torch.rand(2, 3, 32, 32, generator=rng)
+
+    def run(m):  # OTTT models are single-step: T=2 calls, the second sees the neurons' state
+        sjf.reset_net(m)
+        return torch.stack([m(x) for _ in range(2)])
+
+    with torch.no_grad():
+        ref = run(model)
+    assert ref.abs().sum() > 0, "the classifier must see spikes"
+    ws = [n for n, m in model.named_modules() if type(m).__name__ in ("WSConv2d", "WSLinear")]
+    assert len(ws) == 10
+    with pytest.warns(ss.nn.ConvertWarning) as caught:
+        ss.nn.convert(model)  # in place: a second copy of the weights would double the memory
+    message = _left_names(caught)
+    assert all(f"{n!r} (WS" in message for n in ws)
+    assert isinstance(model.classifier[10], ss.nn.SpikeLinear)
+    report = {r.name: r.action for r in model.snnsparse_convert_report}
+    assert report == {**{n: "left" for n in ws}, "classifier.10": "converted"}
+    with torch.no_grad():
+        torch.testing.assert_close(run(model), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_convert_error_changes_nothing_and_names_the_layer():
+    model = _sj_model("m")
+    model[8] = neuron.LIFNode(surrogate_function=surrogate.PiecewiseLeakyReLU(), step_mode="m")
+    with pytest.raises(ValueError, match=r"convert: layer '8' \(LIFNode\): .*surrogate PiecewiseLeakyReLU"):
+        ss.nn.convert(model)
+    # Refused before anything was swapped (the old convert had already replaced layers 0-7).
+    assert [type(m) for m in model] == [type(m) for m in _sj_model("m")]
+
+
+def test_convert_dense_backend_keeps_lif_on_a_kernel_backend(rng):
+    torch.manual_seed(rng.initial_seed())
+    model = _sj_model("m").eval()
+    x = torch.rand(2, 2, 2, 8, 8, generator=rng) * 3
+    with torch.no_grad():
+        ref, _ = _run(model, x, "m")
+    conv = ss.nn.convert(copy.deepcopy(model), backend="dense")
+    assert conv[0].backend == "dense" and conv[7].backend == "dense" and conv[2].backend == "auto"
+    with torch.no_grad():
+        out, _ = _run(conv, x, "m")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

@@ -280,6 +280,16 @@ LIF_CASES = [(s, vr, detach, decay) for i, s in enumerate(SURROGATES)
              for vr, detach, decay in ((0.0, i % 2 == 0, True), (None, i % 2 == 1, i % 3 == 0))]
 
 
+def _lif_oracle_dtype(x, v0, args, spikes):
+    """dtype of the reference loop to differentiate for gradients of the kernel run that gave `spikes`.
+    float64, except where an fp32 H lands within rounding of the threshold (measure zero, but inputs
+    are fresh each run) and the float64 spike train differs: then the loop in x's own dtype, whose
+    spikes equal the kernel's (the tests check that bit-exactly)."""
+    if torch.equal(R.lif(x.double(), v0.double(), *args)[0].to(x.dtype), spikes.detach().cpu()):
+        return torch.float64
+    return x.dtype
+
+
 @pytest.mark.parametrize("surrogate,v_reset,detach_reset,decay_input", LIF_CASES)
 def test_lif_forward_backward(surrogate, v_reset, detach_reset, decay_input, rng):
     t, n = 6, 70
@@ -293,13 +303,7 @@ def test_lif_forward_backward(surrogate, v_reset, detach_reset, decay_input, rng
     assert torch.equal(s, rs) and torch.equal(v, rv)
     gs, gv = randn((t, n), rng), randn((n,), rng)
     got = torch.autograd.grad((s * gs.to(DEV)).sum() + (v * gv.to(DEV)).sum(), (xd, vd))
-    # Gradients against autograd through the float64 loop. Where an fp32 H lands within rounding
-    # of the threshold (measure zero, but inputs are fresh each run) the float64 spike train
-    # differs; the fp32 loop, whose spikes were just checked identical, is the oracle then.
-    ref_dtype = torch.float64
-    if not torch.equal(R.lif(x.double(), v0.double(), 2.0, 1.0, v_reset, decay_input, detach_reset, surrogate,
-                             alpha)[0].float(), s.detach().cpu()):
-        ref_dtype = torch.float32
+    ref_dtype = _lif_oracle_dtype(x, v0, (2.0, 1.0, v_reset, decay_input, detach_reset, surrogate, alpha), s)
     xr, vr_ = x.to(ref_dtype).requires_grad_(), v0.to(ref_dtype).requires_grad_()
     sr, vr_last, _ = R.lif(xr, vr_, 2.0, 1.0, v_reset, decay_input, detach_reset, surrogate, alpha)
     want = torch.autograd.grad((sr * gs.to(ref_dtype)).sum() + (vr_last * gv.to(ref_dtype)).sum(), (xr, vr_))
@@ -350,6 +354,184 @@ def test_lif_packed_spikes_and_counts(rng):
 
 
 # --------------------------------------------------------------------------------------------
+# issue 11: h_seq gradient, dtypes the interpreter cannot compute, non-finite values
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("surrogate,v_reset,detach_reset,decay_input", LIF_CASES)
+def test_lif_h_seq_carries_gradient(surrogate, v_reset, detach_reset, decay_input, dtype, rng):
+    # h_seq returned by return_h=True is an output like the others: d(a*S + b*H + c*V)/d(x, v0)
+    # equals autograd through the reference loop (it used to be non-differentiable: b was dropped).
+    t, n = 5, 70
+    x = randn((t, n), rng, dtype) * 1.5
+    v0 = randn((n,), rng, dtype) * 0.5
+    alpha = {"sigmoid": 4.0, "atan": 2.0}.get(surrogate, 1.5)
+    args = (2.0, 1.0, v_reset, decay_input, detach_reset, surrogate, alpha)
+    xd, vd = x.to(DEV).requires_grad_(), v0.to(DEV).requires_grad_()
+    s, v, h = T.lif(xd, vd, *args, True)
+    ref_dtype = _lif_oracle_dtype(x, v0, args, s)
+    xr, vr_ = x.to(ref_dtype).requires_grad_(), v0.to(ref_dtype).requires_grad_()
+    rs, rv, rh = R.lif(xr, vr_, *args, True)
+    tol = TOL[torch.float64] if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    a, b, c = (float(u) for u in torch.randn(3, generator=rng))
+    # None: the term is left out, so the op's backward gets no gradient (None) for that output
+    for coefs in ((1.0, 1.0, None), (None, 1.0, None), (None, b, c), (a, b, c)):
+        def loss(outs):
+            return sum(o.sum() * k for o, k in zip(outs, coefs) if k is not None)
+        got = torch.autograd.grad(loss((s, h, v)), (xd, vd), retain_graph=True)
+        want = torch.autograd.grad(loss((rs, rh, rv)), (xr, vr_), retain_graph=True)
+        for g_, e, name in zip(got, want, ("x_seq", "v0")):
+            assert_close64(g_.cpu(), e, **tol, msg=f"grad {name}, coefficients (S, H, V) = {coefs}")
+
+
+def test_lif_h_seq_gradient_functional(rng):
+    # the issue's report through the public API, T = 1 and odd N included
+    for shape in ((3, 1), (1, 3), (4, 2, 5)):
+        x = randn(shape, rng) * 1.5
+        grads = []
+        for backend in ("triton", "reference"):
+            xd = x.to(DEV).requires_grad_()
+            s, v, h = ss.functional.lif_with_h(xd, backend=backend, return_h=True)
+            grads.append(torch.autograd.grad(s.sum() + h.sum(), xd)[0].cpu())
+        assert_close64(grads[0], grads[1], rtol=1e-5, atol=1e-5, msg=f"shape {shape}")
+
+
+ALL_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The interpreter stores bfloat16 as raw uint16 (numpy has none): its results were off by up to 1e6.
+REFUSED = () if ON_GPU else (torch.bfloat16,)
+
+
+@pytest.mark.parametrize("dtype", ALL_FLOATS)
+def test_every_float_dtype_is_computed_correctly_or_refused(dtype, rng):
+    x, w, b = make_spikes((19, 70), 0.3, rng), randn((37, 70), rng), randn((37,), rng)
+    mk = make_mask((37, 70), 0.5, rng)
+    xc, wc, bc, mc, st, pd, dl, gr = _conv_inputs(CONV_CASES[1], rng)
+    xl, v0 = randn((5, 70), rng) * 2, randn((70,), rng) * 0.5
+    lin_args = _dev(x.to(dtype), w.to(dtype), b.to(dtype), mk)
+    conv_args = _dev(xc.to(dtype), wc.to(dtype), bc.to(dtype), mc)
+    lif_args = _dev(xl.to(dtype), v0.to(dtype))
+    lif_params = (2.0, 1.0, 0.0, True, False, "sigmoid", 4.0)
+    if dtype in REFUSED:
+        # refused before any kernel runs, naming the dtype and why; the backward ops too
+        why = r"torch.bfloat16.*TRITON_INTERPRET=1"
+        with pytest.raises(TypeError, match="spike_linear: weight is " + why):
+            T.spike_linear(*lin_args)
+        with pytest.raises(TypeError, match="spike_linear: weight is " + why):
+            ss.functional.spike_linear(lin_args[0], lin_args[1], mask=lin_args[3], backend="triton")
+        with pytest.raises(TypeError, match="spike_conv2d: weight is " + why):
+            T.spike_conv2d(*conv_args, st, pd, dl, gr)
+        with pytest.raises(TypeError, match="lif: x_seq is " + why):
+            T.lif(*lif_args, *lif_params)
+        with pytest.raises(TypeError, match="lif_packed: x_seq is " + why):
+            T.lif_packed(*lif_args)
+        g = torch.zeros(19, 37, dtype=dtype, device=DEV)
+        with pytest.raises(TypeError, match=why):
+            ops.spike_linear_bwd(g, lin_args[0], lin_args[1], mk.to(DEV), True, True, False)
+        with pytest.raises(TypeError, match=why):
+            ops.lif_bwd(lif_args[0], None, None, lif_args[0], *lif_params)
+        return
+    tol = TOL[dtype]
+    # spike_linear forward and gradients against float64 on the same (dtype-rounded) values
+    xd, wd = lin_args[0].requires_grad_(), lin_args[1].requires_grad_()
+    out, _ = T.spike_linear(xd, wd, lin_args[2], lin_args[3])
+    assert out.dtype == dtype
+    x64, w64 = x.double().requires_grad_(), w.to(dtype).double().requires_grad_()
+    ref, _ = R.spike_linear(x64, w64, b.to(dtype).double(), mk)
+    assert_close64(out.detach().cpu(), ref, **tol, msg="spike_linear")
+    g = randn(tuple(out.shape), rng, dtype)
+    got = torch.autograd.grad(out, (xd, wd), g.to(DEV))
+    want = torch.autograd.grad(ref, (x64, w64), g.double())
+    for a, e, name in zip(got, want, ("x", "weight")):
+        assert a.dtype == dtype
+        assert_close64(a.cpu(), e, **tol, msg=f"spike_linear grad {name}")
+    # spike_conv2d
+    out, _ = T.spike_conv2d(*conv_args, st, pd, dl, gr)
+    ref, _ = R.spike_conv2d(xc.double(), wc.to(dtype).double(), bc.to(dtype).double(), mc, st, pd, dl, gr)
+    assert out.dtype == dtype
+    assert_close64(out.cpu(), ref, **tol, msg="spike_conv2d")
+    # lif: the same operation order as the torch loop in that dtype, so bit-identical to it
+    s, v, h = T.lif(*lif_args, *lif_params, True)
+    rs, rv, rh = R.lif(*lif_args, *lif_params, True)
+    assert torch.equal(s, rs) and torch.equal(v, rv) and torch.equal(h, rh)
+
+
+def _nonfinite_where_pruned(w, mk, rng):
+    """w with every pruned entry replaced by NaN, +inf or -inf (at random), and w with them zeroed."""
+    bad = torch.tensor([float("nan"), float("inf"), float("-inf")])[torch.randint(3, w.shape, generator=rng)]
+    return torch.where(mk, w, bad), torch.where(mk, w, torch.zeros_like(w))
+
+
+@pytest.mark.parametrize("dense_weight_grad", [False, True])
+@pytest.mark.parametrize("density", [0.5, 0.0])
+def test_pruned_nonfinite_weights_are_absent(density, dense_weight_grad, rng):
+    # A pruned synapse contributes nothing, whatever its weight holds: the output and the gradients
+    # equal those with the pruned weights zeroed (weight*mask made every touched output NaN).
+    x, w, b = make_spikes((21, 45), 0.5, rng), randn((37, 45), rng), randn((37,), rng)
+    mk = make_mask(w.shape, density, rng)
+    xc, wc, bc, _, st, pd, dl, gr = _conv_inputs(CONV_CASES[1], rng)
+    mc = make_mask(wc.shape, density, rng)
+    linear = lambda x_, w_: T.spike_linear(x_, w_, b.to(DEV), mk.to(DEV), count=True,  # noqa: E731
+                                           dense_weight_grad=dense_weight_grad)
+    conv = lambda x_, w_: T.spike_conv2d(x_, w_, bc.to(DEV), mc.to(DEV), st, pd, dl, gr,  # noqa: E731
+                                         count=True, dense_weight_grad=dense_weight_grad)
+    for name, f, xs, ws, ms, ref_fn in (
+            ("spike_linear", linear, x, w, mk, lambda w64: R.spike_linear(x.double(), w64, b.double(), mk)),
+            ("spike_conv2d", conv, xc, wc, mc,
+             lambda w64: R.spike_conv2d(xc.double(), w64, bc.double(), mc, st, pd, dl, gr))):
+        w_bad, w_zero = _nonfinite_where_pruned(ws, ms, rng)
+        runs = []
+        for wv in (w_bad, w_zero):
+            xd, wd = xs.to(DEV).requires_grad_(), wv.to(DEV).requires_grad_()
+            out, cnt = f(xd, wd)
+            g = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(DEV)
+            runs.append((out.detach(), cnt) + torch.autograd.grad(out, (xd, wd), g))
+        for a, e, what in zip(runs[0], runs[1], ("output", "count", "grad x", "grad weight")):
+            assert torch.equal(a, e), f"{name} {what}: pruned NaN/inf weights are not absent"
+        assert bool(runs[0][0].isfinite().all()), name
+        assert_close64(runs[0][0].cpu(), ref_fn(w_zero.double())[0], **TOL[torch.float32], msg=name)
+
+
+NONFINITE = (float("inf"), float("-inf"), float("nan"))
+
+
+# numpy, under the interpreter, warns on inf - inf and 0 * inf: those NaNs are what is tested
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("v_reset,decay_input", [(0.0, True), (-0.2, False), (None, True), (None, False)])
+def test_lif_non_finite_input_propagates_as_reference(v_reset, decay_input, dtype, rng):
+    # +inf / -inf / NaN in x_seq or v0 give what the reference loop gives (a hard reset after
+    # H = +inf is 0 * inf = NaN, not V_reset): the same NaN positions and the same finite values,
+    # for S, v_last, h_seq and, with every surrogate and detach_reset, the gradients.
+    t, n = 6, 48
+    x, v0 = randn((t, n), rng, dtype) * 1.5, randn((n,), rng, dtype) * 0.5
+    for j in range(8, n):  # columns 0..7 stay finite; each other one gets one non-finite value
+        val = NONFINITE[j % 3]
+        if j % 4 == 0:
+            v0[j] = val
+        else:
+            x[int(torch.randint(t, (1,), generator=rng)), j] = val
+    exact = dict(rtol=0, atol=0, equal_nan=True)
+    for i, surrogate in enumerate(SURROGATES):
+        args = (2.0, 1.0, v_reset, decay_input, i % 2 == 1, surrogate, 1.5)
+        xd, vd = x.to(DEV).requires_grad_(), v0.to(DEV).requires_grad_()
+        s, v, h = T.lif(xd, vd, *args, True)
+        xr, vr_ = x.clone().requires_grad_(), v0.clone().requires_grad_()
+        rs, rv, rh = R.lif(xr, vr_, *args, True)
+        for a, e, name in ((s, rs, "spikes"), (v, rv, "v_last"), (h, rh, "h_seq")):
+            torch.testing.assert_close(a.detach().cpu(), e.detach(), **exact,
+                                       msg=lambda m: f"{surrogate} {name}: {m}")
+        assert bool(v[:8].isfinite().all()) and not bool(v[8:].isfinite().all())
+        if dtype == torch.float16:
+            continue  # the kernel's backward runs in fp32, the fp16 loop's autograd does not
+        gs, gh, gv = randn((t, n), rng, dtype), randn((t, n), rng, dtype), randn((n,), rng, dtype)
+        got = torch.autograd.grad((s * gs.to(DEV)).sum() + (h * gh.to(DEV)).sum() + (v * gv.to(DEV)).sum(),
+                                  (xd, vd))
+        want = torch.autograd.grad((rs * gs).sum() + (rh * gh).sum() + (rv * gv).sum(), (xr, vr_))
+        tol = TOL[torch.float64] if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+        for a, e, name in zip(got, want, ("x_seq", "v0")):
+            torch.testing.assert_close(a.cpu(), e, **tol, equal_nan=True, msg=lambda m: f"{surrogate} grad {name}: {m}")
+
+
+# --------------------------------------------------------------------------------------------
 # torch.library registration
 
 def test_opcheck_all_ops(rng):
@@ -370,8 +552,8 @@ def test_opcheck_all_ops(rng):
     v0 = torch.zeros(33, device=DEV)
     torch.library.opcheck(ops.lif_fwd, (xl, v0, 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True))
     h = T.lif(xl.detach(), v0, 2.0, 1.0, None, True, False, "atan", 2.0, True)[2]
-    torch.library.opcheck(ops.lif_bwd, (torch.randn_like(h), torch.randn_like(v0), h, 2.0, 1.0, None, True,
-                                        False, "atan", 2.0))
+    torch.library.opcheck(ops.lif_bwd, (torch.randn_like(h), torch.randn_like(v0), torch.randn_like(h), h, 2.0, 1.0,
+                                        None, True, False, "atan", 2.0))
 
 
 def test_torch_compile_fullgraph(rng):

@@ -44,6 +44,29 @@ inline void check_mask(const c10::optional<at::Tensor>& mask, const at::Tensor& 
               ", got ", mask->sizes());
 }
 
+// weight with pruned entries set to 0 (never weight * mask: a pruned NaN/inf weight must be absent,
+// and NaN * 0 is NaN). The project rule: a pruned synapse contributes nothing, on every backend.
+inline at::Tensor masked_weight(const at::Tensor& weight, const c10::optional<at::Tensor>& mask) {
+  if (!mask.has_value()) return weight;
+  return at::where(*mask, weight, at::zeros({}, weight.options()));
+}
+
+// Fraction of kept synapses (1 without a mask); picks the weight format.
+inline double mask_density(const c10::optional<at::Tensor>& mask) {
+  return mask.has_value() && mask->numel() ? mask->sum().item<double>() / mask->numel() : 1.0;
+}
+
+// The SIMD level this translation unit was compiled for (reported by snnsparse::cpu_isa).
+inline const char* cpu_isa_name() {
+#if defined(__AVX512F__)
+  return "avx512";
+#elif defined(__AVX2__)
+  return "avx2";
+#else
+  return "generic";
+#endif
+}
+
 [[noreturn]] inline void non_binary_error(double value) {
   TORCH_CHECK_VALUE(false, "snnsparse: spikes must be binary (0 or 1) for an event-driven kernel; found value ", value,
                     ". Use the dense layer (or torch.nn.functional) for non-binary input.");
@@ -94,6 +117,24 @@ inline void nonzero_bits(const scalar_t* p, int64_t n, uint64_t* words) {
     }
     if (__builtin_expect(bad, 0)) non_binary_in(p + base, lim);
     words[w] = bits;
+  }
+}
+
+// Raises the non-binary error when p[0..n) holds a value other than 0 and 1 (NaN included). For
+// spike planes a kernel does not otherwise read (an input channel with no kept synapse): the
+// layer must still refuse pixels there, or energy counting would book them as spikes.
+template <typename scalar_t>
+inline void check_binary(const scalar_t* p, int64_t n) {
+  constexpr int64_t kChunk = 256;
+  for (int64_t base = 0; base < n; base += kChunk) {
+    const int64_t lim = std::min<int64_t>(kChunk, n - base);
+    bool bad = false;
+#pragma omp simd reduction(|| : bad)
+    for (int64_t i = 0; i < lim; ++i) {
+      const scalar_t v = p[base + i];
+      bad = bad || ((v != scalar_t(0)) & (v != scalar_t(1)));
+    }
+    if (__builtin_expect(bad, 0)) non_binary_in(p + base, lim);
   }
 }
 

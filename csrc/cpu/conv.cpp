@@ -1,7 +1,7 @@
 // Event-driven dual-sparse conv2d on CPU: out = conv2d(spikes, W*M, b, stride, padding, dilation, groups)
 // for binary spikes, forward and backward.
 //
-// Weight formats, chosen by mask density (snnsparse/ops/cpp.py CONV_DENSE_MIN, measured):
+// Weight formats, chosen by mask density (kConvDenseMin below, measured; snnsparse/ops/packed.py names them):
 //  * dense slabs [Wp (Cin x kh*kw x Cout/groups, masked), tapnnz]: channels-last inside the kernel.
 //    Each fired input pixel (n, ci, y, x) adds, for every tap, the contiguous Cout/groups vector
 //    Wp[ci, tap, :] (SIMD adds, no multiplies) into a channels-last accumulator of frame n
@@ -12,7 +12,7 @@
 //    val, tapnnz]: per input channel the list of kept (tap, co) synapses. A fired pixel adds each
 //    kept weight straight into the NCHW output; for stride 1 and interior pixels the output offset
 //    of every synapse is precomputed once per call, so the inner loop is load-add-store only.
-//    Input channels without kept synapses are skipped without scanning their spikes.
+//    Input channels without kept synapses are only checked for binarity (no bit building, no adds).
 // OpenMP (at::parallel_for) over frames in the forward (each frame owns its output: no write
 // races) and over blocks of input channels in the weight gradient (each block owns its rows).
 #include <cstdlib>
@@ -392,7 +392,10 @@ int64_t conv_fwd_csr(const ConvGeom& g, const scalar_t* x, const int64_t* rowptr
       int64_t cnt = 0;
       for (int64_t ci = 0; ci < g.C; ++ci) {
         const int64_t p0 = rowptr[ci], p1 = rowptr[ci + 1];
-        if (p0 == p1) continue;  // no kept synapse: its spikes cost nothing
+        if (p0 == p1) {  // no kept synapse: its spikes cost no accumulation, but must still be binary
+          check_binary(x + (n * g.C + ci) * HW, HW);
+          continue;
+        }
         nonzero_bits(x + (n * g.C + ci) * HW, HW, bits.data());
         for_each_bit(bits.data(), nw, [&](int64_t i) {
           const int64_t y = i / g.W, xx = i % g.W;
@@ -457,10 +460,13 @@ void conv_grad_weight(const ConvGeom& g, const scalar_t* xp, const scalar_t* gp,
     
 }
 
-bool outrows_ok(const ConvGeom& g, at::ScalarType dt) {
+// Output-channel rows (format 4) exist only in AVX-512 builds and apply to fp32, stride 1, input and
+// output rows of <= 64 pixels (one 64-bit word per row).
+bool outrows_ok(at::ScalarType dt, bool stride1, int64_t in_width, int64_t out_width) {
 #if defined(__AVX512F__)
-  return dt == at::kFloat && g.sh == 1 && g.sw == 1 && g.W <= 64 && g.Wo <= 64;
+  return dt == at::kFloat && stride1 && in_width <= 64 && out_width <= 64;
 #else
+  (void)dt, (void)stride1, (void)in_width, (void)out_width;
   return false;
 #endif
 }
@@ -468,7 +474,6 @@ bool outrows_ok(const ConvGeom& g, at::ScalarType dt) {
 }  // namespace
 
 // Packs (weight, mask). format 1: dense channels-last slabs; 2: compressed rows per input channel.
-// snnsparse/ops/cpp.py mirrors this in torch (pack_conv) and caches the result.
 std::vector<at::Tensor> conv_pack(const at::Tensor& weight, const c10::optional<at::Tensor>& mask, int64_t groups,
                                   int64_t format) {
   const int64_t O = weight.size(0), Cg = weight.size(1), KK = weight.size(2) * weight.size(3);
@@ -480,12 +485,12 @@ std::vector<at::Tensor> conv_pack(const at::Tensor& weight, const c10::optional<
   at::Tensor ms = to_slabs(m);
   at::Tensor tapnnz = ms.sum(2, false, at::kLong).contiguous();
   if (format == 1) {
-    at::Tensor wp = to_slabs(mask.has_value() ? weight * m : weight);
+    at::Tensor wp = to_slabs(masked_weight(weight, mask));
     return {wp, tapnnz};
   }
   if (format == 3) {  // groups == 1: [nch][KK][C][64], zero-padded Cout
     const int64_t nch = (O + 63) / 64;
-    at::Tensor wm = (mask.has_value() ? weight * m : weight).reshape({O, C, KK});
+    at::Tensor wm = masked_weight(weight, mask).reshape({O, C, KK});
     at::Tensor pad = at::zeros({nch * 64, C, KK}, weight.options());
     pad.slice(0, 0, O).copy_(wm);
     return {pad.reshape({nch, 64, C, KK}).permute({0, 3, 2, 1}).contiguous(), tapnnz};
@@ -547,7 +552,7 @@ std::tuple<at::Tensor, at::Tensor> conv_fwd_packed(const at::Tensor& spikes, con
                       val.scalar_type() == weight.scalar_type() && idx.numel() == val.numel() &&
                       rowptr[g.O].item<int64_t>() == val.numel(),
                   op, ": bad packed output-channel rows");
-      TORCH_CHECK(outrows_ok(g, weight.scalar_type()), op,
+      TORCH_CHECK(outrows_ok(weight.scalar_type(), g.sh == 1 && g.sw == 1, g.W, g.Wo), op,
                   ": output-channel rows need float32, stride 1, width <= 64 and AVX-512");
 #if defined(__AVX512F__)
       if constexpr (std::is_same<scalar_t, float>::value) {
@@ -582,20 +587,51 @@ std::tuple<at::Tensor, at::Tensor> conv_fwd_packed(const at::Tensor& spikes, con
   return {out, scalar_count(count ? nacc : 0)};
 }
 
+// Density at or above which the dense formats (blocks / slabs) are used: the measured crossover
+// (bench/RESULTS.md, "format crossover"). The only place this number lives.
+constexpr double kConvDenseMin = 0.05;
+
+// The format the core op uses for (weight, mask, geometry): dense blocks (groups 1) or slabs above
+// kConvDenseMin; below it output-channel rows where that kernel exists in this build and applies
+// (fp32, stride 1, rows of <= 64 pixels), else compressed rows per input channel.
+int64_t conv_auto_format(const at::Tensor& weight, const c10::optional<at::Tensor>& mask, int64_t groups,
+                         bool stride1, int64_t in_width, int64_t out_width) {
+  if (mask_density(mask) >= kConvDenseMin) return groups == 1 && weight.size(1) <= 65535 ? 3 : 1;
+  return outrows_ok(weight.scalar_type(), stride1, in_width, out_width) ? 4 : 2;
+}
+
+std::vector<at::Tensor> conv_pack_op(const at::Tensor& weight, const c10::optional<at::Tensor>& mask, int64_t groups,
+                                     at::IntArrayRef stride, int64_t in_width, int64_t out_width, int64_t format) {
+  const char* op = "snnsparse::spike_conv2d_pack";
+  check_cpu(weight, op, "weight");
+  check_float(weight, op, "weight");
+  TORCH_CHECK(weight.dim() == 4, op, ": weight must be [Cout, Cin/groups, kh, kw], got ", weight.sizes());
+  TORCH_CHECK(groups >= 1 && weight.size(0) % groups == 0, op, ": Cout ", weight.size(0), " not divisible by groups ",
+              groups);
+  TORCH_CHECK(stride.size() == 2, op, ": stride must have 2 values");
+  check_mask(mask, weight, op);
+  TORCH_CHECK(format >= 0 && format <= 4, op, ": format must be 0 (auto) or 1-4, got ", format);
+  const bool s1 = stride[0] == 1 && stride[1] == 1;
+  if (format == 0) format = conv_auto_format(weight, mask, groups, s1, in_width, out_width);
+  TORCH_CHECK(format != 3 || (groups == 1 && weight.size(1) <= 65535), op, ": format 3 (blocks) needs groups 1");
+  TORCH_CHECK(format != 4 || outrows_ok(weight.scalar_type(), s1, in_width, out_width), op,
+              ": format 4 (output-channel rows) needs float32, stride 1, widths <= 64 and a build with AVX-512 "
+              "(cpu_isa() = ", cpu_isa_name(), ")");
+  return conv_pack(weight.contiguous(), mask, groups, format);
+}
+
+// Core op: packs per call, so it can never serve a packing of other weights (no cache anywhere).
 std::tuple<at::Tensor, at::Tensor> conv_fwd(const at::Tensor& spikes, const at::Tensor& weight,
                                             const c10::optional<at::Tensor>& bias,
                                             const c10::optional<at::Tensor>& mask, at::IntArrayRef stride,
                                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                            bool count) {
+                                            bool count, bool dense_weight_grad) {
   const char* op = "snnsparse::spike_conv2d_fwd";
   check_conv_inputs(spikes, weight, bias, mask, op);
   const ConvGeom g = make_geom(spikes, weight, stride, padding, dilation, groups, op);
-  double density = mask.has_value() && mask->numel() ? mask->sum().item<double>() / mask->numel() : 1.0;
-  // CONV_DENSE_MIN in snnsparse/ops/cpp.py (measured crossover).
-  const int64_t fmt = density >= 0.05 ? (groups == 1 && spikes.size(1) <= 65535 ? 3 : 1)
-                                      : (outrows_ok(g, weight.scalar_type()) ? 4 : 2);
-  auto packed = conv_pack(weight.contiguous(), mask, groups, fmt);
-  return conv_fwd_packed(spikes, weight, bias, mask, packed, stride, padding, dilation, groups, count, false);
+  auto packed = conv_pack_op(weight, mask, groups, stride, g.W, g.Wo, 0);
+  return conv_fwd_packed(spikes, weight, bias, mask, packed, stride, padding, dilation, groups, count,
+                         dense_weight_grad);
 }
 
 std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_out, const at::Tensor& spikes,
@@ -614,7 +650,7 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_out, const at
   at::Tensor grad_in, grad_w;
   if (need_input_grad) {
     // Dense grad_out: the transposed conv with the masked weight (oneDNN).
-    at::Tensor wm = mask.has_value() ? weight * *mask : weight;
+    at::Tensor wm = masked_weight(weight, mask);
     grad_in = std::get<0>(at::convolution_backward(grad_out.contiguous(), spikes.contiguous(), wm, c10::nullopt,
                                                    stride, padding, dilation, false, {0, 0}, groups,
                                                    {true, false, false}));
@@ -644,4 +680,5 @@ TORCH_LIBRARY_IMPL(snnsparse, CPU, m) {
   m.impl("spike_conv2d_fwd", &snnsparse::cpu::conv_fwd);
   m.impl("spike_conv2d_fwd_packed", &snnsparse::cpu::conv_fwd_packed);
   m.impl("spike_conv2d_bwd", &snnsparse::cpu::conv_bwd);
+  m.impl("spike_conv2d_pack", &snnsparse::cpu::conv_pack_op);
 }

@@ -124,7 +124,9 @@ void lif_fwd_kernel(const T* x, const T* v0, T* s, T* vlast, T* hs, int64_t Tn, 
           const bool fire = h >= vth;
           st[i] = fire ? T(1) : T(0);
           if (kSaveH) ht[i] = h;
-          v[i] = kHard ? (fire ? vr : h) : (fire ? h - vth : h);
+          // Hard reset as the reference's S*V_reset + (1-S)*H: vr + 0*h is vr for finite h (bit-exact)
+          // and NaN for h = +inf, as torch gives; a plain select would hide the overflow.
+          v[i] = kHard ? (fire ? vr + T(0) * h : h) : (fire ? h - vth : h);
         }
         store_block(s + t * N + b0, sb, nb);
         if (kSaveH) store_block(hs + t * N + b0, hb, nb);

@@ -1,6 +1,6 @@
 // Event-driven dual-sparse linear on CPU: out = spikes @ (W*M)^T + b for binary spikes.
 //
-// Two weight formats, chosen by mask density (snnsparse/ops/cpp.py LINEAR_DENSE_MIN, measured):
+// Two weight formats, chosen by mask density (kLinearDenseMin below, measured; snnsparse/ops/packed.py names them):
 //  * dense rows  [Wt (K x M, masked), colnnz]: "input-stationary". Spikes become per-k bitsets over
 //    64-row blocks of N, so a weight row Wt[k, tile] is fetched once for all the rows (all T frames
 //    and batch items) that fired at k and added (no multiplies) into each of their output rows.
@@ -224,13 +224,12 @@ void check_linear_inputs(const at::Tensor& x, const at::Tensor& w, const c10::op
 }  // namespace
 
 // Packs (weight, mask) for the kernels. format 1: dense rows; 2: compressed rows.
-// snnsparse/ops/cpp.py mirrors this in torch (pack_linear) and caches the result.
 std::vector<at::Tensor> linear_pack(const at::Tensor& weight, const c10::optional<at::Tensor>& mask, int64_t format) {
   const int64_t M = weight.size(0), K = weight.size(1);
   at::Tensor m = mask.has_value() ? *mask : at::ones_like(weight, weight.options().dtype(at::kBool));
   at::Tensor colnnz = m.sum(0, false, at::kLong).contiguous();
   if (format == 1) {
-    at::Tensor wt = (mask.has_value() ? weight * m : weight).t().contiguous();
+    at::Tensor wt = masked_weight(weight, mask).t().contiguous();
     return {wt, colnnz};
   }
   at::Tensor nz = m.nonzero();  // row-major order: sorted by m, then k
@@ -285,16 +284,32 @@ std::tuple<at::Tensor, at::Tensor> linear_fwd_packed(const at::Tensor& spikes, c
   return {out, scalar_count(nacc)};
 }
 
-// Core op: packs per call (the cached path is spike_linear_fwd_packed, used by snnsparse.ops.cpp).
+// Density at or above which the dense-rows format is used: the measured crossover (spike rate 0.1,
+// N=64, 4096x4096: bench/RESULTS.md, "format crossover"). The only place this number lives.
+constexpr double kLinearDenseMin = 0.5;
+
+// spike_linear_pack: format 0 picks by density.
+std::vector<at::Tensor> linear_pack_op(const at::Tensor& weight, const c10::optional<at::Tensor>& mask,
+                                       int64_t format) {
+  const char* op = "snnsparse::spike_linear_pack";
+  check_cpu(weight, op, "weight");
+  check_float(weight, op, "weight");
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be [M, K], got ", weight.sizes());
+  check_mask(mask, weight, op);
+  TORCH_CHECK(format >= 0 && format <= 2, op, ": format must be 0 (auto), 1 (dense rows) or 2 (compressed rows), got ",
+              format);
+  if (format == 0) format = mask_density(mask) >= kLinearDenseMin ? 1 : 2;
+  return linear_pack(weight.contiguous(), mask, format);
+}
+
+// Core op: packs per call, so it can never serve a packing of other weights (no cache anywhere).
 std::tuple<at::Tensor, at::Tensor> linear_fwd(const at::Tensor& spikes, const at::Tensor& weight,
                                               const c10::optional<at::Tensor>& bias,
-                                              const c10::optional<at::Tensor>& mask, bool count) {
+                                              const c10::optional<at::Tensor>& mask, bool count,
+                                              bool dense_weight_grad) {
   check_linear_inputs(spikes, weight, bias, mask, "snnsparse::spike_linear_fwd");
-  double density = mask.has_value() && mask->numel() ? mask->sum().item<double>() / mask->numel() : 1.0;
-  // LINEAR_DENSE_MIN in snnsparse/ops/cpp.py (measured crossover).
-  const int64_t fmt = density >= 0.5 ? 1 : 2;
-  auto packed = linear_pack(weight.contiguous(), mask, fmt);
-  return linear_fwd_packed(spikes, weight, bias, mask, packed, count, false);
+  auto packed = linear_pack_op(weight, mask, 0);
+  return linear_fwd_packed(spikes, weight, bias, mask, packed, count, dense_weight_grad);
 }
 
 std::tuple<at::Tensor, at::Tensor> linear_bwd(const at::Tensor& grad_out, const at::Tensor& spikes,
@@ -311,8 +326,7 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd(const at::Tensor& grad_out, const 
   at::Tensor g = grad_out.contiguous();
   if (need_input_grad) {
     // grad_in = grad_out @ (W*M): dense grad_out, so this is one GEMM (MKL).
-    at::Tensor wm = mask.has_value() ? weight * *mask : weight;
-    grad_in = at::mm(g, wm);
+    grad_in = at::mm(g, masked_weight(weight, mask));
   } else {
     grad_in = at::empty({0}, weight.options());
   }
@@ -338,4 +352,5 @@ TORCH_LIBRARY_IMPL(snnsparse, CPU, m) {
   m.impl("spike_linear_fwd", &snnsparse::cpu::linear_fwd);
   m.impl("spike_linear_fwd_packed", &snnsparse::cpu::linear_fwd_packed);
   m.impl("spike_linear_bwd", &snnsparse::cpu::linear_bwd);
+  m.impl("spike_linear_pack", &snnsparse::cpu::linear_pack_op);
 }

@@ -114,7 +114,8 @@ lif_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0, 
       const bool fire = rnd<scalar_t>(sub_rn(h, vth)) >= acc_t(0);  // (h - v_th) >= 0
       spk[i] = static_cast<scalar_t>(fire ? 1.0f : 0.0f);
       if (h_seq != nullptr) h_seq[i] = static_cast<scalar_t>(h);
-      if (p.hard) v = fire ? vr_s : h;                               // s*vr + (1-s)*h
+      // s*vr + (1-s)*h; + 0*h keeps torch's NaN for h = +inf (bit-exact vr for finite h)
+      if (p.hard) v = fire ? rnd<scalar_t>(vr_s + acc_t(0) * h) : h;
       else v = fire ? rnd<scalar_t>(sub_rn(h, vth_s)) : h;           // h - s*v_th
     }
     v_last[n] = static_cast<scalar_t>(v);

@@ -201,7 +201,8 @@ at::Tensor conv_wgrad(const char* op, const at::Tensor& grad_out, const at::Tens
 }
 
 at::Tensor masked_weight(const at::Tensor& weight, const std::optional<at::Tensor>& mask) {
-  return mask.has_value() ? weight * *mask : weight;
+  // at::where, not weight * mask: a pruned NaN/inf weight must be absent (NaN * 0 is NaN).
+  return mask.has_value() ? at::where(*mask, weight, at::zeros({}, weight.options())) : weight;
 }
 
 std::tuple<at::Tensor, at::Tensor> conv_bwd(const char* op, const at::Tensor& grad_out_in, const at::Tensor& spikes_in,
@@ -239,7 +240,7 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd(const char* op, const at::Tensor& gr
   }
   if (need_weight_grad) {
     grad_w = conv_wgrad(op, grad_out, spikes_in.contiguous(), s, weight_in, stream);
-    if (mask.has_value() && !dense_weight_grad) grad_w.mul_(*mask);
+    if (mask.has_value() && !dense_weight_grad) grad_w.masked_fill_(mask->logical_not(), 0);
   } else {
     grad_w = at::empty({0}, weight_in.options());
   }
@@ -252,7 +253,8 @@ std::tuple<at::Tensor, at::Tensor> spike_conv2d_fwd_cuda(const at::Tensor& spike
                                                          const std::optional<at::Tensor>& bias,
                                                          const std::optional<at::Tensor>& mask, at::IntArrayRef stride,
                                                          at::IntArrayRef padding, at::IntArrayRef dilation,
-                                                         int64_t groups, bool count) {
+                                                         int64_t groups, bool count,
+                                                         bool /*dense_weight_grad: read by the autograd only*/) {
   return conv_fwd("spike_conv2d_fwd", spikes, weight, bias, mask, stride, padding, dilation, groups, count);
 }
 
@@ -282,7 +284,8 @@ std::optional<at::Tensor> as4d(const std::optional<at::Tensor>& t) {
 
 std::tuple<at::Tensor, at::Tensor> spike_linear_fwd_cuda(const at::Tensor& spikes, const at::Tensor& weight,
                                                          const std::optional<at::Tensor>& bias,
-                                                         const std::optional<at::Tensor>& mask, bool count) {
+                                                         const std::optional<at::Tensor>& mask, bool count,
+                                                         bool /*dense_weight_grad: read by the autograd only*/) {
   const char* op = "spike_linear_fwd";
   check_linear(op, spikes, weight);
   auto [out, n_acc] = conv_fwd(op, as4d(spikes), as4d(weight), bias, as4d(mask), {1, 1}, {0, 0}, {1, 1}, 1, count);

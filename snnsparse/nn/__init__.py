@@ -2,5 +2,5 @@
 event-driven kernels for binary input), the multi-step LIF neuron, and convert()."""
 from .layers import SpikeConv2d, SpikeLinear  # noqa: F401
 from .lif import LIF  # noqa: F401
-from .convert import convert  # noqa: F401
+from .convert import ConvertRecord, ConvertWarning, convert  # noqa: F401
 from .fuse import fuse_conv_bn  # noqa: F401

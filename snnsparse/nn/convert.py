@@ -1,57 +1,224 @@
-"""convert(): swap nn.Linear / nn.Conv2d (and SpikingJelly's layer.Linear / layer.Conv2d, which
-subclass them, in step mode "m" or "s") for SpikeLinear / SpikeConv2d in place, keeping weights,
-biases and masks; SpikingJelly's neuron.LIFNode becomes ss.nn.LIF with identical parameters.
-Containers (SpikingJelly's SeqToANNContainer, nn.Sequential, ...) are kept; their children are
-converted. The Spike* layers take [T, B, ...] and flat input alike, so step modes need no wrapper."""
-from typing import Dict, Optional
+"""convert(): swap nn.Linear / nn.Conv2d (and SpikingJelly's layer.Linear / layer.Conv2d, in step
+mode "m" or "s") for SpikeLinear / SpikeConv2d in place, keeping weights, biases and masks;
+SpikingJelly's neuron.LIFNode becomes ss.nn.LIF with identical parameters. Containers (SpikingJelly's
+SeqToANNContainer, nn.Sequential, ...) are kept; their children are converted. The Spike* layers take
+[T, B, ...] and flat input alike, so step modes need no wrapper.
+
+Only classes whose forward is known to be plain F.linear / F.conv2d are swapped, matched by exact
+class: a subclass may change the forward in any way (SpikingJelly's WSConv2d / WSLinear standardise
+the weight on every call), and swapping it would silently change the model's outputs. Such layers,
+and layers with hooks or geometry a Spike* layer would not keep, are left as they are, recorded in
+`model.snnsparse_convert_report` and named in a ConvertWarning.
+"""
+import copy
+import warnings
+from typing import Dict, List, Mapping, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
-from .layers import SpikeConv2d, SpikeLinear
+from .layers import SpikeConv2d, SpikeLinear, _SpikeMixin, check_backend_name
 from .lif import LIF
+
+REPORT_ATTR = "snnsparse_convert_report"
+
+# SpikingJelly's layer.Linear / layer.Conv2d (SpikingJelly 2.0 keeps them in layer/stateless_wrapper.py,
+# 0.0.0.0.14 in layer.py). Their forward is nn.Linear's (Linear does not override it) or nn.Conv2d's
+# applied per frame in step mode "m" (Conv2d: seq_to_ann_forward over [T*N, ...]), which is what the
+# Spike* layers compute on [T, N, ...]. tests/test_convert_spikingjelly.py checks both step modes.
+_SJ_LAYER_MODULES = ("spikingjelly.activation_based.layer", "spikingjelly.activation_based.layer.stateless_wrapper")
+_SJ_PLAIN = {"Linear": (nn.Linear, SpikeLinear), "Conv2d": (nn.Conv2d, SpikeConv2d)}
+_TORCH_PLAIN = {nn.Linear: SpikeLinear, nn.Conv2d: SpikeConv2d}
+
+
+class ConvertWarning(UserWarning):
+    """convert() left layers unchanged (the message names them and says why)."""
+
+
+class ConvertRecord(NamedTuple):
+    """What convert() did with one layer; a list of them is stored as model.snnsparse_convert_report."""
+    name: str       # module path in the model ("" for the model itself)
+    original: str   # class name of the module convert found
+    action: str     # "converted", "kept" (already a Spike* layer) or "left" (unchanged, see reason)
+    result: str     # class name of the module in the model now
+    reason: str = ""
+
+
+class _Decision(NamedTuple):
+    new: Optional[nn.Module]   # the replacement (None: the module stays)
+    record: Optional[ConvertRecord]
+    descend: bool              # convert the module's children too (containers and unknown modules)
 
 
 def _is_spikingjelly_lif(module: nn.Module) -> bool:
     return type(module).__name__ == "LIFNode" and type(module).__module__.startswith("spikingjelly.")
 
 
-def _replacement(child: nn.Module, mask, backend):
-    if _is_spikingjelly_lif(child):
-        return LIF.from_spikingjelly(child, backend=backend)
-    if isinstance(child, (SpikeLinear, SpikeConv2d)):
-        if mask is not None:
-            child.set_mask(mask)
-        return None
-    if isinstance(child, nn.Linear):
-        return SpikeLinear.from_dense(child, mask, backend=backend)
-    if isinstance(child, nn.Conv2d) and child.padding_mode == "zeros":
-        return SpikeConv2d.from_dense(child, mask, backend=backend)
+def _plain_spike_class(module: nn.Module):
+    """The Spike* class for a module whose forward is known to be plain linear / conv2d, else None."""
+    cls = type(module)
+    if cls in _TORCH_PLAIN:
+        return _TORCH_PLAIN[cls]
+    if cls.__module__ in _SJ_LAYER_MODULES and cls.__qualname__ in _SJ_PLAIN:
+        base, spike = _SJ_PLAIN[cls.__qualname__]
+        if issubclass(cls, base):
+            return spike
     return None
 
 
-def convert(model: nn.Module, masks: Optional[Dict[str, torch.Tensor]] = None, *, backend: str = "auto",
-            inplace: bool = True) -> nn.Module:
-    """Replace every nn.Linear / nn.Conv2d in `model` by its Spike* twin.
+def _hook_name(hook) -> str:
+    tensor = getattr(hook, "_tensor_name", None)  # torch.nn.utils.prune methods say what they prune
+    name = getattr(hook, "__qualname__", type(hook).__name__)
+    return f"{name} (torch.nn.utils.prune on {tensor!r})" if tensor else name
 
-    masks: optional {parameter name ("features.0.weight") -> bool mask}; a module pruned with
-    torch.nn.utils.prune keeps its mask. Returns the model (a deep copy if inplace=False).
+
+def _foreign_hooks(module: nn.Module) -> List[str]:
+    """Hooks on `module` that a fresh Spike* / LIF module would not carry. torch.nn.utils.prune's
+    hook on "weight" is not one: its mask becomes the Spike* layer's weight_mask."""
+    from ..pruning.masks import _prune_hooks
+
+    weight_prune = _prune_hooks(module).get("weight")
+    found = [f"forward pre-hook {_hook_name(h)}" for h in module._forward_pre_hooks.values() if h is not weight_prune]
+    for kind, hooks in (("forward hook", module._forward_hooks), ("backward hook", module._backward_hooks),
+                        ("backward pre-hook", module._backward_pre_hooks)):
+        found += [f"{kind} {_hook_name(h)}" for h in hooks.values()]
+    return found
+
+
+def _unknown_reason(module: nn.Module) -> str:
+    cls = type(module)
+    base = "nn.Linear" if isinstance(module, nn.Linear) else "nn.Conv2d"
+    if parametrize.is_parametrized(module):
+        return (f"its weight is parametrized (torch.nn.utils.parametrize: {sorted(module.parametrizations)}), "
+                f"recomputed on every forward")
+    return (f"{cls.__module__}.{cls.__qualname__} subclasses {base}, but convert swaps only layers whose forward is "
+            f"known to be plain linear / conv2d (exactly nn.Linear, nn.Conv2d, SpikingJelly's layer.Linear / "
+            f"layer.Conv2d); its forward may compute something else")
+
+
+def _left(name: str, module: nn.Module, reason: str) -> _Decision:
+    cls = type(module).__name__
+    return _Decision(None, ConvertRecord(name, cls, "left", cls, reason), False)
+
+
+def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend: str) -> _Decision:
+    """What to do with one module (builds the replacement, so that every error is raised before
+    convert changes anything)."""
+    cls = type(module).__name__
+    if isinstance(module, _SpikeMixin):  # already an snnsparse layer: nothing to swap, the mask is set later
+        return _Decision(None, ConvertRecord(name, cls, "kept", cls), False)
+    spike_cls = _plain_spike_class(module)
+    is_lif = _is_spikingjelly_lif(module)
+    if spike_cls is None and not is_lif:
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            return _left(name, module, _unknown_reason(module))
+        return _Decision(None, None, True)
+    hooks = _foreign_hooks(module)
+    if hooks:
+        return _left(name, module, f"it has hooks the converted layer would drop: {', '.join(hooks)}")
+    if spike_cls is SpikeConv2d:
+        reason = SpikeConv2d.unsupported_reason(module)
+        if reason:
+            return _left(name, module, reason)
+    if is_lif:
+        new = LIF.from_spikingjelly(module, backend="auto" if backend == "dense" else backend)
+    else:
+        new = spike_cls.from_dense(module, mask, backend=backend)
+    return _Decision(new, ConvertRecord(name, cls, "converted", type(new).__name__), False)
+
+
+def convert(model: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None, *, backend: str = "auto",
+            inplace: bool = True) -> nn.Module:
+    """Replace every nn.Linear / nn.Conv2d (and SpikingJelly layer.Linear / layer.Conv2d / LIFNode)
+    in `model` by its snnsparse twin.
+
+    masks: optional {parameter name ("features.0.weight") -> bool tensor of exactly the weight's
+    shape}; a module pruned with torch.nn.utils.prune keeps its mask (checked to be exactly 0/1).
+    backend: for the new layers; one of snnsparse.backends.NAMES, "auto" or "dense" ("dense" applies
+    to the Spike* layers; LIF layers get "auto").
+    Returns the model (a deep copy if inplace=False; the new module if `model` itself is a layer).
+    The returned model's `snnsparse_convert_report` lists a ConvertRecord per layer; layers left
+    unchanged are also named in a ConvertWarning. Nothing is changed when an error is raised.
     """
+    from ..pruning.masks import check_masks, module_of
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        # DDP holds the original Parameters for its gradient all-reduce; new layers would silently
+        # stop being synchronised.
+        raise TypeError("convert: model is wrapped in DistributedDataParallel; convert model.module, then wrap it")
+    if masks is None:
+        masks = {}
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"convert: masks must be a dict {{parameter name: bool tensor}}, got {type(masks).__name__}")
+    check_backend_name(backend, "convert", dense=True)
     if not inplace:
-        import copy
         model = copy.deepcopy(model)
-    masks = dict(masks or {})
-    if not list(model.children()):
-        new = _replacement(model, masks.pop("weight", None), backend)
-        if masks:
-            raise KeyError(f"convert: masks name parameters that are not Linear/Conv2d weights: {sorted(masks)}")
-        return new if new is not None else model
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            full = f"{name}.{child_name}" if name else child_name
-            new = _replacement(child, masks.pop(f"{full}.weight", None), backend)
-            if new is not None:
-                setattr(module, child_name, new)
-    if masks:
-        raise KeyError(f"convert: masks name parameters that are not Linear/Conv2d weights: {sorted(masks)}")
+    check_masks(model, masks)
+    # Masks by module identity, so that a layer reachable under two names is found by either.
+    by_module: Dict[int, tuple] = {}
+    for key, mask in masks.items():
+        owner = module_of(model, key)
+        if id(owner) in by_module:
+            raise ValueError(f"convert: masks {by_module[id(owner)][0]!r} and {key!r} name the same weight")
+        by_module[id(owner)] = (key, mask)
+
+    decisions: Dict[int, _Decision] = {}
+    records: List[ConvertRecord] = []
+    swaps = []  # (parent, attribute, new module); parent None for the model itself
+
+    def visit(parent, attr, name, module):
+        decision = decisions.get(id(module))
+        if decision is None:  # a module shared by several parents is decided (and replaced) once
+            key, mask = by_module.get(id(module), (None, None))
+            try:
+                decision = _decide(module, name, mask, backend)
+            except (ValueError, TypeError) as e:
+                where = f"convert: layer {name or '<model>'!r} ({type(module).__name__})"
+                if type(e) not in (ValueError, TypeError):  # subclasses may need other constructor arguments
+                    if hasattr(e, "add_note"):  # Python >= 3.11
+                        e.add_note(where)
+                    raise
+                raise type(e)(f"{where}: {e}") from e
+            decisions[id(module)] = decision
+            if decision.record is not None:
+                records.append(decision.record)
+            if decision.descend:
+                for child_attr, child in list(module._modules.items()):
+                    if child is not None:
+                        visit(module, child_attr, f"{name}.{child_attr}" if name else child_attr, child)
+        if decision.new is not None:
+            swaps.append((parent, attr, decision.new))
+
+    visit(None, None, "", model)
+
+    for key, mask in by_module.values():
+        decision = decisions.get(id(module_of(model, key)))
+        action = decision.record.action if decision is not None and decision.record is not None else None
+        if action == "left":
+            raise ValueError(f"convert: a mask was given for {key!r}, but convert leaves that layer unchanged "
+                             f"({decision.record.reason}); apply its mask with ss.pruning.apply_masks "
+                             f"(torch.nn.utils.prune) instead")
+        if action not in ("converted", "kept"):
+            raise ValueError(f"convert: mask {key!r} does not name the weight of a Linear / Conv2d layer")
+
+    # Nothing has been changed up to here; from here on nothing can fail.
+    for key, mask in by_module.values():
+        owner = module_of(model, key)
+        if isinstance(owner, _SpikeMixin):
+            owner.set_mask(mask, name=key)
+    for parent, attr, new in swaps:
+        if parent is None:
+            model = new
+        else:
+            setattr(parent, attr, new)
+
+    setattr(model, REPORT_ATTR, records)
+    left = [r for r in records if r.action == "left"]
+    if left:
+        listed = "; ".join(f"{r.name or '<model>'!r} ({r.original}): {r.reason}" for r in left)
+        warnings.warn(f"ss.nn.convert left {len(left)} layer(s) unchanged; they run as before, without snnsparse "
+                      f"kernels: {listed}", ConvertWarning, stacklevel=2)
     return model

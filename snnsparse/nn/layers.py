@@ -15,8 +15,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import backends
 from .. import functional as SF
 from ..ops.reference import masked_weight
+
+
+def check_backend_name(backend, owner: str, *, dense: bool) -> str:
+    """Refuse a backend name that no call could ever accept, when the module is built rather than at
+    its first forward. Valid: snnsparse.backends.NAMES, "auto", and (dense=True: Spike* layers and
+    convert) "dense". A known backend that is not available here is not refused: whether it is needs
+    importing it (triton takes seconds), and a model may be built here to run elsewhere; its first
+    forward raises BackendUnavailable with the reason."""
+    valid = tuple(backends.NAMES) + ("auto",) + (("dense",) if dense else ())
+    if not isinstance(backend, str):
+        raise TypeError(f"{owner}: backend must be a str, one of {valid}, got {type(backend).__name__}")
+    if backend not in valid:
+        hint = ("; 'dense' is a SpikeLinear/SpikeConv2d setting (plain torch for those layers), a LIF always "
+                "runs a kernel backend" if backend == "dense" else "")
+        raise ValueError(f"{owner}: backend must be one of {valid}, got {backend!r}{hint}")
+    return backend
 
 
 class _SpikeMixin:
@@ -24,17 +41,19 @@ class _SpikeMixin:
     dense_weight_grad: bool
 
     def _init_spike(self, backend: str):
+        check_backend_name(backend, type(self).__name__, dense=True)
         self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool))
         self.backend = backend
         # Grad R trains pruned synapses too: it sets this so backward returns the dense dL/dw.
         self.dense_weight_grad = False
         self.last_input_binary: Optional[bool] = None
 
-    def set_mask(self, mask: torch.Tensor) -> None:
-        """Copy `mask` (bool, weight's shape) into weight_mask."""
-        if not isinstance(mask, torch.Tensor) or mask.shape != self.weight.shape:
-            raise ValueError(f"mask must be a tensor of the weight's shape {tuple(self.weight.shape)}, "
-                             f"got {getattr(mask, 'shape', type(mask).__name__)}")
+    def set_mask(self, mask: torch.Tensor, *, name: Optional[str] = None) -> None:
+        """Copy `mask` (a bool tensor of exactly the weight's shape) into weight_mask. `name` (the
+        weight's parameter name in its model) is only used in error messages."""
+        from ..pruning.masks import check_mask  # lazy: snnsparse.pruning imports this module
+
+        check_mask(mask, self.weight.shape, f"mask for {name!r}" if name else f"{type(self).__name__}.set_mask: mask")
         with torch.no_grad():
             self.weight_mask.copy_(mask.to(torch.bool))
 
@@ -69,13 +88,19 @@ class _SpikeMixin:
 
     @classmethod
     def _dense_state(cls, module, mask):
-        """weight, bias and mask of a plain module, also one pruned with torch.nn.utils.prune."""
-        weight = getattr(module, "weight_orig", module.weight)
-        if mask is None:
-            mask = getattr(module, "weight_mask", None)
-        if mask is None:
+        """weight, bias and bool mask of a plain module, also one pruned with torch.nn.utils.prune
+        (its 0/1 float mask is checked, then made bool). An explicit `mask` replaces the prune mask."""
+        from ..pruning.masks import check_mask, torch_prune_mask  # lazy: snnsparse.pruning imports this module
+
+        prune_mask = torch_prune_mask(module)
+        weight = module.weight if prune_mask is None else module.weight_orig
+        if mask is not None:
+            check_mask(mask, weight.shape, f"{cls.__name__}.from_dense: mask")
+        elif prune_mask is not None:
+            mask = prune_mask
+        else:
             mask = torch.ones_like(weight, dtype=torch.bool)
-        return weight.detach(), None if module.bias is None else module.bias.detach(), mask.to(torch.bool)
+        return weight.detach(), None if module.bias is None else module.bias.detach(), mask
 
     def _load_dense(self, weight, bias, mask):
         with torch.no_grad():
@@ -84,6 +109,9 @@ class _SpikeMixin:
                 self.bias.copy_(bias)
             self.weight_mask.copy_(mask)
         return self
+
+
+_PADDING_MODE_ONLY_ZEROS = "padding_mode must be 'zeros' (the only padding an event-driven kernel can skip)"
 
 
 class SpikeLinear(_SpikeMixin, nn.Linear):
@@ -123,10 +151,25 @@ class SpikeConv2d(_SpikeMixin, nn.Conv2d):
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
                  *, backend: str = "auto"):
         if padding_mode != "zeros":
-            raise ValueError(f"SpikeConv2d: padding_mode must be 'zeros', got {padding_mode!r}")
+            raise ValueError(f"SpikeConv2d: {_PADDING_MODE_ONLY_ZEROS}, got {padding_mode!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device=device, dtype=dtype)
+        reason = self.unsupported_reason(self)
+        if reason:
+            raise ValueError(f"SpikeConv2d: {reason}")
         self._init_spike(backend)
+
+    @staticmethod
+    def unsupported_reason(conv: nn.Conv2d) -> Optional[str]:
+        """Why the event-driven kernels cannot run `conv`'s geometry (None when they can). The
+        constructor refuses such a layer, convert() leaves it as it is."""
+        if conv.padding_mode != "zeros":
+            return f"{_PADDING_MODE_ONLY_ZEROS}, got {conv.padding_mode!r}"
+        if conv.padding == "same":
+            if any(d * (k - 1) % 2 for d, k in zip(conv.dilation, conv.kernel_size)):
+                return ("padding='same' with an even dilated kernel needs asymmetric padding, which the "
+                        "event-driven kernels do not support; pad explicitly")
+        return None
 
     @classmethod
     def from_dense(cls, module: nn.Conv2d, mask: Optional[torch.Tensor] = None, *, backend: str = "auto"):
@@ -141,11 +184,10 @@ class SpikeConv2d(_SpikeMixin, nn.Conv2d):
         if isinstance(self.padding, str):
             if self.padding == "valid":
                 return (0, 0)
-            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-            if any(t % 2 for t in total):
-                raise ValueError("SpikeConv2d: padding='same' with an even dilated kernel needs asymmetric "
-                                 "padding, which the event-driven kernels do not support; pad explicitly")
-            return tuple(t // 2 for t in total)
+            reason = self.unsupported_reason(self)  # the constructor checked; attributes may have changed since
+            if reason:
+                raise ValueError(f"SpikeConv2d: {reason}")
+            return tuple(d * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size))
         return self.padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from .. import functional as SF
+from .layers import check_backend_name
 
 
 class LIF(nn.Module):
@@ -26,6 +27,7 @@ class LIF(nn.Module):
         super().__init__()
         if step_mode not in ("m", "s"):
             raise ValueError(f"LIF: step_mode must be 'm' or 's', got {step_mode!r}")
+        check_backend_name(backend, "LIF", dense=False)
         self.step_mode = step_mode
         stateful = stateful or step_mode == "s"
         self.tau, self.v_threshold, self.v_reset = float(tau), float(v_threshold), v_reset

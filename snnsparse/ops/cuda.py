@@ -2,14 +2,13 @@
 
 The ops are the same torch.ops.snnsparse ops as the cpp backend's (one schema each, declared in
 csrc/registration.cpp); csrc/cuda registers their CUDA dispatch-key kernels. Fake kernels and
-autograd are per op, not per device, so they are the ones snnsparse.ops.cpp registers
-(`cpp.ensure_registered()`); this module registers nothing of that kind itself. What it adds:
+autograd are per op, not per device: snnsparse/ops/linear.py, conv2d.py and lif.py register them
+once for both (snnsparse.ops.registry); this module registers nothing of that kind itself. What it adds:
 
 * supports()/unavailable_reason(): the reason when snnsparse._C was built without CUDA
   (build_info() == "cpu"), when no CUDA device is visible, or for non-CUDA tensors;
 * fp16/bf16 run natively (the CUDA kernels accumulate in fp32; no upcast as on CPU);
-* dense_weight_grad=True with a mask goes through a small autograd.Function, because the core
-  ops' registered autograd (cpp.py) always masks the weight gradient;
+* dense_weight_grad is an argument of the ops themselves (no separate autograd path can drop it);
 * `gpu_rule`, the auto-dispatch rule between the cuda and triton backends (below).
 
 Kernel design (csrc/cuda/spike_kernels.cuh, lif_kernels.cuh): bit-packed spikes, weight-stationary
@@ -24,7 +23,10 @@ from typing import Optional
 import torch
 
 from .. import _ext, backends
-from . import cpp as _cpp  # registers the shared fake kernels and autograd of the snnsparse ops
+from . import conv2d as _conv2d
+from . import linear as _linear
+from . import lif as _lif
+from .registry import ensure_registered
 
 
 _UNSET = object()
@@ -49,7 +51,7 @@ def _compute_reason() -> Optional[str]:
                 f"torch and nvcc at build time (FORCE_CUDA=1 forces the CUDA sources into the build)")
     if not torch.cuda.is_available():
         return "no CUDA device is visible (torch.cuda.is_available() is False)"
-    _cpp.ensure_registered()
+    ensure_registered()
     return None
 
 
@@ -99,97 +101,18 @@ backends.gpu_rule = gpu_rule
 
 
 # ----------------------------------------------------------------------------------------------
-# dense_weight_grad (Grad R): weight gradient for pruned entries too
-# ----------------------------------------------------------------------------------------------
-class _LinearDenseWeightGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, mask, count):
-        out, n = torch.ops.snnsparse.spike_linear_fwd(x, weight, bias, mask, count)
-        ctx.save_for_backward(x, weight, mask)
-        ctx.has_bias = bias is not None
-        ctx.mark_non_differentiable(n)
-        return out, n
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_n):
-        x, weight, mask = ctx.saved_tensors
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gi = gw = gb = None
-        if need_x or need_w:
-            gi, gw = torch.ops.snnsparse.spike_linear_bwd(grad_out.contiguous(), x, weight, mask, need_x, need_w,
-                                                          True)
-            gi = gi if need_x else None
-            gw = gw if need_w else None
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = grad_out.sum(0)
-        return gi, gw, gb, None, None
-
-
-class _Conv2dDenseWeightGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, mask, stride, padding, dilation, groups, count):
-        out, n = torch.ops.snnsparse.spike_conv2d_fwd(x, weight, bias, mask, stride, padding, dilation, groups,
-                                                      count)
-        ctx.save_for_backward(x, weight, mask)
-        ctx.has_bias = bias is not None
-        ctx.geom = (stride, padding, dilation, groups)
-        ctx.mark_non_differentiable(n)
-        return out, n
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_n):
-        x, weight, mask = ctx.saved_tensors
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gi = gw = gb = None
-        if need_x or need_w:
-            gi, gw = torch.ops.snnsparse.spike_conv2d_bwd(grad_out.contiguous(), x, weight, mask, *ctx.geom,
-                                                          need_x, need_w, True)
-            gi = gi if need_x else None
-            gw = gw if need_w else None
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = grad_out.sum((0, 2, 3))
-        return gi, gw, gb, None, None, None, None, None, None
-
-
-def _dense_wgrad_path(weight, mask, dense_weight_grad) -> bool:
-    return bool(dense_weight_grad) and mask is not None and torch.is_grad_enabled() and weight.requires_grad
-
-
-# ----------------------------------------------------------------------------------------------
 # backend contract (snnsparse.backends)
 # ----------------------------------------------------------------------------------------------
 def spike_linear(x, weight, bias, mask, *, count=False, dense_weight_grad=False):
-    if x.dtype != weight.dtype:
-        x = x.to(weight.dtype)
-    if _dense_wgrad_path(weight, mask, dense_weight_grad):
-        out, n = _LinearDenseWeightGrad.apply(x, weight, bias, mask, bool(count))
-    else:
-        out, n = torch.ops.snnsparse.spike_linear_fwd(x, weight, bias, mask, bool(count))
-    return out, (n if count else None)
+    return _linear.forward(x.to(weight.dtype), weight, bias, mask, count=count, dense_weight_grad=dense_weight_grad)
 
 
 def spike_conv2d(x, weight, bias, mask, stride, padding, dilation, groups, *, count=False,
                  dense_weight_grad=False):
-    if x.dtype != weight.dtype:
-        x = x.to(weight.dtype)
-    stride, padding, dilation, groups = list(stride), list(padding), list(dilation), int(groups)
-    if _dense_wgrad_path(weight, mask, dense_weight_grad):
-        out, n = _Conv2dDenseWeightGrad.apply(x, weight, bias, mask, stride, padding, dilation, groups, bool(count))
-    else:
-        out, n = torch.ops.snnsparse.spike_conv2d_fwd(x, weight, bias, mask, stride, padding, dilation, groups,
-                                                      bool(count))
-    return out, (n if count else None)
+    return _conv2d.forward(x.to(weight.dtype), weight, bias, mask, stride, padding, dilation, groups, count=count,
+                           dense_weight_grad=dense_weight_grad)
 
 
 def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_h=False):
-    if v0.dtype != x_seq.dtype:
-        v0 = v0.to(x_seq.dtype)
-    needs_grad = torch.is_grad_enabled() and (x_seq.requires_grad or v0.requires_grad)
-    if needs_grad:
-        # lif_fwd_sg carries the surrogate into the registered autograd (lif_bwd_h on backward).
-        s, v, h = torch.ops.snnsparse.lif_fwd_sg(x_seq, v0, float(tau), float(v_threshold), v_reset,
-                                                 bool(decay_input), bool(detach_reset), surrogate, float(alpha))
-    else:
-        s, v, h = torch.ops.snnsparse.lif_fwd(x_seq, v0, float(tau), float(v_threshold), v_reset,
-                                              bool(decay_input), bool(return_h))
-    return s, v, (h if return_h else None)
+    return _lif.run(x_seq, v0.to(x_seq.dtype), tau, v_threshold, v_reset, decay_input, detach_reset, surrogate,
+                    alpha, return_h)

@@ -16,14 +16,28 @@ def supports(device: torch.device):
     return True
 
 
+class _KeepAllGrads(torch.autograd.Function):
+    """where(mask, weight, 0) whose gradient reaches every entry, pruned ones too (Grad R's regrowth)."""
+
+    @staticmethod
+    def forward(ctx, weight, mask):
+        return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
 def masked_weight(weight: torch.Tensor, mask: Optional[torch.Tensor], dense_weight_grad: bool = False):
-    """weight * mask; with dense_weight_grad the gradient reaches every entry (pruned ones too)."""
+    """weight with pruned entries 0; with dense_weight_grad the gradient reaches every entry (pruned ones too).
+
+    A pruned synapse is absent: torch.where, never weight * mask, because a pruned NaN or inf weight
+    would leak into the output as NaN * 0 = NaN (the rule every backend follows, issue 11)."""
     if mask is None:
         return weight
     if dense_weight_grad:
-        # Forward equals weight*mask exactly (w - w = 0 where pruned); d/dweight is 1 everywhere.
-        return weight - (weight * ~mask).detach()
-    return weight * mask
+        return _KeepAllGrads.apply(weight, mask)
+    return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
 
 
 def _mask_or_ones(weight, mask):
@@ -41,6 +55,10 @@ def spike_linear(x, weight, bias, mask, *, count=False, dense_weight_grad=False)
 
 def spike_conv2d(x, weight, bias, mask, stride, padding, dilation, groups, *, count=False,
                  dense_weight_grad=False):
+    # Contiguous input: torch 2.13's CPU conv backward is wrong (by up to 3.0) for float64, groups > 1,
+    # a channels_last weight and a channels_last-strided input of batch 1, which is exactly what
+    # snnsparse.functional's reshape of [T, B=1, C, H, W] can produce (issue 11, test in test_reference.py).
+    x = x.contiguous()
     out = F.conv2d(x, masked_weight(weight, mask, dense_weight_grad), bias, stride, padding, dilation, groups)
     n = None
     if count:

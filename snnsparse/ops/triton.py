@@ -18,7 +18,8 @@ The backend runs on CUDA tensors, or on CPU tensors only when TRITON_INTERPRET=1
 before triton was imported (and only when asked for: backends.resolve never picks triton
 for CPU tensors on its own).
 
-Weight preparation (per call, on the device, no host sync): W*mask transposed to the kernels'
+Weight preparation (per call, on the device, no host sync): W with pruned entries zeroed (reference
+masked_weight: torch.where, not W*mask, so a pruned NaN or inf weight is absent) transposed to the kernels'
 weight-stationary layout plus per-block kept-synapse counts (bflag) and per-column counts
 (mcnt) used for skipping and counting. It is O(weight) work, small next to the GEMM for
 T*B >> 1, and is redone every call: a cache keyed on tensor versions was tried and dropped,
@@ -113,6 +114,29 @@ def _define(name: str):
             return torch.library.custom_op(f"{NS}::{name}", mutates_args=())(fn)
         return torch.library.triton_op(f"{NS}::{name}", mutates_args=())(fn)
     return deco
+
+
+# Floating dtypes the kernels compute correctly in this process. Triton's interpreter has no
+# bfloat16 (numpy has none): it stores bf16 as raw uint16, so only its fp32<->bf16 casts see
+# the bits as a float (and they truncate instead of rounding to nearest), while tl.dot, the
+# arithmetic, comparisons and int->bf16 casts act on the integers: linear/conv results came out
+# off by up to 1e6. Under the interpreter bf16 is therefore refused, never computed.
+_FLOATS = ((torch.float16, torch.float32, torch.float64) if INTERPRET
+           else (torch.float16, torch.bfloat16, torch.float32, torch.float64))
+
+
+def _check_dtypes(op: str, **tensors: Optional[torch.Tensor]) -> None:
+    """TypeError naming the argument when a floating tensor has a dtype the kernels cannot compute here."""
+    for name, t in tensors.items():
+        if t is None or not t.is_floating_point() or t.dtype in _FLOATS:
+            continue
+        if INTERPRET and t.dtype == torch.bfloat16:
+            raise TypeError(f"{op}: {name} is torch.bfloat16, which the Triton backend cannot compute under "
+                            f"TRITON_INTERPRET=1 (the interpreter stores bfloat16 as raw uint16: numpy has no "
+                            f"bfloat16, so its dots and arithmetic are wrong); use float16, float32 or float64 "
+                            f"here, or bfloat16 on a CUDA device")
+        raise TypeError(f"{op}: {name} must be one of {', '.join(map(str, _FLOATS))} for the Triton backend, "
+                        f"got {t.dtype}")
 
 
 def _split(dtype: torch.dtype) -> bool:
@@ -213,6 +237,7 @@ def _kept_per_block(mask, block_m, block_k):
 @_define("spike_linear_fwd")
 def spike_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                      mask: Optional[torch.Tensor], count: bool, dense_weight_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    _check_dtypes("spike_linear", weight=weight, spikes=x, bias=bias)
     n, k = x.shape
     m = weight.shape[0]
     out = torch.empty((n, m), dtype=weight.dtype, device=x.device)
@@ -249,6 +274,7 @@ def _(x, weight, bias, mask, count, dense_weight_grad):
 def spike_linear_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask: Optional[torch.Tensor],
                      need_input_grad: bool, need_weight_grad: bool,
                      dense_weight_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    _check_dtypes("spike_linear backward", weight=weight, grad_out=grad_out, spikes=x)
     n, k = x.shape
     m = weight.shape[0]
     gin = torch.zeros((n, k) if need_input_grad else (0,), dtype=weight.dtype, device=x.device)
@@ -311,7 +337,7 @@ spike_linear_fwd.register_autograd(_linear_backward, setup_context=_linear_setup
 
 
 def _conv_weight_prep(weight, mask, groups, block_co, block_c):
-    """wt[G, KH*KW, Cin_g, Cout_g] = W*mask; mcnt[G, COB, KH*KW, Cin_g]; bflag[G, COB, KH*KW, CIB]."""
+    """wt[G, KH*KW, Cin_g, Cout_g] = W, pruned entries 0; mcnt[G, COB, KH*KW, Cin_g]; bflag[G, COB, KH*KW, CIB]."""
     cout, cin_g, kh, kw = weight.shape
     cog = cout // groups
     wt = masked_weight(weight, mask).reshape(groups, cog, cin_g, kh * kw).permute(0, 3, 2, 1).contiguous()
@@ -339,6 +365,7 @@ def _conv_bits(x, groups):
 def spike_conv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                      mask: Optional[torch.Tensor], stride: List[int], padding: List[int], dilation: List[int],
                      groups: int, count: bool, dense_weight_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    _check_dtypes("spike_conv2d", weight=weight, spikes=x, bias=bias)
     n, cin, h, w = x.shape
     cout, cin_g, kh, kw = weight.shape
     ho, wo = conv2d_output_size(h, w, (kh, kw), stride, padding, dilation)
@@ -376,6 +403,7 @@ def spike_conv2d_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tens
                      stride: List[int], padding: List[int], dilation: List[int], groups: int,
                      need_input_grad: bool, need_weight_grad: bool,
                      dense_weight_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    _check_dtypes("spike_conv2d backward", weight=weight, grad_out=grad_out, spikes=x)
     n, cin, h, w = x.shape
     cout, cin_g, kh, kw = weight.shape
     ho, wo = grad_out.shape[2], grad_out.shape[3]
@@ -445,6 +473,7 @@ def lif_fwd(x_seq: torch.Tensor, v0: torch.Tensor, tau: float, v_threshold: floa
             decay_input: bool, detach_reset: bool, surrogate: str, alpha: float,
             save_h: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x_seq [T, N], v0 [N] -> spikes [T, N], v_last [N], h_seq [T, N] (empty [0] unless save_h)."""
+    _check_dtypes("lif", x_seq=x_seq, v0=v0)
     t, n = x_seq.shape
     x = x_seq.contiguous()
     s = x.new_empty(x.shape)                       # every output contiguous, as the kernels write them
@@ -469,9 +498,11 @@ def _(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate
 
 
 @_define("lif_bwd")
-def lif_bwd(grad_spikes: torch.Tensor, grad_v_last: Optional[torch.Tensor], h_seq: torch.Tensor, tau: float,
-            v_threshold: float, v_reset: Optional[float], decay_input: bool, detach_reset: bool,
-            surrogate: str, alpha: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def lif_bwd(grad_spikes: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_h: Optional[torch.Tensor],
+            h_seq: torch.Tensor, tau: float, v_threshold: float, v_reset: Optional[float], decay_input: bool,
+            detach_reset: bool, surrogate: str, alpha: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Grads of x_seq and v0 from those of spikes, v_last (None: 0) and h_seq (None: 0; h_seq is an output)."""
+    _check_dtypes("lif backward", grad_spikes=grad_spikes, grad_v_last=grad_v_last, grad_h=grad_h, h_seq=h_seq)
     t, n = h_seq.shape
     gx = h_seq.new_empty(h_seq.shape)
     gv0 = h_seq.new_empty((n,))
@@ -484,32 +515,38 @@ def lif_bwd(grad_spikes: torch.Tensor, grad_v_last: Optional[torch.Tensor], h_se
     gs = grad_spikes.contiguous()
     block = _lif_block()
     _launch(_klif.lif_bwd_kernel)[(cdiv(n, block),)](
-        gs, grad_v_last.contiguous() if grad_v_last is not None else gs, h_seq.contiguous(), gx, gv0, t, n,
+        gs, grad_v_last.contiguous() if grad_v_last is not None else gs,
+        grad_h.contiguous() if grad_h is not None else gs, h_seq.contiguous(), gx, gv0, t, n,
         float(tau), float(v_threshold), 0.0 if v_reset is None else float(v_reset), float(alpha),
-        HAS_GV=grad_v_last is not None, DECAY_INPUT=decay_input, HARD_RESET=v_reset is not None,
-        DETACH_RESET=detach_reset, SURROGATE=_klif.SURROGATES.index(surrogate), BLOCK=block)
+        HAS_GV=grad_v_last is not None, HAS_GH=grad_h is not None, DECAY_INPUT=decay_input,
+        HARD_RESET=v_reset is not None, DETACH_RESET=detach_reset, SURROGATE=_klif.SURROGATES.index(surrogate),
+        BLOCK=block)
     return (gx, gv0)
 
 
 @lif_bwd.register_fake
-def _(grad_spikes, grad_v_last, h_seq, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha):
+def _(grad_spikes, grad_v_last, grad_h, h_seq, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate,
+      alpha):
     return (h_seq.new_empty(h_seq.shape), h_seq.new_empty((h_seq.shape[1],)))
 
 
 def _lif_setup(ctx, inputs, output):
     x, v0, tau, vth, vr, decay, detach, surrogate, alpha, save_h = inputs
+    # Unused output grads arrive as None (no zero fills); the kernel skips the absent ones.
+    ctx.set_materialize_grads(False)
     ctx.args = (tau, vth, vr, decay, detach, surrogate, alpha)
     ctx.save_for_backward(output[2])
-    ctx.mark_non_differentiable(output[2])
+    if not save_h:  # the empty placeholder; a returned h_seq is differentiable, as in the reference
+        ctx.mark_non_differentiable(output[2])
 
 
-def _lif_backward(ctx, gs, gv, _gh):
+def _lif_backward(ctx, gs, gv, gh):
     (h,) = ctx.saved_tensors
     if h.dim() != 2:
         raise RuntimeError("snnsparse_triton.lif_fwd was called with save_h=False; it cannot be differentiated")
     if gs is None:
         gs = torch.zeros_like(h)
-    gx, gv0 = torch.ops.snnsparse_triton.lif_bwd(gs, gv, h, *ctx.args)
+    gx, gv0 = torch.ops.snnsparse_triton.lif_bwd(gs, gv, gh, h, *ctx.args)
     return gx, gv0, None, None, None, None, None, None, None, None
 
 
@@ -548,6 +585,7 @@ def lif_packed(x_seq: torch.Tensor, v0: torch.Tensor, tau: float = 2.0, v_thresh
                v_reset: Optional[float] = 0.0, decay_input: bool = True):
     """LIF forward that also emits bit-packed spikes bits[T, ceil(N/32)] (bit n%32 of word n//32)
     and per-tile spike counts cnt[T, cdiv(N, BLOCK)], for a following spike layer (no autograd)."""
+    _check_dtypes("lif_packed", x_seq=x_seq, v0=v0)
     t, n = x_seq.shape
     x = x_seq.contiguous()
     s, v_last = x.new_empty(x.shape), x.new_empty(v0.shape)

@@ -89,20 +89,64 @@ def module_of(model: nn.Module, name: str) -> nn.Module:
     return module
 
 
+def check_mask(mask, shape, what: str) -> None:
+    """Raise unless `mask` is a bool tensor of exactly `shape` (the weight's). `what` names the mask
+    in the message ("mask for 'features.0.weight'"). The one mask check of apply_masks, convert and
+    the Spike* layers' set_mask / from_dense.
+
+    Only bool is accepted, by design: a float mask (scores, 0.3, NaN) cast to bool reads as "keep"
+    almost everywhere, and a [K] mask would broadcast over the rows of an [M, K] weight; both would
+    prune nothing and say nothing. Exact 0/1 masks of other dtypes must be converted by the caller
+    (mask.bool()), who knows they are 0/1; torch.nn.utils.prune's own buffers go through
+    torch_prune_mask, which checks that."""
+    shape = tuple(shape)
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{what} must be a bool tensor of the weight's shape {shape} (True = keep), got "
+                        f"{type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{what} must be a bool tensor (True = keep), got dtype {mask.dtype}; non-bool masks are "
+                        f"refused because scores or fractions would read as all-True (nothing pruned): pass "
+                        f"`scores > threshold`, or `mask.bool()` for a mask that holds exactly 0 and 1")
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{what} has shape {tuple(mask.shape)}, but the weight has {shape}; a mask must have "
+                         f"exactly the weight's shape (it is never broadcast)")
+
+
+def _prune_hooks(module: nn.Module):
+    """The torch.nn.utils.prune methods in `module`'s forward pre-hooks, by the tensor they prune."""
+    return {h._tensor_name: h for h in module._forward_pre_hooks.values()
+            if isinstance(h, torch_prune.BasePruningMethod)}
+
+
+def torch_prune_mask(module: nn.Module, what: str = "weight_mask") -> "torch.Tensor | None":
+    """The bool mask of `module`'s weight when torch.nn.utils.prune manages it (None otherwise).
+
+    torch keeps that mask as a float 0/1 buffer `weight_mask`; it is converted to bool only after
+    checking that every entry is exactly 0 or 1 (a buffer edited by hand to hold scores or NaN
+    would otherwise become all-True). `what` names the buffer in the error."""
+    if "weight" not in _prune_hooks(module):
+        return None
+    mask, weight = module.weight_mask, module.weight_orig
+    if tuple(mask.shape) != tuple(weight.shape):
+        raise ValueError(f"{what} (torch.nn.utils.prune) has shape {tuple(mask.shape)}, but the weight has "
+                         f"{tuple(weight.shape)}")
+    if mask.dtype != torch.bool:
+        bad = (mask != 0) & (mask != 1)  # NaN is neither
+        if bool(bad.any()):
+            raise ValueError(f"{what} (torch.nn.utils.prune) must hold only 0 and 1, found "
+                             f"{mask[bad].flatten()[0].item()!r}")
+    return mask.to(torch.bool)
+
+
 def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     """Raise ValueError/TypeError unless every mask is a bool tensor of its (known) weight's shape."""
     if not isinstance(masks, Mapping):
         raise TypeError(f"masks must be a dict name -> bool tensor, got {type(masks).__name__}")
     for name, mask in masks.items():
-        module = module_of(model, name)
-        weight = _weight_of(module)
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"mask for {name!r} must be a torch.Tensor, got {type(mask).__name__}")
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask for {name!r} must be a bool tensor (True = keep), got {mask.dtype}")
-        if mask.shape != weight.shape:
-            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, the weight has "
-                             f"{tuple(weight.shape)}")
+        if not isinstance(name, str):
+            raise TypeError(f"masks must be keyed by parameter name (str, e.g. 'features.0.weight'), got key "
+                            f"{name!r} of type {type(name).__name__}")
+        check_mask(mask, _weight_of(module_of(model, name)).shape, f"mask for {name!r}")
 
 
 @torch.no_grad()
@@ -145,11 +189,16 @@ def zero_pruned_(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.
 def get_masks(model: nn.Module) -> Masks:
     """{weight name: bool mask} read back from the model (Spike* weight_mask or torch prune masks);
     layers without a mask are reported as all True."""
+    from ..nn.layers import _SpikeMixin
+
     out: Masks = {}
     for name, weight in prunable_weights(model).items():
         module = module_of(model, name)
-        mask = getattr(module, "weight_mask", None)
-        out[name] = (mask.to(torch.bool).clone() if isinstance(mask, torch.Tensor)
+        if isinstance(module, _SpikeMixin):
+            mask = module.weight_mask
+        else:
+            mask = torch_prune_mask(module, repr(f"{name}_mask"))
+        out[name] = (mask.to(torch.bool).clone() if mask is not None
                      else torch.ones_like(weight, dtype=torch.bool))
     return out
 

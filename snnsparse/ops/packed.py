@@ -1,0 +1,72 @@
+"""PackedWeight: a weight (and its mask) packed once into a CPU kernel format, as a named thing.
+
+A PackedWeight is an immutable snapshot: it holds the packed values themselves and no reference to
+the weight it was made from, so nothing done to that weight afterwards (optimizer steps, fused or
+not, `.data` assignments, writes through numpy views) can make a forward read other values than
+the ones packed. Whoever packs owns the snapshot and packs again when the weights change
+(snnsparse.ops.linear.pack / snnsparse.ops.conv2d.pack).
+
+Formats (the integer the C++ kernels take; chosen by density with the crossovers in
+csrc/cpu/linear.cpp kLinearDenseMin and csrc/cpu/conv.cpp kConvDenseMin):
+  linear  1 dense rows [W^T masked (K x M), colnnz]       2 compressed rows [rowptr, idx, val, colnnz]
+  conv2d  1 dense slabs [Cin x kh*kw x Cout/g, tapnnz]      2 compressed rows per input channel
+          3 dense 64-channel blocks (groups 1)             4 compressed rows per output channel (AVX-512)
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+
+class LinearFormat(enum.IntEnum):
+    DENSE_ROWS = 1
+    COMPRESSED_ROWS = 2
+
+
+class ConvFormat(enum.IntEnum):
+    DENSE_SLABS = 1
+    COMPRESSED_IN_ROWS = 2
+    DENSE_BLOCKS = 3
+    COMPRESSED_OUT_ROWS = 4
+
+
+def _format_of(kind: str, tensors: Sequence[torch.Tensor]) -> enum.IntEnum:
+    n = len(tensors)
+    if kind == "linear":
+        return LinearFormat({2: 1, 4: 2}[n])
+    if n == 2:
+        return ConvFormat(3 if tensors[0].dim() == 4 else 1)
+    return ConvFormat({4: 2, 5: 4}[n])
+
+
+@dataclass(frozen=True, eq=False)
+class PackedWeight:
+    kind: str                    # "linear" or "conv2d"
+    format: enum.IntEnum         # LinearFormat or ConvFormat
+    tensors: Tuple[torch.Tensor, ...]
+    shape: Tuple[int, ...]       # the weight's shape ([M, K] or [Cout, Cin/g, kh, kw])
+    dtype: torch.dtype
+    density: float               # fraction of kept synapses
+    groups: int = 1
+
+    @classmethod
+    def of(cls, kind: str, tensors: Sequence[torch.Tensor], weight: torch.Tensor, mask: Optional[torch.Tensor],
+           groups: int = 1) -> "PackedWeight":
+        density = 1.0 if mask is None or mask.numel() == 0 else float(mask.sum()) / mask.numel()
+        return cls(kind, _format_of(kind, tensors), tuple(tensors), tuple(weight.shape), weight.dtype, density,
+                   int(groups))
+
+    def placeholder(self) -> torch.Tensor:
+        """A zero-stride tensor of the weight's shape and dtype (one element of memory): the packed ops
+        take the weight only for its shape and dtype, the values come from the packing."""
+        return torch.zeros((), dtype=self.dtype).expand(self.shape)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors)
+
+    def __repr__(self) -> str:
+        return (f"PackedWeight({self.kind}, format={self.format}, shape={list(self.shape)}, dtype={self.dtype}, "
+                f"density={self.density:.4f}, {self.nbytes()} bytes)")
