@@ -57,38 +57,39 @@ TORCH_LIBRARY(snnsparse, m) {
         " bool need_input_grad, bool need_weight_grad, bool dense_weight_grad)"
         " -> (Tensor grad_in, Tensor grad_weight)");
 
-  // Multi-step LIF. x_seq [T, N]; v0 [N]. v_reset None = soft reset.
-  // Returns spikes [T, N], v_last [N], h_seq [T, N] (pre-fire potential, for backward;
-  // an empty tensor when save_h is false).
-  m.def("lif_fwd(Tensor x_seq, Tensor v0, float tau, float v_threshold, float? v_reset,"
-        " bool decay_input, bool save_h) -> (Tensor spikes, Tensor v_last, Tensor h_seq)");
+  // Multi-step LIF. x_seq [T, N]; v0 [N]. v_reset None = soft reset. The surrogate (name and alpha)
+  // and detach_reset are arguments of the forward too, so its autograd knows them (one schema for
+  // every backend: snnsparse_triton declares the same). Returns spikes [T, N], v_last [N], h_seq
+  // [T, N] (the pre-fire potential, for backward; an empty tensor when save_h is false).
   // surrogate: "sigmoid", "atan", "piecewise_quadratic", "soft_sign", "erf".
-  m.def("lif_bwd(Tensor grad_spikes, Tensor? grad_v_last, Tensor h_seq, float tau,"
-        " float v_threshold, float? v_reset, bool decay_input, bool detach_reset,"
-        " str surrogate, float alpha) -> (Tensor grad_x, Tensor grad_v0)");
-
-  // ---- added by the cpp backend (CPU impls only; the core schemas above are unchanged) ----
-  // The core forward ops above pack (weight, mask) on every call, so they can never read a stale
-  // packing. Packing once is for owners that hold an immutable snapshot of the weights (the
-  // benchmarks' kernel timings, an inference-only model): spike_*_pack returns the packed tensors
-  // (format 0 = chosen by density and geometry, as the core ops choose), spike_*_fwd_packed runs
-  // on them. packed: dense rows/slabs [W', nnz-per-column] or compressed rows
-  // [rowptr, idx, val, nnz-per-column]; weight and mask give shapes, autograd and fake kernels.
-  m.def("spike_linear_pack(Tensor weight, Tensor? mask, int format) -> Tensor[]");
-  m.def("spike_conv2d_pack(Tensor weight, Tensor? mask, int groups, int[2] stride, int in_width, int out_width,"
-        " int format) -> Tensor[]");
-  // The SIMD level the CPU kernels were compiled for: "avx512", "avx2" or "generic".
-  m.def("cpu_isa() -> str", &cpu_isa);
-  m.def("spike_linear_fwd_packed(Tensor spikes, Tensor weight, Tensor? bias, Tensor? mask, Tensor[] packed,"
-        " bool count, bool dense_weight_grad) -> (Tensor out, Tensor n_acc)");
-  m.def("spike_conv2d_fwd_packed(Tensor spikes, Tensor weight, Tensor? bias, Tensor? mask, Tensor[] packed,"
-        " int[2] stride, int[2] padding, int[2] dilation, int groups, bool count, bool dense_weight_grad)"
-        " -> (Tensor out, Tensor n_acc)");
-  // lif_fwd that carries the surrogate for autograd (always returns h_seq).
-  m.def("lif_fwd_sg(Tensor x_seq, Tensor v0, float tau, float v_threshold, float? v_reset, bool decay_input,"
-        " bool detach_reset, str surrogate, float alpha) -> (Tensor spikes, Tensor v_last, Tensor h_seq)");
-  // lif_bwd with an optional gradient flowing into h_seq as well.
-  m.def("lif_bwd_h(Tensor grad_spikes, Tensor? grad_v_last, Tensor? grad_h, Tensor h_seq, float tau,"
+  m.def("lif_fwd(Tensor x_seq, Tensor v0, float tau, float v_threshold, float? v_reset, bool decay_input,"
+        " bool detach_reset, str surrogate, float alpha, bool save_h)"
+        " -> (Tensor spikes, Tensor v_last, Tensor h_seq)");
+  // Gradients of x_seq and v0 from those of spikes, v_last and h_seq (None: zero).
+  m.def("lif_bwd(Tensor grad_spikes, Tensor? grad_v_last, Tensor? grad_h, Tensor h_seq, float tau,"
         " float v_threshold, float? v_reset, bool decay_input, bool detach_reset, str surrogate, float alpha)"
         " -> (Tensor grad_x, Tensor grad_v0)");
+
+  // ---- CPU weight packing (impls on CPU only) ----
+  // The core forward ops above pack (weight, mask) on every call, so they can never read a stale
+  // packing. Packing once is for owners of an immutable snapshot of the weights (the benchmarks'
+  // kernel timings, an inference-only model: snnsparse.ops.packed.PackedWeight). spike_*_pack
+  // returns the format it chose (format 0 = by density and geometry, exactly as the core ops choose;
+  // 1-4 force one) and the packed tensors; spike_*_fwd_packed runs on them, told the format
+  // explicitly. Formats (snnsparse/ops/packed.py LinearFormat / ConvFormat):
+  //   linear 1 dense rows [W^T masked (K x M), colnnz]; 2 compressed rows [rowptr, idx, val, colnnz]
+  //   conv   1 dense slabs [Cin x kh*kw x Cout/g, tapnnz]; 2 compressed rows per input channel
+  //          [rowptr, idx, val, tapnnz]; 3 dense 64-channel blocks (groups 1) [blocks, tapnnz];
+  //          4 compressed rows per output channel [rowptr, idx, val, tapnnz] (AVX-512 builds).
+  // weight and mask give the shapes, the dtype, autograd and the fake kernels.
+  m.def("spike_linear_pack(Tensor weight, Tensor? mask, int format) -> (int format, Tensor[] packed)");
+  m.def("spike_conv2d_pack(Tensor weight, Tensor? mask, int groups, int[2] stride, int in_width, int out_width,"
+        " int format) -> (int format, Tensor[] packed)");
+  m.def("spike_linear_fwd_packed(Tensor spikes, Tensor weight, Tensor? bias, Tensor? mask, int format,"
+        " Tensor[] packed, bool count, bool dense_weight_grad) -> (Tensor out, Tensor n_acc)");
+  m.def("spike_conv2d_fwd_packed(Tensor spikes, Tensor weight, Tensor? bias, Tensor? mask, int format,"
+        " Tensor[] packed, int[2] stride, int[2] padding, int[2] dilation, int groups, bool count,"
+        " bool dense_weight_grad) -> (Tensor out, Tensor n_acc)");
+  // The SIMD level the CPU kernels were compiled for: "avx512", "avx2" or "generic".
+  m.def("cpu_isa() -> str", &cpu_isa);
 }

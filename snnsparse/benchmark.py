@@ -372,14 +372,26 @@ def run_targets(reps: int = 9, threads: int = 2, out_dir: Optional[str] = DEFAUL
     return rows, info
 
 
+def backend_list(text: str) -> str:
+    """argparse type of --backends: "auto" or comma-separated backend names (unavailable ones are
+    skipped by the sweep, with the reason)."""
+    unknown = [b for b in text.split(",") if b not in ss.backends.NAMES]
+    if text != "auto" and unknown:
+        raise argparse.ArgumentTypeError(f"unknown backend(s) {unknown}; choose from auto or a comma-separated "
+                                         f"list of {', '.join(ss.backends.NAMES)}")
+    return text
+
+
 def add_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    ap.add_argument("--backends", default="auto",
+    from .cli import positive_int, writable_dir
+    ap.add_argument("--backends", type=backend_list, default="auto",
                     help="comma-separated backends to sweep (default: every one that runs here on CPU tensors)")
     ap.add_argument("--full", action="store_true", help="the whole grid (default: a quick sweep)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=DEFAULT_OUT, help="folder for the CSV and PNG (default bench/out)")
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--out", type=writable_dir, default=DEFAULT_OUT,
+                    help="folder for the CSV and PNG (default bench/out)")
     ap.add_argument("--targets", action="store_true", help="measure the issue-3 CPU target table")
-    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--reps", type=positive_int, default=None)
     return ap
 
 
@@ -387,14 +399,9 @@ def main(args=None):
     """`snnsparse bench` / `python bench/sweep.py`: args is an argparse Namespace or an argv list."""
     if not isinstance(args, argparse.Namespace):
         args = add_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])).parse_args(args)
-    if args.threads < 1:
-        raise SystemExit(f"snnsparse bench: --threads must be >= 1, got {args.threads}")
     if args.backends == "auto":
         av = ss.backends.available()
         args.backends = ",".join(b for b in ("cpp", "cuda", "triton") if av[b] is True) or "reference"
-    unknown = [b for b in args.backends.split(",") if b not in ss.backends.NAMES]
-    if unknown:
-        raise SystemExit(f"snnsparse bench: unknown backend(s) {unknown}; choose from {ss.backends.NAMES}")
     torch.set_num_threads(args.threads)
     if args.targets:
         run_targets(reps=args.reps or 9, threads=args.threads, out_dir=args.out)

@@ -24,14 +24,17 @@ from .nn import LIF, SpikeConv2d, SpikeLinear, fuse_conv_bn
 
 
 def add_args(p: argparse.ArgumentParser):
-    p.add_argument("--epochs", type=int, default=12, help="dense training epochs (default 12)")
-    p.add_argument("--prune-epochs", type=int, default=25, help="Grad R epochs (default 25)")
-    p.add_argument("--t", type=int, default=4, help="time steps (default 4)")
-    p.add_argument("--alpha", type=float, default=None,
+    # values checked while parsing (see snnsparse.cli): a bad one fails before minutes of training
+    from .cli import any_int, nonnegative_float, positive_float, positive_int, writable_dir
+    p.add_argument("--epochs", type=positive_int, default=12, help="dense training epochs (default 12)")
+    p.add_argument("--prune-epochs", type=positive_int, default=25, help="Grad R epochs (default 25)")
+    p.add_argument("--t", type=positive_int, default=4, help="time steps (default 4)")
+    p.add_argument("--alpha", type=nonnegative_float, default=None,
                    help="Grad R prior penalty (sets the connectivity; default tuned for ~3%% connectivity)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Grad R learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="demo_out", help="where the pruned model is saved (default demo_out/)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Grad R learning rate (default 1e-3)")
+    p.add_argument("--seed", type=any_int, default=0)
+    p.add_argument("--out", type=writable_dir, default="demo_out",
+                   help="where the pruned model is saved (default demo_out/)")
     p.add_argument("--quick", action="store_true", help="a 1-epoch smoke run")
 
 

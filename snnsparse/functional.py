@@ -6,12 +6,20 @@ weights have torch's layout; `mask` is a bool tensor of the weight's shape (True
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
 from . import backends
 from .ops import surrogate as _surrogate
+from .ops.conv2d import output_size as _conv2d_output_size
+
+try:  # numpy is optional for torch; accept its bool where it exists (e.g. values read from arrays)
+    import numpy as _np
+    _BOOLS: tuple = (bool, _np.bool_)
+except ImportError:  # pragma: no cover
+    _BOOLS = (bool,)
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _SPIKE_DTYPES = _FLOATS + (torch.bool, torch.uint8)
@@ -23,6 +31,62 @@ def _pair(v, name, op):
     if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
         return tuple(v)
     raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+
+
+# -- argument checks shared by the functional API, the modules' and pruners' constructors and the CLI --
+def _bounds_text(lo, hi, lo_open, hi_open) -> str:
+    if lo is not None and hi is not None:
+        return f" in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f" {'>' if lo_open else '>='} {lo:g}"
+    if hi is not None:
+        return f" {'<' if hi_open else '<='} {hi:g}"
+    return ""
+
+
+def _fail(exc, where, name, expected, value):
+    prefix = f"{where}: " if where else ""
+    subject = f"{name} must be" if name else "must be"
+    raise exc(f"{prefix}{subject} {expected}, got {value!r}")
+
+
+def check_real(value, name: Optional[str] = None, *, lo=None, hi=None, lo_open: bool = False,
+               hi_open: bool = False, or_none: bool = False, where: Optional[str] = None) -> Optional[float]:
+    """`value` as a float when it is a finite real number (not a bool) within the bounds (or None,
+    returned as is, with or_none=True).
+
+    TypeError for a non-number (a str, a bool, a tensor), ValueError for NaN, infinity or a value out of
+    range; the one-line message names `where` (the function or class) and the argument `name`.
+    """
+    if or_none and value is None:
+        return None
+    expected = "a finite number" + _bounds_text(lo, hi, lo_open, hi_open) + (" or None" if or_none else "")
+    # bool is an int subclass: True as a threshold or a learning rate is a mistake, not 1.0
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        _fail(TypeError, where, name, expected, value)
+    v = float(value)
+    if (not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo))
+            or (hi is not None and (v >= hi if hi_open else v > hi))):
+        _fail(ValueError, where, name, expected, value)
+    return v
+
+
+def check_int(value, name: Optional[str] = None, *, lo=None, where: Optional[str] = None) -> int:
+    """`value` as an int when it is an integer (not a bool, not a float) >= lo; TypeError / ValueError."""
+    expected = "an integer" + _bounds_text(lo, None, False, False)
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        _fail(TypeError, where, name, expected, value)
+    if lo is not None and value < lo:
+        _fail(ValueError, where, name, expected, value)
+    return int(value)
+
+
+def check_bool(value, name: Optional[str] = None, *, where: Optional[str] = None) -> bool:
+    """`value` when it is a bool (or numpy bool); TypeError otherwise: a truthy string such as 'no'
+    would silently mean True."""
+    if not isinstance(value, _BOOLS):
+        _fail(TypeError, where, name, "a bool (True or False)", value)
+    return bool(value)
 
 
 class NonBinarySpikesError(ValueError):
@@ -109,6 +173,34 @@ def _result(out, n, return_count):
     return out
 
 
+class _ZeroSum(torch.autograd.Function):
+    """The synaptic sum of a problem with nothing to sum (no inputs, no input features or no outputs):
+    zeros of `shape`, with the zero gradients w.r.t. spikes and weight that torch's ops give."""
+
+    @staticmethod
+    def forward(ctx, x, weight, shape):
+        ctx.x_meta = (x.shape, x.dtype, x.device)
+        ctx.w_meta = (weight.shape, weight.dtype, weight.device)
+        return torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (xs, xd, xdev), (ws, wd, wdev) = ctx.x_meta, ctx.w_meta
+        return torch.zeros(xs, dtype=xd, device=xdev), torch.zeros(ws, dtype=wd, device=wdev), None
+
+
+def _empty_result(op, x, weight, bias, shape, lead, return_count):
+    """Output of an op whose problem is empty, computed here for every backend alike (the kernels'
+    reshapes and launches are not all defined for zero sizes): 0 + bias of the flat `shape`
+    [N, out, ...] reshaped to [*lead, out, ...], with torch's gradients (the bias gets the summed
+    output gradient), and a count of 0 accumulations."""
+    _check_binary(x, op)  # still an event-driven op: a non-binary input is refused as always
+    out = _ZeroSum.apply(x, weight, shape)
+    if bias is not None:
+        out = out + bias.view(-1, *([1] * (len(shape) - 2)))
+    return _result(out.reshape(*lead, *shape[1:]), None, return_count)
+
+
 def spike_linear(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
                  mask: Optional[torch.Tensor] = None, backend: str = "auto", return_count: bool = False,
                  dense_weight_grad: bool = False):
@@ -124,18 +216,18 @@ def spike_linear(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         raise ValueError(f"{op}: spikes must have shape [..., {weight.shape[1]}] (weight is "
                          f"{tuple(weight.shape)}), got {tuple(spikes.shape)}")
     lead = spikes.shape[:-1]
-    x = spikes.reshape(-1, weight.shape[1])
-    name, impl = backends.resolve(backend, x.device, op, n=x.shape[0], k=weight.shape[1], m=weight.shape[0])
+    m, k = weight.shape
+    x = spikes.reshape(math.prod(lead), k)  # not -1: that is ambiguous for 0 elements (K = 0)
+    name, impl = backends.resolve(backend, x.device, op, n=x.shape[0], k=k, m=m)
+    if x.shape[0] == 0 or k == 0 or m == 0:
+        return _empty_result(op, x, weight, bias, (x.shape[0], m), lead, return_count)
     out, n = _run(op, impl, impl.spike_linear, x, weight, bias, mask, count=return_count,
                   dense_weight_grad=dense_weight_grad)
     return _result(out.reshape(*lead, weight.shape[0]), n, return_count)
 
 
-def conv2d_output_size(h: int, w: int, kernel: Sequence[int], stride, padding, dilation) -> Tuple[int, int]:
-    """Spatial output size of a conv2d (torch's formula)."""
-    ho = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-    wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-    return ho, wo
+# torch's conv output-size formula, written once (snnsparse/ops/conv2d.py) for every backend.
+conv2d_output_size = _conv2d_output_size
 
 
 def spike_conv2d(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -162,6 +254,9 @@ def spike_conv2d(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         raise ValueError(f"{op}: spikes must be [T, B, C, H, W] or [N, C, H, W], got shape {tuple(spikes.shape)}")
     cout, cin_g, kh, kw = weight.shape
     cin = spikes.shape[-3]
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{op}: weight has an empty kernel {kh}x{kw} (shape {tuple(weight.shape)}); "
+                         f"torch's conv2d needs a kernel of at least 1x1")
     if cout % groups != 0:
         raise ValueError(f"{op}: weight has {cout} output channels, not divisible by groups={groups}")
     if cin != cin_g * groups:
@@ -173,28 +268,41 @@ def spike_conv2d(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         raise ValueError(f"{op}: input {h}x{w} is smaller than the dilated kernel after padding "
                          f"(kernel {kh}x{kw}, padding {padding}, dilation {dilation})")
     lead = spikes.shape[:-3]
-    x = spikes.reshape(-1, cin, h, w)
-    name, impl = backends.resolve(backend, x.device, op, n=x.shape[0], cin=cin, cout=cout, h=h, w=w,
+    n_img = math.prod(lead)
+    if (h == 0 or w == 0) and n_img > 0 and cin > 0:
+        # torch's conv2d refuses this too ("Only zero batch or zero channel inputs are supported")
+        raise ValueError(f"{op}: spikes has an empty image {h}x{w}; an empty image is only accepted with an "
+                         f"empty batch or zero channels, got shape {tuple(spikes.shape)}")
+    x = spikes.reshape(n_img, cin, h, w)  # not -1: that is ambiguous for 0 elements (Cin = 0, H = 0)
+    name, impl = backends.resolve(backend, x.device, op, n=n_img, cin=cin, cout=cout, h=h, w=w,
                                   kh=kh, kw=kw, groups=groups)
+    if n_img == 0 or cin == 0 or cout == 0:
+        # Cin = 0 gives bias-only outputs of Cout channels, like spike_linear with K = 0 (torch's conv2d
+        # returns a [N, 0, Ho, Wo] tensor there, dropping the bias), and Cout = 0 an empty
+        # [N, 0, Ho, Wo] output (where torch's conv2d raises).
+        return _empty_result(op, x, weight, bias, (n_img, cout, ho, wo), lead, return_count)
     out, n = _run(op, impl, impl.spike_conv2d, x, weight, bias, mask, stride, padding, dilation, groups,
                   count=return_count, dense_weight_grad=dense_weight_grad)
     return _result(out.reshape(*lead, cout, ho, wo), n, return_count)
 
 
-def _lif_args(x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha):
+def _lif_args(x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha, decay_input=True, detach_reset=False):
     op = "lif"
     _check_tensor(x_seq, "x_seq", op)
     if x_seq.dtype not in _FLOATS:
         raise TypeError(f"{op}: x_seq must be floating point, got {x_seq.dtype}")
     if x_seq.dim() < 1:
         raise ValueError(f"{op}: x_seq must be time-major [T, ...], got a 0-dim tensor")
-    for name, val in (("tau", tau), ("v_threshold", v_threshold)):
-        if not isinstance(val, (int, float)) or not math.isfinite(val):
-            raise ValueError(f"{op}: {name} must be a finite number, got {val!r}")
+    tau = check_real(tau, "tau", where=op)
+    v_threshold = check_real(v_threshold, "v_threshold", where=op)
     if tau <= 1.0:
         raise ValueError(f"{op}: tau must be > 1 (as in SpikingJelly's LIFNode), got {tau}")
-    if v_reset is not None and (not isinstance(v_reset, (int, float)) or not math.isfinite(v_reset)):
-        raise ValueError(f"{op}: v_reset must be a finite number or None (soft reset), got {v_reset!r}")
+    v_reset = check_real(v_reset, "v_reset", or_none=True, where=op)   # None: soft reset
+    check_bool(decay_input, "decay_input", where=op)
+    check_bool(detach_reset, "detach_reset", where=op)
+    if not isinstance(surrogate, str):
+        raise TypeError(f"{op}: surrogate must be a name (str) among {_surrogate.NAMES}, got {surrogate!r}")
+    check_real(alpha, "alpha", lo=0, lo_open=True, or_none=True, where=op)  # None: the surrogate's default
     surrogate, alpha = _surrogate.check(surrogate, alpha)
     if v0 is not None:
         _check_tensor(v0, "v0", op)
@@ -204,14 +312,14 @@ def _lif_args(x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha):
         if v0.device != x_seq.device or v0.dtype != x_seq.dtype:
             raise TypeError(f"{op}: v0 must match x_seq's dtype and device ({x_seq.dtype}, {x_seq.device}), "
                             f"got ({v0.dtype}, {v0.device})")
-    return float(tau), float(v_threshold), (None if v_reset is None else float(v_reset)), surrogate, alpha
+    return tau, v_threshold, v_reset, surrogate, alpha
 
 
 def lif_with_h(x_seq, v0=None, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
                detach_reset=False, surrogate="sigmoid", alpha=None, backend="auto", return_h=False):
     """lif() that also returns h_seq [T, ...], the pre-fire membrane potential (None unless return_h)."""
     tau, v_threshold, v_reset, surrogate, alpha = _lif_args(x_seq, v0, tau, v_threshold, v_reset,
-                                                            surrogate, alpha)
+                                                            surrogate, alpha, decay_input, detach_reset)
     shape = x_seq.shape
     t = shape[0]
     x = x_seq.reshape(t, math.prod(shape[1:]))

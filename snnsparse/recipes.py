@@ -28,12 +28,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .functional import check_int, check_real
 from .models import SeqToANN  # applies a per-sample module (BN, pooling) to [T, B, ...]
 from .models import vgg_cfg
 from .nn import LIF, SpikeConv2d, SpikeLinear
 from . import pruning as P
 
 METHODS = ("dense", "gradr", "lth", "criticality", "gmp", "mpslt")
+DATASETS = ("cifar10", "mnist", "digits")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,10 +65,12 @@ class SpikingNet(nn.Module):
         super().__init__()
         if readout not in ("mean", "vote"):
             raise ValueError(f"readout must be 'mean' or 'vote', got {readout!r}")
-        self.static, self.body, self.T, self.readout, self.vote = static, body, int(T), readout, vote
+        T = check_int(T, "T", lo=1, where="SpikingNet")   # T = 0: a mean over no steps, NaN outputs
+        vote = check_int(vote, "vote", lo=1, where="SpikingNet")
+        self.static, self.body, self.T, self.readout, self.vote = static, body, T, readout, vote
 
     def forward(self, x, T: Optional[int] = None):
-        T = self.T if T is None else int(T)
+        T = self.T if T is None else check_int(T, "T", lo=1, where="SpikingNet")
         if x.dim() != 4:
             raise ValueError(f"SpikingNet: input must be images [B, C, H, W], got {tuple(x.shape)}")
         y = self.static(x)
@@ -174,6 +178,22 @@ class Recipe:
     neuron: Optional[dict] = None
     seed: int = 0
 
+    def validate(self) -> "Recipe":
+        """ValueError / TypeError naming the first bad field (checked before any training: a negative
+        epoch count or T = 0 would otherwise run and report a meaningless accuracy)."""
+        where = f"recipe {self.name!r}"
+        for field, options in (("method", METHODS), ("model", tuple(MODELS)), ("dataset", DATASETS),
+                               ("optimizer", ("adam", "sgd")), ("loss", ("ce", "mse"))):
+            if getattr(self, field) not in options:
+                raise ValueError(f"{where}: {field} must be one of {options}, got {getattr(self, field)!r}")
+        for field in ("T", "epochs", "batch_size"):
+            check_int(getattr(self, field), field, lo=1, where=where)
+        check_int(self.seed, "seed", where=where)
+        check_real(self.lr, "lr", lo=0, lo_open=True, where=where)
+        check_real(self.momentum, "momentum", lo=0, where=where)
+        check_real(self.weight_decay, "weight_decay", lo=0, where=where)
+        return self
+
 
 RECIPES: Dict[str, Recipe] = {
     "gradr-cifar10-6conv2fc": Recipe(
@@ -227,7 +247,7 @@ def get_recipe(name: str, **overrides) -> Recipe:
             raise ValueError(f"unknown recipe field {k!r}; fields: {sorted(fields)}")
         setattr(r, k, v)
     r.method_kw.update(kw)
-    return r
+    return r.validate()
 
 
 def default_recipe(method: str, dataset: str) -> str:
@@ -244,9 +264,11 @@ def default_recipe(method: str, dataset: str) -> str:
 def load_data(dataset: str, data_dir: Optional[str]):
     from . import data
     if dataset == "digits":
+        if data_dir is not None:  # silently training on the bundled digits instead would mislead
+            raise ValueError(f"dataset 'digits' is bundled with scikit-learn and reads no directory, got {data_dir!r}")
         return data.load_digits()
     if data_dir is None:
-        raise ValueError(f"dataset {dataset!r} needs --data DIR")
+        raise ValueError(f"dataset {dataset!r} needs a data directory (--data DIR)")
     if dataset == "cifar10":
         return data.load_cifar10(data_dir)
     if dataset == "mnist":
@@ -446,12 +468,14 @@ def run_recipe(recipe: Recipe, split, *, max_batches: Optional[int] = None, devi
                 connectivity=P.density(masks), rounds=rows, seconds=time.time() - t0, masks=masks, model=model)
 
 
-def run_prune(method: str, data_dir: Optional[str] = None, *, recipe: Optional[str] = None,
-              dataset: Optional[str] = None, out: Optional[str] = None, max_batches: Optional[int] = None,
-              device: str = "cpu", log=print, **overrides) -> dict:
-    """Run `method` with its paper recipe (or `recipe`) on the data in `data_dir`; `dataset`
-    defaults to the recipe's ("digits" needs no directory). overrides: Recipe fields (epochs=...,
-    batch_size=..., T=..., seed=..., method_kw={...}). With `out`, writes masks.pt and result.json."""
+def resolve_recipe(method: str, recipe: Optional[str] = None, dataset: Optional[str] = None,
+                   **overrides) -> Recipe:
+    """The Recipe that run_prune runs: `recipe` (default: the paper recipe of `method` for `dataset`,
+    cifar10 when None) with the overrides, validated; ValueError when `recipe` is another method's."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; methods: {METHODS}")
+    if dataset is not None and dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; datasets: {DATASETS}")
     if dataset == "digits" and recipe is None:
         recipe = default_recipe(method, "digits")
     name = recipe or default_recipe(method, dataset or "cifar10")
@@ -461,13 +485,20 @@ def run_prune(method: str, data_dir: Optional[str] = None, *, recipe: Optional[s
     r.method = method
     if dataset is not None:
         r.dataset = dataset
-    split = load_data(r.dataset, data_dir)
-    log(f"{r.name}: method {method}, {r.dataset} ({len(split.y_train)} train / {len(split.y_test)} test), "
+    return r.validate()
+
+
+def _train_and_save(r: Recipe, split, *, out: Optional[str], max_batches: Optional[int], device: str,
+                    log) -> dict:
+    if max_batches is not None:
+        check_int(max_batches, "max_batches", lo=1, where="run_prune")
+    if out:
+        os.makedirs(out, exist_ok=True)  # before training: an output path that cannot be written fails now
+    log(f"{r.name}: method {r.method}, {r.dataset} ({len(split.y_train)} train / {len(split.y_test)} test), "
         f"T={r.T}, {r.epochs} epochs")
     res = run_recipe(r, split, max_batches=max_batches, device=device, log=log)
     log(f"test accuracy {res['accuracy']:.4f}, sparsity {res['sparsity']:.4f}")
     if out:
-        os.makedirs(out, exist_ok=True)
         torch.save({k: v.cpu() for k, v in res["masks"].items()}, os.path.join(out, "masks.pt"))
         torch.save(res["model"].state_dict(), os.path.join(out, "model.pt"))
         with open(os.path.join(out, "result.json"), "w") as f:
@@ -476,30 +507,56 @@ def run_prune(method: str, data_dir: Optional[str] = None, *, recipe: Optional[s
     return res
 
 
+def run_prune(method: str, data_dir: Optional[str] = None, *, recipe: Optional[str] = None,
+              dataset: Optional[str] = None, out: Optional[str] = None, max_batches: Optional[int] = None,
+              device: str = "cpu", log=print, **overrides) -> dict:
+    """Run `method` with its paper recipe (or `recipe`) on the data in `data_dir`; `dataset`
+    defaults to the recipe's ("digits" needs no directory). overrides: Recipe fields (epochs=...,
+    batch_size=..., T=..., seed=..., method_kw={...}). With `out`, writes masks.pt and result.json."""
+    r = resolve_recipe(method, recipe, dataset, **overrides)
+    split = load_data(r.dataset, data_dir)
+    return _train_and_save(r, split, out=out, max_batches=max_batches, device=device, log=log)
+
+
 def add_prune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of `snnsparse prune`."""
+    """Arguments of `snnsparse prune` (values checked while parsing, see snnsparse.cli)."""
+    from .cli import any_int, existing_dir, positive_float, positive_int, torch_device, writable_dir
     parser.add_argument("--method", required=True, choices=METHODS)
-    parser.add_argument("--data", default=None, help="dataset directory (MNIST IDX files or cifar-10-batches-py)")
-    parser.add_argument("--dataset", default=None, choices=("cifar10", "mnist", "digits"),
+    parser.add_argument("--data", default=None, type=existing_dir,
+                        help="dataset directory (MNIST IDX files or cifar-10-batches-py)")
+    parser.add_argument("--dataset", default=None, choices=DATASETS,
                         help="default: the recipe's; 'digits' is bundled with scikit-learn")
     parser.add_argument("--recipe", default=None, choices=sorted(RECIPES))
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--T", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--max-batches", type=int, default=None, help="cap batches per epoch (smoke runs)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=None, help="directory for masks.pt, model.pt, result.json")
+    parser.add_argument("--epochs", type=positive_int, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--lr", type=positive_float, default=None)
+    parser.add_argument("--T", type=positive_int, default=None)
+    parser.add_argument("--seed", type=any_int, default=None)
+    parser.add_argument("--max-batches", type=positive_int, default=None, help="cap batches per epoch (smoke runs)")
+    parser.add_argument("--device", type=torch_device, default="cpu")
+    parser.add_argument("--out", type=writable_dir, default=None,
+                        help="directory for masks.pt, model.pt, result.json")
     return parser
 
 
 def prune_main(args: argparse.Namespace) -> int:
-    run_prune(args.method, args.data, recipe=args.recipe, dataset=args.dataset, out=args.out,
-              max_batches=args.max_batches, device=args.device, epochs=args.epochs, batch_size=args.batch_size,
-              lr=args.lr, T=args.T, seed=args.seed)
+    """`snnsparse prune`: the recipe and the data are checked (UsageError, an argparse-style error)
+    before any training."""
+    from .cli import UsageError
+    try:
+        r = resolve_recipe(args.method, args.recipe, args.dataset, epochs=args.epochs,
+                           batch_size=args.batch_size, lr=args.lr, T=args.T, seed=args.seed)
+    except ValueError as e:
+        raise UsageError("--recipe" if args.recipe else "--method", e) from None
+    try:
+        split = load_data(r.dataset, args.data)
+    except (OSError, ValueError) as e:  # missing, unreadable or malformed dataset files
+        raise UsageError("--data", f"recipe {r.name!r} trains on {r.dataset}: {e}") from None
+    _train_and_save(r, split, out=args.out, max_batches=args.max_batches, device=args.device, log=print)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(prune_main(add_prune_args(argparse.ArgumentParser("snnsparse prune")).parse_args()))
+    from .cli import run_command
+    _parser = add_prune_args(argparse.ArgumentParser("snnsparse prune"))
+    raise SystemExit(run_command(_parser, prune_main, _parser.parse_args()))

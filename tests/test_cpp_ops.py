@@ -32,13 +32,17 @@ CONV_CASES = [  # (cin, cout, groups, k(h,w), stride, padding, dilation, hw)
 
 def _pack_linear(w, msk, fmt):
     from snnsparse.ops import linear as L
-    return list(L.pack(w, msk, fmt).tensors)
+    p = L.pack(w, msk, fmt)
+    assert p.format == fmt
+    return list(p.tensors)
 
 
 def _pack_conv(w, msk, groups, fmt):
     # stride 1 and widths 1 only let format 4 be forced; the tests ask for it where the call applies
     from snnsparse.ops import conv2d as CV
-    return list(CV.pack(w, msk, groups, fmt, stride=(1, 1), in_width=1, out_width=1).tensors)
+    p = CV.pack(w, msk, groups, fmt, stride=(1, 1), in_width=1, out_width=1)
+    assert p.format == fmt
+    return list(p.tensors)
 
 
 def _fmts(kind, groups=1):
@@ -70,8 +74,7 @@ def test_linear_grid(rng, rate, density, t):
         assert y.shape == (t, b_, m) and n == count
         assert_close64(y.reshape(-1, m), expect)
         for fmt in _fmts("linear"):
-            packed = _pack_linear(w, msk, fmt)
-            y2, n2 = OPS.spike_linear_fwd_packed(x, w, b, msk, packed, True, False)
+            y2, n2 = OPS.spike_linear_fwd_packed(x, w, b, msk, fmt, _pack_linear(w, msk, fmt), True, False)
             assert_close64(y2, expect, msg=f"format {fmt}")
             assert int(n2) == count
         y3, n3 = OPS.spike_linear_fwd(x, w, None, msk, True, False)
@@ -94,8 +97,8 @@ def test_conv_grid(rng, rate, density):
             assert n == count
             assert_close64(y.flatten(0, 1), expect)
             for fmt in _conv_fmts(g, st, wd, expect.shape[3]):
-                packed = _pack_conv(w, msk, g, fmt)
-                y2, n2 = OPS.spike_conv2d_fwd_packed(x, w, b, msk, packed, st2, pad2, dil2, g, True, False)
+                y2, n2 = OPS.spike_conv2d_fwd_packed(x, w, b, msk, fmt, _pack_conv(w, msk, g, fmt), st2, pad2, dil2, g,
+                                                     True, False)
                 assert_close64(y2, expect, msg=f"format {fmt}")
                 assert int(n2) == count
             y3, n3 = OPS.spike_conv2d_fwd(x, w, None, None, st2, pad2, dil2, g, True, False)
@@ -152,7 +155,7 @@ def test_gradcheck_linear_and_conv(rng):
     # cannot see it: pack inside the function (both formats) or use the core op (packs per call).
     for fmt in (1, 2):
         assert torch.autograd.gradcheck(
-            lambda w_, b_: OPS.spike_linear_fwd_packed(s, w_, b_, msk, _pack_linear(w_, msk, fmt), False, False)[0],
+            lambda w_, b_: OPS.spike_linear_fwd_packed(s, w_, b_, msk, fmt, _pack_linear(w_, msk, fmt), False, False)[0],
             (w, b))
     assert torch.autograd.gradcheck(lambda w_, b_: OPS.spike_linear_fwd(s, w_, b_, msk, False, False)[0], (w, b))
     x = spikes((2, 4, 6, 5), 0.4, rng, torch.float64)
@@ -161,7 +164,7 @@ def test_gradcheck_linear_and_conv(rng):
     mc = mask(wc.shape, 0.5, rng)
     for fmt in (1, 2):
         assert torch.autograd.gradcheck(
-            lambda w_, b_: OPS.spike_conv2d_fwd_packed(x, w_, b_, mc, _pack_conv(w_, mc, 2, fmt), [2, 1], [1, 1],
+            lambda w_, b_: OPS.spike_conv2d_fwd_packed(x, w_, b_, mc, fmt, _pack_conv(w_, mc, 2, fmt), [2, 1], [1, 1],
                                                        [1, 2], 2, False, False)[0], (wc, bc))
     assert torch.autograd.gradcheck(
         lambda w_, b_: OPS.spike_conv2d_fwd(x, w_, b_, mc, [1, 2], [1, 0], [1, 1], 2, False, False)[0], (wc, bc))
@@ -209,7 +212,7 @@ def test_lif_float32_and_grad_h(rng, sg):
     sc, vc, hc = ss.functional.lif_with_h(x, backend="cpp", surrogate=sg, return_h=True)
     sr, vr, hr = ss.functional.lif_with_h(x, backend="reference", surrogate=sg, return_h=True)
     assert torch.equal(sc, sr) and torch.equal(vc, vr) and torch.equal(hc, hr)
-    # A gradient flowing into h_seq (e.g. a criticality regulariser) reaches x through lif_bwd_h.
+    # A gradient flowing into h_seq (e.g. a criticality regulariser) reaches x through lif_bwd's grad_h.
     xc, xr = x.double().requires_grad_(), x.double().requires_grad_()
     outs = [ss.functional.lif_with_h(xx, backend=be, surrogate=sg, return_h=True) for xx, be in
             ((xc, "cpp"), (xr, "reference"))]
@@ -229,19 +232,19 @@ def test_lif_float32_and_grad_h(rng, sg):
 
 def test_lif_core_ops(rng):
     x, v0 = randn((3, 50), rng), randn((50,), rng)
-    s, v, h = OPS.lif_fwd(x, v0, 2.0, 1.0, 0.0, True, True)
+    s, v, h = OPS.lif_fwd(x, v0, 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True)
     sr, vr, hr = R.lif(x, v0, 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, return_h=True)
     assert torch.equal(s, sr) and torch.equal(v, vr) and torch.equal(h, hr)
-    assert OPS.lif_fwd(x, v0, 2.0, 1.0, None, False, False)[2].numel() == 0
+    assert OPS.lif_fwd(x, v0, 2.0, 1.0, None, False, False, "sigmoid", 4.0, False)[2].numel() == 0
     gs = torch.randn_like(s)
-    gx, gv0 = OPS.lif_bwd(gs, None, h, 2.0, 1.0, 0.0, True, False, "atan", 2.0)
+    gx, gv0 = OPS.lif_bwd(gs, None, None, h, 2.0, 1.0, 0.0, True, False, "atan", 2.0)
     xr, v0r = x.double().requires_grad_(), v0.double().requires_grad_()
     sr, _, _ = R.lif(xr, v0r, 2.0, 1.0, 0.0, True, False, "atan", 2.0)
     gxr, gv0r = torch.autograd.grad((sr * gs.double()).sum(), (xr, v0r))
     assert_close64(gx, gxr, rtol=1e-5, atol=1e-6)
     assert_close64(gv0, gv0r, rtol=1e-5, atol=1e-6)
     e = torch.empty(0, 7)
-    s, v, h = OPS.lif_fwd(e, torch.zeros(7), 2.0, 1.0, 0.0, True, True)
+    s, v, h = OPS.lif_fwd(e, torch.zeros(7), 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True)
     assert s.shape == (0, 7) and torch.equal(v, torch.zeros(7))
 
 
@@ -268,26 +271,27 @@ def _opcheck_samples():
     return [
         ("spike_linear_fwd", (rg(x), rg(w), rg(b), m, True, False)),
         ("spike_linear_fwd", (x, w, None, None, False, True)),
-        ("spike_linear_fwd_packed", (rg(x), rg(w), rg(b), m, _pack_linear(w, m, 1), True, False)),
-        ("spike_linear_fwd_packed", (rg(x), rg(w), None, m, _pack_linear(w, m, 2), False, True)),
+        ("spike_linear_fwd_packed", (rg(x), rg(w), rg(b), m, 1, _pack_linear(w, m, 1), True, False)),
+        ("spike_linear_fwd_packed", (rg(x), rg(w), None, m, 2, _pack_linear(w, m, 2), False, True)),
         ("spike_linear_bwd", (torch.randn(6, 5, dtype=torch.float64), x, w, m, True, True, False)),
         ("spike_linear_bwd", (torch.randn(6, 5, dtype=torch.float64), x, w, None, False, True, True)),
         ("spike_conv2d_fwd", (rg(xc), rg(wc), rg(bc), mc, *geo, True, False)),
-        ("spike_conv2d_fwd_packed", (rg(xc), rg(wc), rg(bc), mc, _pack_conv(wc, mc, 2, 1), *geo, True, False)),
-        ("spike_conv2d_fwd_packed", (rg(xc), rg(wc), None, mc, _pack_conv(wc, mc, 2, 2), *geo, False, True)),
-        ("spike_conv2d_fwd_packed", (rg(xc), rg(wc1), rg(bc[:3]), mc1, _pack_conv(wc1, mc1, 1, 3), *geo1, True, False)),
-        *([("spike_conv2d_fwd_packed", (rg(xc.float()), rg(wc1.float()), None, mc1,
+        ("spike_conv2d_fwd_packed", (rg(xc), rg(wc), rg(bc), mc, 1, _pack_conv(wc, mc, 2, 1), *geo, True, False)),
+        ("spike_conv2d_fwd_packed", (rg(xc), rg(wc), None, mc, 2, _pack_conv(wc, mc, 2, 2), *geo, False, True)),
+        ("spike_conv2d_fwd_packed", (rg(xc), rg(wc1), rg(bc[:3]), mc1, 3, _pack_conv(wc1, mc1, 1, 3), *geo1, True,
+                                     False)),
+        *([("spike_conv2d_fwd_packed", (rg(xc.float()), rg(wc1.float()), None, mc1, 4,
                                          _pack_conv(wc1.float(), mc1, 1, 4), *geo1, True, False))]
           if (C.cpu_isa() == "avx512") else []),
         ("spike_conv2d_bwd", (go, xc, wc, mc, *geo, True, True, False)),
         ("spike_conv2d_bwd", (go, xc, wc, None, *geo, True, False, False)),
-        ("lif_fwd", (rg(xs), rg(v0), 2.0, 1.0, 0.0, True, True)),
-        ("lif_fwd", (xs, v0, 2.0, 0.5, None, False, False)),
-        ("lif_fwd_sg", (rg(xs), rg(v0), 2.0, 1.0, None, True, True, "atan", 2.0)),
-        ("lif_fwd_sg", (rg(xs), rg(v0), 3.0, 0.5, 0.1, False, False, "erf", 2.0)),
-        ("lif_bwd", (torch.randn_like(h), torch.randn_like(v0), h, 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0)),
-        ("lif_bwd_h", (torch.randn_like(h), None, torch.randn_like(h), h, 2.0, 1.0, None, False, True,
-                       "piecewise_quadratic", 1.0)),
+        ("lif_fwd", (rg(xs), rg(v0), 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True)),
+        ("lif_fwd", (xs, v0, 2.0, 0.5, None, False, False, "sigmoid", 4.0, False)),
+        ("lif_fwd", (rg(xs), rg(v0), 2.0, 1.0, None, True, True, "atan", 2.0, True)),
+        ("lif_fwd", (rg(xs), rg(v0), 3.0, 0.5, 0.1, False, False, "erf", 2.0, True)),
+        ("lif_bwd", (torch.randn_like(h), torch.randn_like(v0), None, h, 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0)),
+        ("lif_bwd", (torch.randn_like(h), None, torch.randn_like(h), h, 2.0, 1.0, None, False, True,
+                     "piecewise_quadratic", 1.0)),
     ]
 
 
@@ -336,7 +340,7 @@ def test_bad_input_refused(rng):
     with pytest.raises(RuntimeError, match="bias must be"):
         OPS.spike_linear_fwd(x, w, torch.zeros(4), None, False, False)
     with pytest.raises(RuntimeError, match="packed"):
-        OPS.spike_linear_fwd_packed(x, w, None, None, [torch.zeros(3)], False, False)
+        OPS.spike_linear_fwd_packed(x, w, None, None, 1, [torch.zeros(3)], False, False)
     xc, wc = spikes((2, 4, 5, 5), 0.5, rng), randn((3, 4, 3, 3), rng)
     with pytest.raises(RuntimeError, match="channels"):
         OPS.spike_conv2d_fwd(xc, randn((3, 3, 3, 3), rng), None, None, [1, 1], [0, 0], [1, 1], 1, False, False)
@@ -345,11 +349,12 @@ def test_bad_input_refused(rng):
     with pytest.raises(TypeError, match="float32 or float64"):
         OPS.spike_conv2d_fwd(xc.bfloat16(), wc.bfloat16(), None, None, [1, 1], [0, 0], [1, 1], 1, False, False)
     with pytest.raises(TypeError):
-        OPS.lif_fwd(torch.zeros(2, 3, dtype=torch.int32), torch.zeros(3, dtype=torch.int32), 2.0, 1.0, 0.0, True, True)
+        OPS.lif_fwd(torch.zeros(2, 3, dtype=torch.int32), torch.zeros(3, dtype=torch.int32), 2.0, 1.0, 0.0, True, False,
+                    "sigmoid", 4.0, True)
     with pytest.raises(ValueError, match="tau"):
-        OPS.lif_fwd(torch.zeros(2, 3), torch.zeros(3), 0.5, 1.0, 0.0, True, True)
+        OPS.lif_fwd(torch.zeros(2, 3), torch.zeros(3), 0.5, 1.0, 0.0, True, False, "sigmoid", 4.0, True)
     with pytest.raises(ValueError, match="surrogate"):
-        OPS.lif_bwd(torch.zeros(2, 3), None, torch.zeros(2, 3), 2.0, 1.0, 0.0, True, False, "relu", 1.0)
+        OPS.lif_bwd(torch.zeros(2, 3), None, None, torch.zeros(2, 3), 2.0, 1.0, 0.0, True, False, "relu", 1.0)
     with pytest.raises(ValueError, match="binary"):
         ss.functional.spike_linear(x * 0.5, w, backend="cpp")
 

@@ -455,9 +455,9 @@ def test_gpu_edges_empty_and_zero():
     out = ss.functional.spike_linear(torch.zeros(3, 4, device=DEV), w, torch.ones(5, device=DEV), backend="cuda")
     assert torch.equal(out, torch.ones(3, 5, device=DEV))
     s, v, h = torch.ops.snnsparse.lif_fwd(torch.zeros(0, 6, device=DEV), torch.ones(6, device=DEV), 2.0, 1.0,
-                                          0.0, True, True)
+                                          0.0, True, False, "sigmoid", 4.0, True)
     assert s.shape == (0, 6) and h.shape == (0, 6) and torch.equal(v, torch.ones(6, device=DEV))
-    gx, gv0 = torch.ops.snnsparse.lif_bwd(torch.zeros(0, 6, device=DEV), torch.ones(6, device=DEV),
+    gx, gv0 = torch.ops.snnsparse.lif_bwd(torch.zeros(0, 6, device=DEV), torch.ones(6, device=DEV), None,
                                           torch.zeros(0, 6, device=DEV), 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0)
     assert gx.shape == (0, 6) and torch.equal(gv0, torch.ones(6, device=DEV))
     out = ss.functional.spike_conv2d(torch.ones(1, 2, 3, 3, device=DEV),
@@ -487,20 +487,21 @@ def test_gpu_argument_checks():
     w = torch.randn(5, 4, device=DEV)
     x = torch.ones(3, 4, device=DEV)
     with pytest.raises(errors, match="mask"):
-        torch.ops.snnsparse.spike_linear_fwd(x, w, None, torch.ones(5, 3, dtype=torch.bool, device=DEV), False)
+        torch.ops.snnsparse.spike_linear_fwd(x, w, None, torch.ones(5, 3, dtype=torch.bool, device=DEV), False,
+                                             False)
     with pytest.raises(errors, match="bias"):
-        torch.ops.snnsparse.spike_linear_fwd(x, w, torch.ones(4, device=DEV), None, False)
+        torch.ops.snnsparse.spike_linear_fwd(x, w, torch.ones(4, device=DEV), None, False, False)
     with pytest.raises(errors, match="spikes"):
-        torch.ops.snnsparse.spike_linear_fwd(x.half(), w, None, None, False)
+        torch.ops.snnsparse.spike_linear_fwd(x.half(), w, None, None, False, False)
     with pytest.raises(errors, match="channels|groups"):
         torch.ops.snnsparse.spike_conv2d_fwd(torch.ones(1, 3, 4, 4, device=DEV), torch.ones(4, 1, 1, 1, device=DEV),
-                                             None, None, [1, 1], [0, 0], [1, 1], 2, False)
+                                             None, None, [1, 1], [0, 0], [1, 1], 2, False, False)
     with pytest.raises(errors, match="surrogate"):
-        torch.ops.snnsparse.lif_bwd(torch.ones(2, 3, device=DEV), None, torch.ones(2, 3, device=DEV), 2.0, 1.0,
-                                    0.0, True, False, "nope", 1.0)
+        torch.ops.snnsparse.lif_bwd(torch.ones(2, 3, device=DEV), None, None, torch.ones(2, 3, device=DEV), 2.0,
+                                    1.0, 0.0, True, False, "nope", 1.0)
     with pytest.raises(errors, match="v0"):
         torch.ops.snnsparse.lif_fwd(torch.ones(2, 3, device=DEV), torch.ones(4, device=DEV), 2.0, 1.0, 0.0, True,
-                                    False)
+                                    False, "sigmoid", 4.0, False)
 
 
 @gpu
@@ -545,12 +546,13 @@ def _opcheck_cases(gen):
     h = _to(torch.randn((4, 10), generator=gen) + 1.0)
     ops = torch.ops.snnsparse
     return [
-        (ops.spike_linear_fwd.default, (x, w.requires_grad_(), b, m, True)),
+        (ops.spike_linear_fwd.default, (x, w.requires_grad_(), b, m, True, False)),
         (ops.spike_linear_bwd.default, (go, x, w.detach(), m, True, True, False)),
-        (ops.spike_conv2d_fwd.default, (xc, wc.requires_grad_(), None, mc, [2, 2], [1, 1], [1, 1], 2, True)),
+        (ops.spike_conv2d_fwd.default, (xc, wc.requires_grad_(), None, mc, [2, 2], [1, 1], [1, 1], 2, True, True)),
         (ops.spike_conv2d_bwd.default, (goc, xc, wc.detach(), mc, [2, 2], [1, 1], [1, 1], 2, True, True, True)),
-        (ops.lif_fwd.default, (xs, v0, 2.0, 1.0, 0.0, True, True)),
-        (ops.lif_bwd.default, (torch.ones_like(h), None, h, 2.0, 1.0, None, False, True, "atan", 2.0)),
+        (ops.lif_fwd.default, (xs, v0, 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True)),
+        (ops.lif_bwd.default, (torch.ones_like(h), None, torch.ones_like(h), h, 2.0, 1.0, None, False, True, "atan",
+                                 2.0)),
     ]
 
 

@@ -81,7 +81,7 @@ def test_device_mismatch_meta():
     (dict(v_threshold=float("inf")), "v_threshold must be a finite number"),
     (dict(v_reset=float("nan")), "v_reset must be a finite number or None"),
     (dict(surrogate="relu"), "surrogate must be one of"),
-    (dict(alpha=-1.0), "alpha must be a positive"),
+    (dict(alpha=-1.0), "lif: alpha must be a finite number > 0"),
     (dict(v0=torch.zeros(3)), r"v0 must have shape \(2, 5\)"),
     (dict(v0=torch.zeros(2, 5, dtype=torch.float64)), "v0 must match x_seq's dtype"),
 ])
@@ -109,3 +109,148 @@ def test_non_binary_error_type_is_the_same_on_every_backend(backend):
         F.spike_linear(s, torch.randn(2, 4), backend=backend)
     with pytest.raises(F.NonBinarySpikesError, match="spike_conv2d: spikes must be binary"):
         F.spike_conv2d(s.reshape(1, 1, 3, 4), torch.randn(2, 1, 2, 2), backend=backend)
+
+
+# -- lif: every argument's type, not only its value ---------------------------------------------------
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(decay_input="no"), TypeError, "lif: decay_input must be a bool"),      # a truthy str was True
+    (dict(detach_reset="yes"), TypeError, "lif: detach_reset must be a bool"),
+    (dict(detach_reset=1), TypeError, "lif: detach_reset must be a bool"),
+    (dict(tau=True), TypeError, "lif: tau must be a finite number"),              # bool is not 1.0
+    (dict(v_threshold=True), TypeError, "lif: v_threshold must be a finite number"),
+    (dict(v_threshold="1.0"), TypeError, "lif: v_threshold must be a finite number"),
+    (dict(v_reset=False), TypeError, "lif: v_reset must be a finite number or None"),
+    (dict(surrogate=["atan"]), TypeError, "lif: surrogate must be a name"),
+    (dict(alpha="4"), TypeError, "lif: alpha must be a finite number > 0"),
+    (dict(alpha=float("inf")), ValueError, "lif: alpha must be a finite number > 0"),
+])
+def test_lif_argument_types(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        F.lif(torch.randn(4, 2, 5), **kwargs)
+
+
+def test_lif_accepts_numpy_scalars_and_none():
+    np = pytest.importorskip("numpy")
+    s, v = F.lif(torch.randn(3, 2), tau=np.float32(2.0), v_threshold=np.float64(1.0), v_reset=None,
+                 decay_input=np.bool_(False), detach_reset=True, alpha=None)
+    assert s.shape == (3, 2) and v.shape == (2,)
+
+
+# -- pruners: NaN / inf / negative / wrongly typed hyperparameters, refused by the constructor ----------
+def _param():
+    return [torch.nn.Parameter(torch.ones(2, 3))]
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(lr=float("inf")), ValueError, "GradRewiring: lr must be a finite number >= 0, got inf"),
+    (dict(lr=float("nan")), ValueError, "GradRewiring: lr must be a finite number >= 0"),
+    (dict(lr=-1e-3), ValueError, "GradRewiring: lr must be a finite number >= 0"),
+    (dict(lr="1e-3"), TypeError, "GradRewiring: lr must be a finite number"),
+    (dict(lr=True), TypeError, "GradRewiring: lr must be a finite number"),
+    (dict(alpha=float("inf")), ValueError, "GradRewiring: alpha must be a finite number >= 0"),
+    (dict(eps=float("inf")), ValueError, "GradRewiring: eps must be a finite number >= 0, got inf"),
+    (dict(eps=float("nan")), ValueError, "GradRewiring: eps must be a finite number >= 0"),
+    (dict(betas=0.9), TypeError, "GradRewiring: betas must be a pair"),
+    (dict(betas=(0.9, 0.99, 0.999)), TypeError, "GradRewiring: betas must be a pair"),
+    (dict(betas=(float("nan"), 0.999)), ValueError, r"GradRewiring: betas\[0\] must be a finite number in \[0, 1\)"),
+    (dict(betas=(0.9, float("inf"))), ValueError, r"GradRewiring: betas\[1\]"),
+    (dict(target_sparsity=float("nan")), ValueError, "GradRewiring: target_sparsity must be a finite number"),
+    (dict(target_sparsity=float("inf")), ValueError, "GradRewiring: target_sparsity must be a finite number"),
+    (dict(target_sparsity=1.0), ValueError, r"GradRewiring: target_sparsity must be in \[0.5, 1\)"),
+])
+def test_gradrewiring_hyperparameters(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        ss.pruning.GradRewiring(_param(), **kwargs)
+
+
+def test_gradrewiring_param_group_overrides_are_checked():
+    with pytest.raises(ValueError, match="GradRewiring: lr must be a finite number >= 0, got inf"):
+        ss.pruning.GradRewiring([{"params": _param(), "lr": float("inf")}])
+    opt = ss.pruning.GradRewiring(_param())
+    with pytest.raises(ValueError, match="GradRewiring: eps"):
+        opt.add_param_group({"params": _param(), "eps": float("nan")})
+    good = ss.pruning.GradRewiring(_param(), lr=1, betas=[0.5, 0.9])
+    assert good.param_groups[0]["lr"] == 1.0 and good.param_groups[0]["betas"] == (0.5, 0.9)
+
+
+def _snn():
+    return torch.nn.Sequential(ss.nn.SpikeLinear(6, 5), ss.nn.LIF(), ss.nn.SpikeLinear(5, 3))
+
+
+@pytest.mark.parametrize("make,exc,match", [
+    (lambda: ss.pruning.LotteryTicket(_snn(), prune_fraction=float("nan")), ValueError, "prune_fraction"),
+    (lambda: ss.pruning.LotteryTicket(_snn(), zero_grad_hooks="no"), TypeError,
+     "LotteryTicket: zero_grad_hooks must be a bool"),
+    (lambda: ss.pruning.MultiPrizeTicket(_snn(), binarize="no"), TypeError,
+     "MultiPrizeTicket: binarize must be a bool"),
+    (lambda: ss.pruning.MultiPrizeTicket(_snn(), sparsity=float("inf")), ValueError, "sparsity"),
+    (lambda: ss.pruning.CriticalityPruner(_snn(), final_sparsity=float("nan")), ValueError, "final_sparsity"),
+    (lambda: ss.pruning.CriticalityPruner(_snn(), prune_every=True), TypeError,
+     "CriticalityPruner: prune_every must be an integer >= 1"),
+    (lambda: ss.pruning.CriticalityPruner(_snn(), prune_steps=2.0), TypeError,
+     "CriticalityPruner: prune_steps must be an integer >= 1"),
+    (lambda: ss.pruning.CriticalityPruner(_snn(), start_step=-1), ValueError,
+     "CriticalityPruner: start_step must be an integer >= 0"),
+    (lambda: ss.pruning.CriticalityPruner(_snn(), alpha=3.0), ValueError,
+     "alpha=3.0 needs surrogate"),                                    # was silently ignored
+    (lambda: ss.pruning.CriticalityPruner(_snn(), surrogate="atan", alpha=float("nan")), ValueError,
+     "alpha must be a finite number > 0"),
+    (lambda: ss.pruning.slimming_penalty(_snn(), lam=float("nan")), ValueError,
+     "slimming_penalty: lam must be a finite number >= 0"),
+    (lambda: ss.pruning.early_time_steps(lambda x, t: x, torch.zeros(2, 3), 5, lam=float("inf")), ValueError,
+     "early_time_steps: lam must be a finite number > 0"),
+    (lambda: ss.pruning.early_time_steps(lambda x, t: x, torch.zeros(2, 3), 5.0), TypeError,
+     "early_time_steps: T must be an integer >= 2"),
+])
+def test_other_pruners_hyperparameters(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(T=0), ValueError, "MultiSpSLT: T must be an integer >= 1, got 0"),          # NaN logits before
+    (dict(patch_size=0), ValueError, "MultiSpSLT: patch_size must be an integer >= 1"),  # ZeroDivisionError
+    (dict(T=2.5), TypeError, "MultiSpSLT: T must be an integer"),
+    (dict(img_size=0), ValueError, "MultiSpSLT: img_size"),
+    (dict(num_heads=0), ValueError, "MultiSpSLT: num_heads"),
+    (dict(embed_dim=-4), ValueError, "MultiSpSLT: embed_dim"),
+    (dict(depth=-1), ValueError, "MultiSpSLT: depth must be an integer >= 0"),
+    (dict(num_classes=0), ValueError, "MultiSpSLT: num_classes"),
+])
+def test_multisp_constructor(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        ss.pruning.MultiSpSLT(**kwargs)
+
+
+def test_multisp_refuses_zero_time_steps_in_the_input():
+    m = ss.pruning.MultiSpSLT()
+    with pytest.raises(ValueError, match=r"MultiSpSLT: input \[T, B, C, H, W\] needs T >= 1"):
+        m(torch.rand(0, 2, 1, 8, 8))
+    assert torch.isfinite(m(torch.rand(2, 1, 8, 8))).all()
+
+
+# -- recipes: the networks and the settings of `snnsparse prune` / run_prune -------------------------
+def test_spiking_net_time_steps():
+    from snnsparse import recipes
+    with pytest.raises(ValueError, match="SpikingNet: T must be an integer >= 1, got 0"):
+        recipes.digits_cnn(T=0)
+    net = recipes.digits_cnn(T=2)
+    with pytest.raises(ValueError, match="SpikingNet: T must be an integer >= 1, got 0"):
+        net(torch.rand(2, 1, 8, 8), 0)
+
+
+@pytest.mark.parametrize("field,value,exc", [
+    ("epochs", -1, ValueError), ("epochs", 0, ValueError), ("T", 0, ValueError), ("batch_size", 0, ValueError),
+    ("lr", float("nan"), ValueError), ("lr", 0.0, ValueError), ("weight_decay", -1.0, ValueError),
+    ("epochs", 2.5, TypeError), ("optimizer", "rmsprop", ValueError), ("loss", "l1", ValueError),
+])
+def test_recipe_fields_are_checked_before_training(monkeypatch, field, value, exc):
+    from snnsparse import recipes
+
+    def trained(*a, **k):
+        raise AssertionError("training started")
+    monkeypatch.setattr(recipes, "run_recipe", trained)
+    with pytest.raises(exc, match=f"recipe 'dense-digits': {field} must be"):
+        recipes.get_recipe("dense-digits", **{field: value})
+    with pytest.raises(exc, match=f"{field} must be"):
+        recipes.run_prune("dense", **{"dataset": "digits", "log": lambda s: None, field: value})

@@ -501,7 +501,7 @@ std::vector<at::Tensor> conv_pack(const at::Tensor& weight, const c10::optional<
     rowptr.slice(0, 1).copy_(m2.sum(1, false, at::kLong).cumsum(0));
     at::Tensor idx = m2.nonzero().select(1, 1).to(Cg * KK <= 32768 ? at::kShort : at::kInt).contiguous();
     at::Tensor val = weight.reshape({O, Cg * KK}).masked_select(m2).contiguous();
-    return {rowptr, idx, val, tapnnz, at::full({1}, 4, weight.options().dtype(at::kLong))};
+    return {rowptr, idx, val, tapnnz};
   }
   at::Tensor ms2 = ms.reshape({C, KK * Og});
   at::Tensor nz = ms2.nonzero();
@@ -514,25 +514,26 @@ std::vector<at::Tensor> conv_pack(const at::Tensor& weight, const c10::optional<
 
 std::tuple<at::Tensor, at::Tensor> conv_fwd_packed(const at::Tensor& spikes, const at::Tensor& weight,
                                                    const c10::optional<at::Tensor>& bias,
-                                                   const c10::optional<at::Tensor>& mask, at::TensorList packed,
-                                                   at::IntArrayRef stride, at::IntArrayRef padding,
-                                                   at::IntArrayRef dilation, int64_t groups, bool count,
-                                                   bool /*dense_weight_grad*/) {
+                                                   const c10::optional<at::Tensor>& mask, int64_t format,
+                                                   at::TensorList packed, at::IntArrayRef stride,
+                                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                                   bool count, bool /*dense_weight_grad*/) {
   const char* op = "snnsparse::spike_conv2d_fwd";
   check_conv_inputs(spikes, weight, bias, mask, op);
   const ConvGeom g = make_geom(spikes, weight, stride, padding, dilation, groups, op);
-  TORCH_CHECK(packed.size() >= 2 && packed.size() <= 5 && packed.size() != 3, op,
-              ": packed weight must have 2, 4 or 5 tensors");
+  TORCH_CHECK(format >= 1 && format <= 4 && packed.size() == ((format == 1 || format == 3) ? 2u : 4u), op,
+              ": packed weight of format 1 or 3 (dense) has 2 tensors, of format 2 or 4 (compressed) 4; got format ",
+              format, " with ", packed.size());
   at::Tensor x = spikes.contiguous();
   at::Tensor out = empty_output({g.N, g.O, g.Ho, g.Wo}, weight.options());
   at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const at::Tensor tapnnz = (packed.size() == 5 ? packed[3] : packed.back()).contiguous();
+  const at::Tensor tapnnz = packed.back().contiguous();
   TORCH_CHECK(tapnnz.scalar_type() == at::kLong && tapnnz.numel() == g.C * g.KK, op, ": bad packed tapnnz");
   int64_t nacc = 0;
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "spike_conv2d_fwd", [&] {
     const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
     if (g.N == 0) return;
-    if (packed.size() == 2 && packed[0].dim() == 4) {
+    if (format == 3) {
       const at::Tensor wq = packed[0].contiguous();
       TORCH_CHECK(g.G == 1 && g.C <= 65535 && wq.scalar_type() == weight.scalar_type() &&
                       wq.size(0) == (g.O + kCh - 1) / kCh && wq.size(1) == g.KK && wq.size(2) == g.C &&
@@ -540,13 +541,13 @@ std::tuple<at::Tensor, at::Tensor> conv_fwd_packed(const at::Tensor& spikes, con
                   op, ": bad packed blocked weights (groups must be 1)");
       nacc = conv_fwd_blocked<scalar_t>(g, x.data_ptr<scalar_t>(), wq.data_ptr<scalar_t>(), tapnnz.data_ptr<int64_t>(),
                                         bp, out.data_ptr<scalar_t>(), count);
-    } else if (packed.size() == 2) {
+    } else if (format == 1) {
       const at::Tensor wp = packed[0].contiguous();
       TORCH_CHECK(wp.scalar_type() == weight.scalar_type() && wp.numel() == g.C * g.KK * g.Og, op,
                   ": bad packed dense slabs");
       nacc = conv_fwd_dense<scalar_t>(g, x.data_ptr<scalar_t>(), wp.data_ptr<scalar_t>(), tapnnz.data_ptr<int64_t>(),
                                       bp, out.data_ptr<scalar_t>(), count);
-    } else if (packed.size() == 5) {
+    } else if (format == 4) {
       const at::Tensor rowptr = packed[0].contiguous(), idx = packed[1].contiguous(), val = packed[2].contiguous();
       TORCH_CHECK(rowptr.scalar_type() == at::kLong && rowptr.numel() == g.O + 1 &&
                       val.scalar_type() == weight.scalar_type() && idx.numel() == val.numel() &&
@@ -600,8 +601,10 @@ int64_t conv_auto_format(const at::Tensor& weight, const c10::optional<at::Tenso
   return outrows_ok(weight.scalar_type(), stride1, in_width, out_width) ? 4 : 2;
 }
 
-std::vector<at::Tensor> conv_pack_op(const at::Tensor& weight, const c10::optional<at::Tensor>& mask, int64_t groups,
-                                     at::IntArrayRef stride, int64_t in_width, int64_t out_width, int64_t format) {
+std::tuple<int64_t, std::vector<at::Tensor>> conv_pack_op(const at::Tensor& weight,
+                                                          const c10::optional<at::Tensor>& mask, int64_t groups,
+                                                          at::IntArrayRef stride, int64_t in_width, int64_t out_width,
+                                                          int64_t format) {
   const char* op = "snnsparse::spike_conv2d_pack";
   check_cpu(weight, op, "weight");
   check_float(weight, op, "weight");
@@ -617,7 +620,7 @@ std::vector<at::Tensor> conv_pack_op(const at::Tensor& weight, const c10::option
   TORCH_CHECK(format != 4 || outrows_ok(weight.scalar_type(), s1, in_width, out_width), op,
               ": format 4 (output-channel rows) needs float32, stride 1, widths <= 64 and a build with AVX-512 "
               "(cpu_isa() = ", cpu_isa_name(), ")");
-  return conv_pack(weight.contiguous(), mask, groups, format);
+  return {format, conv_pack(weight.contiguous(), mask, groups, format)};
 }
 
 // Core op: packs per call, so it can never serve a packing of other weights (no cache anywhere).
@@ -629,8 +632,8 @@ std::tuple<at::Tensor, at::Tensor> conv_fwd(const at::Tensor& spikes, const at::
   const char* op = "snnsparse::spike_conv2d_fwd";
   check_conv_inputs(spikes, weight, bias, mask, op);
   const ConvGeom g = make_geom(spikes, weight, stride, padding, dilation, groups, op);
-  auto packed = conv_pack_op(weight, mask, groups, stride, g.W, g.Wo, 0);
-  return conv_fwd_packed(spikes, weight, bias, mask, packed, stride, padding, dilation, groups, count,
+  auto [format, packed] = conv_pack_op(weight, mask, groups, stride, g.W, g.Wo, 0);
+  return conv_fwd_packed(spikes, weight, bias, mask, format, packed, stride, padding, dilation, groups, count,
                          dense_weight_grad);
 }
 

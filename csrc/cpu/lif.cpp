@@ -192,8 +192,11 @@ void lif_bwd_kernel(const T* gs, const T* gvl, const T* gh, const T* hs, T* gx, 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd(const at::Tensor& x_seq, const at::Tensor& v0, double tau,
                                                        double v_threshold, c10::optional<double> v_reset,
-                                                       bool decay_input, bool save_h) {
+                                                       bool decay_input, bool detach_reset,
+                                                       c10::string_view surrogate, double alpha, bool save_h) {
   const char* op = "snnsparse::lif_fwd";
+  parse_surrogate(std::string(surrogate));  // refused here, not first at backward
+  (void)detach_reset, (void)alpha;          // read by the autograd (backward) only
   check_lif(x_seq, v0, op);
   TORCH_CHECK_VALUE(tau > 1.0, op, ": tau must be > 1, got ", tau);
   const int64_t Tn = x_seq.size(0), N = x_seq.size(1);
@@ -227,7 +230,7 @@ auto run = [&](auto d, auto hd, auto sv) {
   return {s, vlast, h};
 }
 
-std::tuple<at::Tensor, at::Tensor> lif_bwd_h(const at::Tensor& grad_spikes, const c10::optional<at::Tensor>& grad_v_last,
+std::tuple<at::Tensor, at::Tensor> lif_bwd(const at::Tensor& grad_spikes, const c10::optional<at::Tensor>& grad_v_last,
                                              const c10::optional<at::Tensor>& grad_h, const at::Tensor& h_seq, double tau,
                                              double v_threshold, c10::optional<double> v_reset, bool decay_input,
                                              bool detach_reset, c10::string_view surrogate, double alpha) {
@@ -287,29 +290,10 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_h(const at::Tensor& grad_spikes, cons
   return {gx, gv0};
 }
 
-std::tuple<at::Tensor, at::Tensor> lif_bwd(const at::Tensor& grad_spikes, const c10::optional<at::Tensor>& grad_v_last,
-                                           const at::Tensor& h_seq, double tau, double v_threshold,
-                                           c10::optional<double> v_reset, bool decay_input, bool detach_reset,
-                                           c10::string_view surrogate, double alpha) {
-  return lif_bwd_h(grad_spikes, grad_v_last, c10::nullopt, h_seq, tau, v_threshold, v_reset, decay_input,
-                   detach_reset, surrogate, alpha);
-}
-
-// lif_fwd that also carries the surrogate (for autograd); always returns h_seq.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_sg(const at::Tensor& x_seq, const at::Tensor& v0, double tau,
-                                                          double v_threshold, c10::optional<double> v_reset,
-                                                          bool decay_input, bool detach_reset,
-                                                          c10::string_view surrogate, double alpha) {
-  parse_surrogate(std::string(surrogate));
-  return lif_fwd(x_seq, v0, tau, v_threshold, v_reset, decay_input, true);
-}
-
 }  // namespace cpu
 }  // namespace snnsparse
 
 TORCH_LIBRARY_IMPL(snnsparse, CPU, m) {
   m.impl("lif_fwd", &snnsparse::cpu::lif_fwd);
   m.impl("lif_bwd", &snnsparse::cpu::lif_bwd);
-  m.impl("lif_fwd_sg", &snnsparse::cpu::lif_fwd_sg);
-  m.impl("lif_bwd_h", &snnsparse::cpu::lif_bwd_h);
 }

@@ -242,12 +242,14 @@ std::vector<at::Tensor> linear_pack(const at::Tensor& weight, const c10::optiona
 
 std::tuple<at::Tensor, at::Tensor> linear_fwd_packed(const at::Tensor& spikes, const at::Tensor& weight,
                                                      const c10::optional<at::Tensor>& bias,
-                                                     const c10::optional<at::Tensor>& mask,
+                                                     const c10::optional<at::Tensor>& mask, int64_t format,
                                                      at::TensorList packed, bool count, bool /*dense_weight_grad*/) {
   const char* op = "snnsparse::spike_linear_fwd";
   check_linear_inputs(spikes, weight, bias, mask, op);
   const int64_t N = spikes.size(0), K = weight.size(1), M = weight.size(0);
-  TORCH_CHECK(packed.size() == 2 || packed.size() == 4, op, ": packed weight must have 2 or 4 tensors");
+  TORCH_CHECK((format == 1 && packed.size() == 2) || (format == 2 && packed.size() == 4), op,
+              ": packed weight of format 1 (dense rows) has 2 tensors, of format 2 (compressed rows) 4; got format ",
+              format, " with ", packed.size());
   at::Tensor x = spikes.contiguous();
   at::Tensor out = empty_output({N, M}, weight.options());
   at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
@@ -258,7 +260,7 @@ std::tuple<at::Tensor, at::Tensor> linear_fwd_packed(const at::Tensor& spikes, c
     std::vector<uint64_t> xb = column_bits(x.data_ptr<scalar_t>(), N, K);
     const at::Tensor& colnnz = packed.back();
     TORCH_CHECK(colnnz.numel() == K && colnnz.scalar_type() == at::kLong, op, ": bad packed colnnz");
-    if (packed.size() == 2) {
+    if (format == 1) {
       const at::Tensor wt = packed[0].contiguous();
       TORCH_CHECK(wt.scalar_type() == weight.scalar_type() && wt.dim() == 2 && wt.size(0) == K && wt.size(1) == M,
                   op, ": packed dense rows must be [K, M] of the weight's dtype");
@@ -289,8 +291,8 @@ std::tuple<at::Tensor, at::Tensor> linear_fwd_packed(const at::Tensor& spikes, c
 constexpr double kLinearDenseMin = 0.5;
 
 // spike_linear_pack: format 0 picks by density.
-std::vector<at::Tensor> linear_pack_op(const at::Tensor& weight, const c10::optional<at::Tensor>& mask,
-                                       int64_t format) {
+std::tuple<int64_t, std::vector<at::Tensor>> linear_pack_op(const at::Tensor& weight,
+                                                            const c10::optional<at::Tensor>& mask, int64_t format) {
   const char* op = "snnsparse::spike_linear_pack";
   check_cpu(weight, op, "weight");
   check_float(weight, op, "weight");
@@ -299,7 +301,7 @@ std::vector<at::Tensor> linear_pack_op(const at::Tensor& weight, const c10::opti
   TORCH_CHECK(format >= 0 && format <= 2, op, ": format must be 0 (auto), 1 (dense rows) or 2 (compressed rows), got ",
               format);
   if (format == 0) format = mask_density(mask) >= kLinearDenseMin ? 1 : 2;
-  return linear_pack(weight.contiguous(), mask, format);
+  return {format, linear_pack(weight.contiguous(), mask, format)};
 }
 
 // Core op: packs per call, so it can never serve a packing of other weights (no cache anywhere).
@@ -308,8 +310,8 @@ std::tuple<at::Tensor, at::Tensor> linear_fwd(const at::Tensor& spikes, const at
                                               const c10::optional<at::Tensor>& mask, bool count,
                                               bool dense_weight_grad) {
   check_linear_inputs(spikes, weight, bias, mask, "snnsparse::spike_linear_fwd");
-  auto packed = linear_pack_op(weight, mask, 0);
-  return linear_fwd_packed(spikes, weight, bias, mask, packed, count, dense_weight_grad);
+  auto [format, packed] = linear_pack_op(weight, mask, 0);
+  return linear_fwd_packed(spikes, weight, bias, mask, format, packed, count, dense_weight_grad);
 }
 
 std::tuple<at::Tensor, at::Tensor> linear_bwd(const at::Tensor& grad_out, const at::Tensor& spikes,

@@ -61,8 +61,11 @@ int64_t blocks_for(int64_t n) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cuda(const at::Tensor& x_in, const at::Tensor& v0_in, double tau,
                                                             double v_threshold, std::optional<double> v_reset,
-                                                            bool decay_input, bool save_h) {
+                                                            bool decay_input, bool detach_reset,
+                                                            c10::string_view surrogate, double alpha, bool save_h) {
   const char* op = "lif_fwd";
+  surrogate_id(surrogate);         // refused here, not first at backward
+  (void)detach_reset, (void)alpha;  // read by the autograd (backward) only
   check_seq(op, x_in, "x_seq");
   check_state(op, v0_in, "v0", x_in);
   const LifParams p = make_params(op, x_in, tau, v_threshold, v_reset, decay_input, false, 0, 1.0);
@@ -84,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cuda(const at::Tensor& x_
   return {spikes, v_last, h_seq};
 }
 
-std::tuple<at::Tensor, at::Tensor> lif_bwd_h_cuda(const at::Tensor& grad_spikes_in,
+std::tuple<at::Tensor, at::Tensor> lif_bwd_cuda(const at::Tensor& grad_spikes_in,
                                                   const std::optional<at::Tensor>& grad_v_last_in,
                                                   const std::optional<at::Tensor>& grad_h_in, const at::Tensor& h_in,
                                                   double tau, double v_threshold, std::optional<double> v_reset,
@@ -132,24 +135,6 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_h_cuda(const at::Tensor& grad_spikes_
   return {grad_x, grad_v0};
 }
 
-std::tuple<at::Tensor, at::Tensor> lif_bwd_cuda(const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
-                                                const at::Tensor& h_seq, double tau, double v_threshold,
-                                                std::optional<double> v_reset, bool decay_input, bool detach_reset,
-                                                c10::string_view surrogate, double alpha) {
-  return lif_bwd_h_cuda(grad_spikes, grad_v_last, std::nullopt, h_seq, tau, v_threshold, v_reset, decay_input,
-                        detach_reset, surrogate, alpha);
-}
-
-// lif_fwd that carries the surrogate for autograd (schema added by the cpp backend); h_seq always saved.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_sg_cuda(const at::Tensor& x_seq, const at::Tensor& v0,
-                                                               double tau, double v_threshold,
-                                                               std::optional<double> v_reset, bool decay_input,
-                                                               bool detach_reset, c10::string_view surrogate,
-                                                               double alpha) {
-  surrogate_id(surrogate);
-  return lif_fwd_cuda(x_seq, v0, tau, v_threshold, v_reset, decay_input, /*save_h=*/true);
-}
-
 }  // namespace
 }  // namespace cuda
 }  // namespace snnsparse
@@ -157,12 +142,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_sg_cuda(const at::Tensor&
 TORCH_LIBRARY_IMPL(snnsparse, CUDA, m) {
   m.impl("lif_fwd", &snnsparse::cuda::lif_fwd_cuda);
   m.impl("lif_bwd", &snnsparse::cuda::lif_bwd_cuda);
-}
-
-// Ops that the cpp backend's schema block adds (csrc/registration.cpp) and that its autograd
-// path (snnsparse/ops/cpp.py, reused for CUDA tensors) calls. (An impl of an op whose schema is
-// never declared is inert: the dispatcher keeps it under the name and nothing can call it.)
-TORCH_LIBRARY_IMPL(snnsparse, CUDA, m) {
-  m.impl("lif_fwd_sg", &snnsparse::cuda::lif_fwd_sg_cuda);
-  m.impl("lif_bwd_h", &snnsparse::cuda::lif_bwd_h_cuda);
 }

@@ -16,8 +16,14 @@ def _dir(root: str) -> str:
 
 
 def _batch(path: str):
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError,
+            ValueError) as e:  # what unpickling a file that is not a pickle (or a truncated one) raises
+        raise ValueError(f"{path}: not a CIFAR-10 batch ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: not a CIFAR-10 batch (holds a {type(d).__name__}, not a dict)")
     data = d.get(b"data", d.get("data"))
     labels = d.get(b"labels", d.get("labels"))
     if data is None or labels is None:
@@ -25,7 +31,10 @@ def _batch(path: str):
     data = np.asarray(data, dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise ValueError(f"{path}: data must be [N, 3072] with N labels, got {data.shape} and {len(labels)}")
-    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() > 9):  # would fail mid-training in the loss
+        raise ValueError(f"{path}: CIFAR-10 labels must be 0..9, found {labels.min()}..{labels.max()}")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def load_cifar10(root: str) -> Split:

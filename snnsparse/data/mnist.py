@@ -25,13 +25,18 @@ def _find(root: str, base: str) -> str:
 def read_idx(path: str) -> np.ndarray:
     """An IDX file (unsigned-byte data) as a numpy array; ValueError on a malformed header."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (gzip.BadGzipFile, EOFError) as e:  # a corrupt or truncated .gz
+        raise ValueError(f"{path}: not a readable gzip file ({e})") from None
     if len(data) < 4:
         raise ValueError(f"{path}: too short for an IDX header")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: too short for an IDX header of {ndim} dimensions")
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -47,6 +52,9 @@ def load_mnist(root: str) -> Split:
                 len(arr[f"{part}_images"]) != len(arr[f"{part}_labels"]):
             raise ValueError(f"MNIST {part}: images {arr[f'{part}_images'].shape} and labels "
                              f"{arr[f'{part}_labels'].shape} do not match")
+        labels = arr[f"{part}_labels"]
+        if labels.size and labels.max() > 9:  # would fail mid-training in the loss
+            raise ValueError(f"MNIST {part}: labels must be 0..9, found {labels.max()}")
 
     def img(a):
         return torch.from_numpy(a.copy()).float().div_(255.0).unsqueeze(1)

@@ -18,15 +18,19 @@ import torch.nn as nn
 from .constants import PRESETS
 from .counter import count
 
+DEFAULT_PLOT = "energy.png"
+
 
 def demo_model(*, density: float = 0.5, t: int = 4, batch: int = 2, image_size: int = 16,
                seed: int = 0) -> Tuple[nn.Module, torch.Tensor]:
     """(model, inputs): a small spiking CNN of snnsparse layers with random masks of `density`
     (the encoding conv stays dense) and a batch of random images [B, 1, H, W], repeated T times
     inside the model (direct encoding: the first conv sees pixels and is counted as MACs)."""
+    from ..functional import check_int, check_real
     from ..models import SpikingCNN
-    if not 0.0 <= density <= 1.0:
-        raise ValueError(f"demo density must be in [0, 1], got {density}")
+    density = check_real(density, "density", lo=0, hi=1, where="demo_model")
+    for name, value in (("t", t), ("batch", batch), ("image_size", image_size)):
+        check_int(value, name, lo=1, where="demo_model")
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -56,74 +60,104 @@ def _shape(text: str):
 
 
 def add_energy_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of `snnsparse energy`."""
-    parser.add_argument("model", nargs="?", default=None,
+    """Arguments of `snnsparse energy` (values checked while parsing, see snnsparse.cli)."""
+    from ..cli import (any_int, backend_name, existing_file, nonnegative_float, positive_int, probability,
+                       writable_file)
+    parser.add_argument("model", nargs="?", default=None, type=existing_file,
                         help="a whole model saved with torch.save(model, path) (trusted files only: it is "
                              "unpickled); default: a small built-in demo spiking CNN")
-    parser.add_argument("--input-shape", type=_shape, default=None, metavar="T,B,C,H,W",
-                        help="shape of a random input for MODEL (time-major [T,B,...] or whatever the model "
-                             "takes); uniform [0,1) pixels unless --spike-rate is given")
-    parser.add_argument("--input", default=None, metavar="PATH", help="a tensor saved with torch.save to use as input")
-    parser.add_argument("--spike-rate", type=float, default=None, metavar="P",
+    given = parser.add_mutually_exclusive_group()  # one input: neither is silently ignored
+    given.add_argument("--input-shape", type=_shape, default=None, metavar="T,B,C,H,W",
+                       help="shape of a random input for MODEL (time-major [T,B,...] or whatever the model "
+                            "takes); uniform [0,1) pixels unless --spike-rate is given")
+    given.add_argument("--input", default=None, metavar="PATH", type=existing_file,
+                       help="a tensor saved with torch.save to use as input")
+    parser.add_argument("--spike-rate", type=probability, default=None, metavar="P",
                         help="make the random input binary spikes with P(1) = P instead of pixels")
-    parser.add_argument("--timesteps", type=int, default=None, metavar="T",
+    parser.add_argument("--timesteps", type=positive_int, default=None, metavar="T",
                         help="T for the ANN-equivalent energy (default: inferred from the model's time-major data)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fp32",
                         help="energy per operation, Horowitz ISSCC 2014: fp32 (AC 0.9, MAC 4.6 pJ), "
                              "fp16 (0.4 / 1.5), int8 (0.03 / 0.23)")
-    parser.add_argument("--e-ac", type=float, default=None, metavar="PJ", help="energy of one accumulate (pJ)")
-    parser.add_argument("--e-mac", type=float, default=None, metavar="PJ", help="energy of one MAC (pJ)")
+    parser.add_argument("--e-ac", type=nonnegative_float, default=None, metavar="PJ",
+                        help="energy of one accumulate (pJ)")
+    parser.add_argument("--e-mac", type=nonnegative_float, default=None, metavar="PJ", help="energy of one MAC (pJ)")
     parser.add_argument("--ann", choices=("dense", "masked"), default="dense",
                         help="ANN equivalent: the unpruned layers (dense) or the same pruned weights (masked)")
-    parser.add_argument("--backend", default=None, help="snnsparse backend for the run (default: auto)")
-    parser.add_argument("--density", type=float, default=0.5, help="mask density of the demo model (default 0.5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the demo model and random inputs")
-    parser.add_argument("--plot", default="energy.png", metavar="PNG", help="bar chart path (default energy.png)")
+    parser.add_argument("--backend", type=backend_name, default=None,
+                        help="snnsparse backend for the run (default: auto)")
+    parser.add_argument("--density", type=probability, default=0.5,
+                        help="mask density of the demo model (default 0.5)")
+    parser.add_argument("--seed", type=any_int, default=0, help="seed of the demo model and random inputs")
+    # default None, not "energy.png": argparse would check a string default even under --no-plot
+    parser.add_argument("--plot", type=writable_file, default=None, metavar="PNG",
+                        help=f"bar chart path (default {DEFAULT_PLOT})")
     parser.add_argument("--no-plot", action="store_true", help="do not write the bar chart")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
+    parser.add_argument("--json", type=writable_file, default=None, metavar="PATH",
+                        help="also write the report as JSON")
     parser.add_argument("--exact", action="store_true", help="print exact counts instead of k/M/G")
     return parser
 
 
 def _load_model(path: str) -> nn.Module:
+    from ..cli import UsageError
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise SystemExit(f"snnsparse energy: no such file: {path}")
     except Exception as e:  # unpickling needs the model's classes importable under their saved names
-        raise SystemExit(f"snnsparse energy: could not load a model from {path}: {type(e).__name__}: {e}")
+        raise UsageError("model", f"could not load a model from {path}: {type(e).__name__}: {e}") from None
     if isinstance(obj, torch.jit.ScriptModule):
-        raise SystemExit(f"snnsparse energy: {path} is a TorchScript module; forward hooks need an eager "
-                         "model saved with torch.save(model, path)")
+        raise UsageError("model", f"{path} is a TorchScript module; forward hooks need an eager model saved "
+                         "with torch.save(model, path)")
     if isinstance(obj, dict):
-        raise SystemExit(f"snnsparse energy: {path} holds a dict (a state_dict?), not a model; save the whole "
-                         "model with torch.save(model, path), or build it in Python and call ss.energy.count")
+        raise UsageError("model", f"{path} holds a dict (a state_dict?), not a model; save the whole model with "
+                         "torch.save(model, path), or build it in Python and call ss.energy.count")
     if not isinstance(obj, nn.Module):
-        raise SystemExit(f"snnsparse energy: {path} holds a {type(obj).__name__}, not a torch.nn.Module")
+        raise UsageError("model", f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
     return obj
 
 
+def _load_input(path: str) -> torch.Tensor:
+    from ..cli import UsageError
+    try:
+        x = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch.save file, or one holding more than tensors
+        raise UsageError("--input", f"could not load a tensor from {path}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(x, torch.Tensor):
+        raise UsageError("--input", f"{path} holds a {type(x).__name__}, not a tensor")
+    return x
+
+
 def energy_main(args: argparse.Namespace) -> int:
-    """Print the per-layer energy table, write the PNG chart (and JSON); returns the exit status."""
+    """Print the per-layer energy table, write the PNG chart (and JSON); returns the exit status.
+    Bad arguments raise snnsparse.cli.UsageError before any counting."""
+    from ..cli import UsageError, writable_file
+    plot_path = args.plot or DEFAULT_PLOT
+    if not args.no_plot and args.plot is None:
+        try:
+            writable_file(plot_path)
+        except argparse.ArgumentTypeError as e:
+            raise UsageError("--plot", e) from None
+    if args.model is not None and args.input is None and args.input_shape is None:
+        raise UsageError("--input-shape", "a model file needs --input-shape T,B,C,H,W (or --input tensor.pt)")
+    if args.spike_rate is not None and args.input_shape is None:  # else it would be silently ignored
+        raise UsageError("--spike-rate", "makes the random input of --input-shape; give --input-shape too")
+    x = _load_input(args.input) if args.input is not None else None
     gen = torch.Generator().manual_seed(args.seed)
     if args.model is None:
-        model, x = demo_model(density=args.density, seed=args.seed)
+        model, demo_x = demo_model(density=args.density, seed=args.seed)
         source = f"built-in demo spiking CNN (mask density {args.density}, seed {args.seed})"
     else:
         model = _load_model(args.model)
         source = args.model
-        x = None
-    if args.input is not None:
-        x = torch.load(args.input, map_location="cpu", weights_only=True)
-    elif args.input_shape is not None:
-        if args.spike_rate is not None:
-            if not 0.0 <= args.spike_rate <= 1.0:
-                raise SystemExit(f"snnsparse energy: --spike-rate must be in [0, 1], got {args.spike_rate}")
-            x = (torch.rand(args.input_shape, generator=gen) < args.spike_rate).float()
-        else:
-            x = torch.rand(args.input_shape, generator=gen)
+        demo_x = None
     if x is None:
-        raise SystemExit("snnsparse energy: give --input-shape T,B,C,H,W (or --input tensor.pt) for the model")
+        if args.input_shape is not None:
+            x = torch.rand(args.input_shape, generator=gen)
+            if args.spike_rate is not None:
+                x = (x < args.spike_rate).float()
+        else:
+            x = demo_x
     try:
         report = count(model, x, preset=args.preset, e_ac=args.e_ac, e_mac=args.e_mac, timesteps=args.timesteps,
                        ann=args.ann, backend=args.backend)
@@ -133,8 +167,8 @@ def energy_main(args: argparse.Namespace) -> int:
     print(report.table(exact=args.exact))
     if not args.no_plot:
         try:
-            report.plot(args.plot, title=f"snnsparse energy: {source}")
-            print(f"bar chart: {args.plot}")
+            report.plot(plot_path, title=f"snnsparse energy: {source}")
+            print(f"bar chart: {plot_path}")
         except ImportError as e:
             print(f"no bar chart ({e}); install matplotlib", file=sys.stderr)
     if args.json:
@@ -145,6 +179,7 @@ def energy_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list] = None) -> int:
+    from ..cli import run_command
     parser = argparse.ArgumentParser(prog="python -m snnsparse.energy", description=__doc__.splitlines()[0])
     add_energy_args(parser)
-    return energy_main(parser.parse_args(argv))
+    return run_command(parser, energy_main, parser.parse_args(argv))

@@ -30,11 +30,13 @@ class LIF(nn.Module):
         check_backend_name(backend, "LIF", dense=False)
         self.step_mode = step_mode
         stateful = stateful or step_mode == "s"
-        self.tau, self.v_threshold, self.v_reset = float(tau), float(v_threshold), v_reset
         self.decay_input, self.detach_reset = decay_input, detach_reset
         self.surrogate, self.alpha = surrogate, alpha
         self.backend, self.stateful, self.record_h = backend, stateful, record_h
-        SF._lif_args(torch.zeros(1), None, self.tau, self.v_threshold, v_reset, surrogate, alpha)
+        # Every argument checked here, in the constructor, with the messages of ss.functional.lif.
+        tau, v_threshold, v_reset, _, _ = SF._lif_args(torch.zeros(1), None, tau, v_threshold, v_reset, surrogate,
+                                                       alpha, decay_input, detach_reset)
+        self.tau, self.v_threshold, self.v_reset = tau, v_threshold, v_reset
         self.v: Optional[torch.Tensor] = None
         self.h_seq: Optional[torch.Tensor] = None
 

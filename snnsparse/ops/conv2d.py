@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .linear import _nacc_fake, save_spike_ctx, spike_backward
+from .linear import _nacc_fake, register_spike_op, save_spike_ctx, spike_backward
 from .packed import PackedWeight
 
 OPS = torch.ops.snnsparse
@@ -28,7 +28,7 @@ def _fwd_fake(spikes, weight, bias, mask, stride, padding, dilation, groups, cou
     return spikes.new_empty((spikes.shape[0], weight.shape[0], ho, wo)), _nacc_fake(spikes)
 
 
-def _fwd_packed_fake(spikes, weight, bias, mask, packed, stride, padding, dilation, groups, count,
+def _fwd_packed_fake(spikes, weight, bias, mask, fmt, packed, stride, padding, dilation, groups, count,
                      dense_weight_grad):
     return _fwd_fake(spikes, weight, bias, mask, stride, padding, dilation, groups, count, dense_weight_grad)
 
@@ -46,41 +46,39 @@ def _setup(ctx, inputs, output):
 
 
 def _setup_packed(ctx, inputs, output):
-    save_spike_ctx(ctx, inputs, inputs[10])
-    ctx.geom = tuple(inputs[5:9])
-    ctx.npacked = len(inputs[4])
+    save_spike_ctx(ctx, inputs, inputs[11])
+    ctx.geom = tuple(inputs[6:10])
+    ctx.npacked = len(inputs[5])
 
 
-def _grads(ctx, grad_out):
-    stride, padding, dilation, groups = ctx.geom
+def _backward_for(ns: str, packed: bool):
+    """The one backward body of spike_conv2d, for the ops of namespace `ns` (its own bwd kernel)."""
+    def backward(ctx, grad_out, _grad_n):
+        stride, padding, dilation, groups = ctx.geom
 
-    def bwd(g, s, w, m, nx, nw, dwg):
-        return OPS.spike_conv2d_bwd(g, s, w, m, stride, padding, dilation, groups, nx, nw, dwg)
+        def bwd(g, s, w, m, nx, nw, dwg):
+            return getattr(torch.ops, ns).spike_conv2d_bwd(g, s, w, m, stride, padding, dilation, groups, nx, nw,
+                                                           dwg)
 
-    return spike_backward(ctx, grad_out, bwd, (0, 2, 3))
-
-
-def _backward(ctx, grad_out, _grad_n):
-    return _grads(ctx, grad_out) + (None,) * 7  # mask, stride, padding, dilation, groups, count, dwg
-
-
-def _backward_packed(ctx, grad_out, _grad_n):
-    return _grads(ctx, grad_out) + (None, [None] * ctx.npacked) + (None,) * 6
-
-
-def register(lib=torch.library):
-    """Fake kernels and autograd of the spike_conv2d ops (called once by snnsparse.ops.registry)."""
-    lib.register_fake("snnsparse::spike_conv2d_fwd", _fwd_fake)
-    lib.register_fake("snnsparse::spike_conv2d_fwd_packed", _fwd_packed_fake)
-    lib.register_fake("snnsparse::spike_conv2d_bwd", _bwd_fake)
-    lib.register_autograd("snnsparse::spike_conv2d_fwd", _backward, setup_context=_setup)
-    lib.register_autograd("snnsparse::spike_conv2d_fwd_packed", _backward_packed, setup_context=_setup_packed)
+        grads = spike_backward(ctx, grad_out, bwd, (0, 2, 3))
+        if packed:  # mask, format, packed, stride, padding, dilation, groups, count, dwg
+            return grads + (None, None, [None] * ctx.npacked) + (None,) * 6
+        return grads + (None,) * 7  # mask, stride, padding, dilation, groups, count, dwg
+    return backward
 
 
-def forward(x, weight, bias, mask, stride, padding, dilation, groups, *, count=False, dense_weight_grad=False):
-    """out [N, Cout, Ho, Wo], n_acc (0-dim int64, or None unless count) on the device's kernel."""
-    out, n = OPS.spike_conv2d_fwd(x, weight, bias, mask, list(stride), list(padding), list(dilation), int(groups),
-                                  bool(count), bool(dense_weight_grad))
+def register(ns: str = "snnsparse"):
+    """Fake kernels and autograd of the spike_conv2d ops of namespace `ns` (see ops.linear.register)."""
+    register_spike_op("spike_conv2d", ns, (_fwd_fake, _bwd_fake, _fwd_packed_fake), _backward_for,
+                      (_setup, _setup_packed))
+
+
+def forward(x, weight, bias, mask, stride, padding, dilation, groups, *, count=False, dense_weight_grad=False,
+            ns: str = "snnsparse"):
+    """out [N, Cout, Ho, Wo], n_acc (0-dim int64, or None unless count) on the kernels of namespace `ns`."""
+    out, n = getattr(torch.ops, ns).spike_conv2d_fwd(x, weight, bias, mask, list(stride), list(padding),
+                                                     list(dilation), int(groups), bool(count),
+                                                     bool(dense_weight_grad))
     return out, (n if count else None)
 
 
@@ -90,9 +88,9 @@ def pack(weight: torch.Tensor, mask: Optional[torch.Tensor], groups: int = 1, fm
     stride and these input/output widths (format 4 needs stride 1 and widths <= 64); 1-4 force one
     (snnsparse.ops.packed.ConvFormat)."""
     with torch.no_grad():
-        tensors = OPS.spike_conv2d_pack(weight.detach(), mask, int(groups), list(stride), int(in_width),
-                                        int(out_width), int(fmt))
-    return PackedWeight.of("conv2d", tensors, weight, mask, groups)
+        chosen, tensors = OPS.spike_conv2d_pack(weight.detach(), mask, int(groups), list(stride), int(in_width),
+                                                int(out_width), int(fmt))
+    return PackedWeight.of("conv2d", chosen, tensors, weight, mask, groups)
 
 
 def forward_packed(x, packed: PackedWeight, bias, stride, padding, dilation, *, count=False):
@@ -100,6 +98,7 @@ def forward_packed(x, packed: PackedWeight, bias, stride, padding, dilation, *, 
     read, none can be stale); no gradient reaches the weight."""
     if packed.kind != "conv2d":
         raise ValueError(f"spike_conv2d: packed must be a conv2d PackedWeight, got {packed.kind}")
-    out, n = OPS.spike_conv2d_fwd_packed(x, packed.placeholder(), bias, None, list(packed.tensors), list(stride),
+    out, n = OPS.spike_conv2d_fwd_packed(x, packed.placeholder(), bias, None, int(packed.format),
+                                         list(packed.tensors), list(stride),
                                          list(padding), list(dilation), packed.groups, bool(count), False)
     return out, (n if count else None)

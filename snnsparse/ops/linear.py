@@ -27,7 +27,7 @@ def _fwd_fake(spikes, weight, bias, mask, count, dense_weight_grad):
     return spikes.new_empty((spikes.shape[0], weight.shape[0])), _nacc_fake(spikes)
 
 
-def _fwd_packed_fake(spikes, weight, bias, mask, packed, count, dense_weight_grad):
+def _fwd_packed_fake(spikes, weight, bias, mask, fmt, packed, count, dense_weight_grad):
     return _fwd_fake(spikes, weight, bias, mask, count, dense_weight_grad)
 
 
@@ -69,34 +69,42 @@ def _setup(ctx, inputs, output):
 
 
 def _setup_packed(ctx, inputs, output):
-    save_spike_ctx(ctx, inputs, inputs[6])
-    ctx.npacked = len(inputs[4])
+    save_spike_ctx(ctx, inputs, inputs[7])
+    ctx.npacked = len(inputs[5])
 
 
-def _grads(ctx, grad_out):
-    return spike_backward(ctx, grad_out, OPS.spike_linear_bwd, 0)
+def _backward_for(ns: str, packed: bool):
+    """The one backward body of spike_linear, for the ops of namespace `ns` (its own bwd kernel)."""
+    def backward(ctx, grad_out, _grad_n):
+        grads = spike_backward(ctx, grad_out, getattr(torch.ops, ns).spike_linear_bwd, 0)
+        if packed:  # mask, format, packed, count, dense_weight_grad
+            return grads + (None, None, [None] * ctx.npacked, None, None)
+        return grads + (None, None, None)  # mask, count, dense_weight_grad
+    return backward
 
 
-def _backward(ctx, grad_out, _grad_n):
-    return _grads(ctx, grad_out) + (None, None, None)  # mask, count, dense_weight_grad
+def register_spike_op(op: str, ns: str, fakes, backward_for, setups, lib=torch.library):
+    """Fake kernels and autograd of one spike op (`op` = "spike_linear" / "spike_conv2d") in namespace
+    `ns`: fakes = (fwd, bwd, fwd_packed), setups = (fwd, fwd_packed). The packed forward exists for the
+    CPU formats only (namespace "snnsparse")."""
+    lib.register_fake(f"{ns}::{op}_fwd", fakes[0])
+    lib.register_fake(f"{ns}::{op}_bwd", fakes[1])
+    lib.register_autograd(f"{ns}::{op}_fwd", backward_for(ns, False), setup_context=setups[0])
+    if ns == "snnsparse":
+        lib.register_fake(f"{ns}::{op}_fwd_packed", fakes[2])
+        lib.register_autograd(f"{ns}::{op}_fwd_packed", backward_for(ns, True), setup_context=setups[1])
 
 
-def _backward_packed(ctx, grad_out, _grad_n):
-    return _grads(ctx, grad_out) + (None, [None] * ctx.npacked, None, None)
+def register(ns: str = "snnsparse"):
+    """Fake kernels and autograd of the spike_linear ops of namespace `ns` ("snnsparse" for the C++/CUDA
+    kernels, "snnsparse_triton" for Triton: one schema, so one fake and one backward for both)."""
+    register_spike_op("spike_linear", ns, (_fwd_fake, _bwd_fake, _fwd_packed_fake), _backward_for,
+                      (_setup, _setup_packed))
 
 
-def register(lib=torch.library):
-    """Fake kernels and autograd of the spike_linear ops (called once by snnsparse.ops.registry)."""
-    lib.register_fake("snnsparse::spike_linear_fwd", _fwd_fake)
-    lib.register_fake("snnsparse::spike_linear_fwd_packed", _fwd_packed_fake)
-    lib.register_fake("snnsparse::spike_linear_bwd", _bwd_fake)
-    lib.register_autograd("snnsparse::spike_linear_fwd", _backward, setup_context=_setup)
-    lib.register_autograd("snnsparse::spike_linear_fwd_packed", _backward_packed, setup_context=_setup_packed)
-
-
-def forward(x, weight, bias, mask, *, count=False, dense_weight_grad=False):
-    """out [N, M], n_acc (0-dim int64, or None unless count) on the device's kernel."""
-    out, n = OPS.spike_linear_fwd(x, weight, bias, mask, bool(count), bool(dense_weight_grad))
+def forward(x, weight, bias, mask, *, count=False, dense_weight_grad=False, ns: str = "snnsparse"):
+    """out [N, M], n_acc (0-dim int64, or None unless count) on the kernels of namespace `ns`."""
+    out, n = getattr(torch.ops, ns).spike_linear_fwd(x, weight, bias, mask, bool(count), bool(dense_weight_grad))
     return out, (n if count else None)
 
 
@@ -104,8 +112,8 @@ def pack(weight: torch.Tensor, mask: Optional[torch.Tensor], fmt: int = 0) -> Pa
     """Pack (weight, mask) once (CPU kernels). fmt 0 chooses by density as the core op does;
     1 = dense rows [W^T masked (K x M), colnnz]; 2 = compressed rows [rowptr, idx, val, colnnz]."""
     with torch.no_grad():
-        tensors = OPS.spike_linear_pack(weight.detach(), mask, int(fmt))
-    return PackedWeight.of("linear", tensors, weight, mask)
+        chosen, tensors = OPS.spike_linear_pack(weight.detach(), mask, int(fmt))
+    return PackedWeight.of("linear", chosen, tensors, weight, mask)
 
 
 def forward_packed(x, packed: PackedWeight, bias=None, *, count=False):
@@ -113,6 +121,6 @@ def forward_packed(x, packed: PackedWeight, bias=None, *, count=False):
     read, none can be stale); no gradient reaches the weight."""
     if packed.kind != "linear":
         raise ValueError(f"spike_linear: packed must be a linear PackedWeight, got {packed.kind}")
-    out, n = OPS.spike_linear_fwd_packed(x, packed.placeholder(), bias, None, list(packed.tensors), bool(count),
-                                         False)
+    out, n = OPS.spike_linear_fwd_packed(x, packed.placeholder(), bias, None, int(packed.format),
+                                         list(packed.tensors), bool(count), False)
     return out, (n if count else None)

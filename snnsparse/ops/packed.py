@@ -33,15 +33,6 @@ class ConvFormat(enum.IntEnum):
     COMPRESSED_OUT_ROWS = 4
 
 
-def _format_of(kind: str, tensors: Sequence[torch.Tensor]) -> enum.IntEnum:
-    n = len(tensors)
-    if kind == "linear":
-        return LinearFormat({2: 1, 4: 2}[n])
-    if n == 2:
-        return ConvFormat(3 if tensors[0].dim() == 4 else 1)
-    return ConvFormat({4: 2, 5: 4}[n])
-
-
 @dataclass(frozen=True, eq=False)
 class PackedWeight:
     kind: str                    # "linear" or "conv2d"
@@ -53,11 +44,11 @@ class PackedWeight:
     groups: int = 1
 
     @classmethod
-    def of(cls, kind: str, tensors: Sequence[torch.Tensor], weight: torch.Tensor, mask: Optional[torch.Tensor],
-           groups: int = 1) -> "PackedWeight":
+    def of(cls, kind: str, fmt: int, tensors: Sequence[torch.Tensor], weight: torch.Tensor,
+           mask: Optional[torch.Tensor], groups: int = 1) -> "PackedWeight":
         density = 1.0 if mask is None or mask.numel() == 0 else float(mask.sum()) / mask.numel()
-        return cls(kind, _format_of(kind, tensors), tuple(tensors), tuple(weight.shape), weight.dtype, density,
-                   int(groups))
+        enum_type = LinearFormat if kind == "linear" else ConvFormat
+        return cls(kind, enum_type(fmt), tuple(tensors), tuple(weight.shape), weight.dtype, density, int(groups))
 
     def placeholder(self) -> torch.Tensor:
         """A zero-stride tensor of the weight's shape and dtype (one element of memory): the packed ops

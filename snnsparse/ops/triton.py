@@ -33,7 +33,10 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from snnsparse.functional import conv2d_output_size
+from snnsparse.ops import conv2d as _conv2d_glue
+from snnsparse.ops import linear as _linear_glue
+from snnsparse.ops import lif as _lif_glue
+from snnsparse.ops.conv2d import output_size as conv2d_output_size
 from snnsparse.ops.reference import masked_weight
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -264,12 +267,6 @@ def spike_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     return (out, part.sum() if count else _zero_count(x.device))
 
 
-@spike_linear_fwd.register_fake
-def _(x, weight, bias, mask, count, dense_weight_grad):
-    return (x.new_empty((x.shape[0], weight.shape[0]), dtype=weight.dtype),
-            x.new_empty((), dtype=torch.int64))
-
-
 @_define("spike_linear_bwd")
 def spike_linear_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask: Optional[torch.Tensor],
                      need_input_grad: bool, need_weight_grad: bool,
@@ -300,36 +297,6 @@ def spike_linear_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tens
             g, bits, mask_u8, flags, gw, n, m, k, cdiv(k, 32), kb, DENSE=dense_weight_grad,
             SKIP_ZERO_TILES=_skip_zero_tiles(), **common, **cfg)
     return (gin, gw)
-
-
-@spike_linear_bwd.register_fake
-def _(grad_out, x, weight, mask, need_input_grad, need_weight_grad, dense_weight_grad):
-    return (x.new_empty(x.shape if need_input_grad else (0,), dtype=weight.dtype),
-            x.new_empty(weight.shape if need_weight_grad else (0,), dtype=weight.dtype))
-
-
-def _linear_setup(ctx, inputs, output):
-    x, weight, bias, mask, count, dense = inputs
-    ctx.save_for_backward(x, weight, mask)
-    ctx.has_bias = bias is not None
-    ctx.dense = dense
-    ctx.mark_non_differentiable(output[1])
-
-
-def _linear_backward(ctx, g, _g_count):
-    x, weight, mask = ctx.saved_tensors
-    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    gin = gw = gb = None
-    if need_x or need_w:
-        gin, gw = torch.ops.snnsparse_triton.spike_linear_bwd(g, x, weight, mask, need_x, need_w, ctx.dense)
-        gin = gin if need_x else None
-        gw = gw if need_w else None
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        gb = g.sum(0)
-    return gin, gw, gb, None, None, None
-
-
-spike_linear_fwd.register_autograd(_linear_backward, setup_context=_linear_setup)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,13 +358,6 @@ def spike_conv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     return (out, part.sum() if count else _zero_count(x.device))
 
 
-@spike_conv2d_fwd.register_fake
-def _(x, weight, bias, mask, stride, padding, dilation, groups, count, dense_weight_grad):
-    ho, wo = conv2d_output_size(x.shape[2], x.shape[3], weight.shape[2:], stride, padding, dilation)
-    return (x.new_empty((x.shape[0], weight.shape[0], ho, wo), dtype=weight.dtype),
-            x.new_empty((), dtype=torch.int64))
-
-
 @_define("spike_conv2d_bwd")
 def spike_conv2d_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask: Optional[torch.Tensor],
                      stride: List[int], padding: List[int], dilation: List[int], groups: int,
@@ -432,39 +392,6 @@ def spike_conv2d_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     return (gin, gw)
 
 
-@spike_conv2d_bwd.register_fake
-def _(grad_out, x, weight, mask, stride, padding, dilation, groups, need_input_grad, need_weight_grad,
-      dense_weight_grad):
-    return (x.new_empty(x.shape if need_input_grad else (0,), dtype=weight.dtype),
-            x.new_empty(weight.shape if need_weight_grad else (0,), dtype=weight.dtype))
-
-
-def _conv_setup(ctx, inputs, output):
-    x, weight, bias, mask, stride, padding, dilation, groups, count, dense = inputs
-    ctx.save_for_backward(x, weight, mask)
-    ctx.conv = (list(stride), list(padding), list(dilation), groups)
-    ctx.has_bias = bias is not None
-    ctx.dense = dense
-    ctx.mark_non_differentiable(output[1])
-
-
-def _conv_backward(ctx, g, _g_count):
-    x, weight, mask = ctx.saved_tensors
-    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    gin = gw = gb = None
-    if need_x or need_w:
-        gin, gw = torch.ops.snnsparse_triton.spike_conv2d_bwd(g, x, weight, mask, *ctx.conv, need_x, need_w,
-                                                              ctx.dense)
-        gin = gin if need_x else None
-        gw = gw if need_w else None
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        gb = g.sum((0, 2, 3))
-    return gin, gw, gb, None, None, None, None, None, None, None
-
-
-spike_conv2d_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
-
-
 # ---------------------------------------------------------------------------------------------
 # lif
 
@@ -489,12 +416,6 @@ def lif_fwd(x_seq: torch.Tensor, v0: torch.Tensor, tau: float, v_threshold: floa
         DECAY_INPUT=decay_input, HARD_RESET=v_reset is not None, SAVE_H=save_h, EMIT_BITS=False,
         ROUND=x.dtype in (torch.float16, torch.bfloat16), BLOCK=block)
     return (s, v_last, h)
-
-
-@lif_fwd.register_fake
-def _(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, save_h):
-    return (x_seq.new_empty(x_seq.shape), x_seq.new_empty(v0.shape),
-            x_seq.new_empty(x_seq.shape if save_h else (0,)))
 
 
 @_define("lif_bwd")
@@ -524,61 +445,28 @@ def lif_bwd(grad_spikes: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad
     return (gx, gv0)
 
 
-@lif_bwd.register_fake
-def _(grad_spikes, grad_v_last, grad_h, h_seq, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate,
-      alpha):
-    return (h_seq.new_empty(h_seq.shape), h_seq.new_empty((h_seq.shape[1],)))
-
-
-def _lif_setup(ctx, inputs, output):
-    x, v0, tau, vth, vr, decay, detach, surrogate, alpha, save_h = inputs
-    # Unused output grads arrive as None (no zero fills); the kernel skips the absent ones.
-    ctx.set_materialize_grads(False)
-    ctx.args = (tau, vth, vr, decay, detach, surrogate, alpha)
-    ctx.save_for_backward(output[2])
-    if not save_h:  # the empty placeholder; a returned h_seq is differentiable, as in the reference
-        ctx.mark_non_differentiable(output[2])
-
-
-def _lif_backward(ctx, gs, gv, gh):
-    (h,) = ctx.saved_tensors
-    if h.dim() != 2:
-        raise RuntimeError("snnsparse_triton.lif_fwd was called with save_h=False; it cannot be differentiated")
-    if gs is None:
-        gs = torch.zeros_like(h)
-    gx, gv0 = torch.ops.snnsparse_triton.lif_bwd(gs, gv, gh, h, *ctx.args)
-    return gx, gv0, None, None, None, None, None, None, None, None
-
-
-lif_fwd.register_autograd(_lif_backward, setup_context=_lif_setup)
+# One schema per op, identical to snnsparse::'s (csrc/registration.cpp): the fakes and the one backward
+# body of each op live with the op (snnsparse/ops/linear.py, conv2d.py, lif.py) for both namespaces.
+if ENABLED:  # the ops exist in this process (a GPU, or the interpreter)
+    for _glue in (_linear_glue, _conv2d_glue, _lif_glue):
+        _glue.register(NS)
 
 
 # ---------------------------------------------------------------------------------------------
 # backend contract (snnsparse/backends.py)
 
-def _none_if_no_count(n, count):
-    return n if count else None
-
-
 def spike_linear(x, weight, bias, mask, *, count=False, dense_weight_grad=False):
-    out, n = torch.ops.snnsparse_triton.spike_linear_fwd(x, weight, bias, mask, bool(count), bool(dense_weight_grad))
-    return out, _none_if_no_count(n, count)
+    return _linear_glue.forward(x, weight, bias, mask, count=count, dense_weight_grad=dense_weight_grad, ns=NS)
 
 
 def spike_conv2d(x, weight, bias, mask, stride, padding, dilation, groups, *, count=False, dense_weight_grad=False):
-    out, n = torch.ops.snnsparse_triton.spike_conv2d_fwd(x, weight, bias, mask, list(stride), list(padding),
-                                                         list(dilation), int(groups), bool(count),
-                                                         bool(dense_weight_grad))
-    return out, _none_if_no_count(n, count)
+    return _conv2d_glue.forward(x, weight, bias, mask, stride, padding, dilation, groups, count=count,
+                                dense_weight_grad=dense_weight_grad, ns=NS)
 
 
 def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_h=False):
-    needs_grad = torch.is_grad_enabled() and (x_seq.requires_grad or v0.requires_grad)
-    s, v, h = torch.ops.snnsparse_triton.lif_fwd(x_seq, v0, float(tau), float(v_threshold),
-                                                 None if v_reset is None else float(v_reset), bool(decay_input),
-                                                 bool(detach_reset), surrogate, float(alpha),
-                                                 bool(return_h or needs_grad))
-    return s, v, (h if return_h else None)
+    return _lif_glue.run(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha,
+                         return_h, ns=NS)
 
 
 def lif_packed(x_seq: torch.Tensor, v0: torch.Tensor, tau: float = 2.0, v_threshold: float = 1.0,

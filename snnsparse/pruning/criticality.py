@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..functional import check_int, check_real
 from ..nn.lif import LIF
 from ..ops import surrogate as _surrogate
 from .masks import (GradMaskHooks, all_reduce_mean, apply_masks, broadcast_masks, check_fraction, density,
@@ -99,8 +100,12 @@ class CriticalityMonitor:
                  surrogate: Optional[str] = None, alpha: Optional[float] = None):
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        alpha = check_real(alpha, "alpha", lo=0, lo_open=True, or_none=True, where="CriticalityMonitor")
         if surrogate is not None:
             _surrogate.check(surrogate, alpha)
+        elif alpha is not None:  # the hooks use each LIF's own surrogate and alpha: this one would be ignored
+            raise ValueError(f"CriticalityMonitor: alpha={alpha!r} needs surrogate=... (without it each LIF's "
+                             f"own surrogate and alpha are used)")
         self.score, self.surrogate, self.alpha = score, surrogate, alpha
         self.pairs = OrderedDict(pairs)
         self.sums: Dict[str, torch.Tensor] = {}
@@ -213,12 +218,9 @@ class CriticalityPruner:
         self.final_sparsity = check_fraction(final_sparsity, "final_sparsity")
         self.regrow_ratio = check_fraction(regrow_ratio, "regrow_ratio")
         self.init_density = check_fraction(init_density, "init_density", allow_one=True)
-        for name, v in (("prune_every", prune_every), ("prune_steps", prune_steps)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not isinstance(start_step, int) or start_step < 0:
-            raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")
-        self.prune_every, self.prune_steps, self.start_step = prune_every, prune_steps, start_step
+        self.prune_every = check_int(prune_every, "prune_every", lo=1, where="CriticalityPruner")
+        self.prune_steps = check_int(prune_steps, "prune_steps", lo=1, where="CriticalityPruner")
+        self.start_step = check_int(start_step, "start_step", lo=0, where="CriticalityPruner")
         self.model = model
         self.weights = prunable_weights(model, exclude)
         if not self.weights:
@@ -301,6 +303,7 @@ class CriticalityPruner:
 
 def slimming_penalty(model: nn.Module, lam: float = 1e-4) -> None:
     """Network slimming: add lam * sign(gamma) to every BN weight's gradient (call after backward)."""
+    lam = check_real(lam, "lam", lo=0, where="slimming_penalty")
     for m in unwrap(model).modules():
         if isinstance(m, _BatchNorm) and m.weight is not None and m.weight.grad is not None:
             m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=lam)

@@ -27,6 +27,7 @@ from typing import Dict, Iterable, Optional
 import torch
 import torch.nn as nn
 
+from ..functional import check_real
 from .masks import module_of, prunable_weights, strip_prefix, unwrap
 
 
@@ -51,19 +52,33 @@ class GradRewiring(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, alpha: float = 1e-3, target_sparsity: float = 0.95,
                  betas=(0.9, 0.999), eps: float = 1e-8):
-        if not (isinstance(lr, (int, float)) and lr >= 0):
-            raise ValueError(f"GradRewiring: lr must be >= 0, got {lr!r}")
-        if not (isinstance(alpha, (int, float)) and alpha >= 0 and math.isfinite(alpha)):
-            raise ValueError(f"GradRewiring: alpha must be a finite number >= 0, got {alpha!r}")
-        if not (isinstance(eps, (int, float)) and eps >= 0):
-            raise ValueError(f"GradRewiring: eps must be >= 0, got {eps!r}")
-        if not (len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas)):
-            raise ValueError(f"GradRewiring: betas must be two numbers in [0, 1), got {betas!r}")
-        if not (isinstance(target_sparsity, (int, float)) and 0.5 <= target_sparsity < 1):
-            raise ValueError(f"GradRewiring: target_sparsity must be in [0.5, 1) (the prior's centre "
-                             f"mu = ln(2(1-s))/alpha needs s >= 0.5), got {target_sparsity!r}")
-        defaults = dict(lr=lr, alpha=alpha, target_sparsity=target_sparsity, betas=tuple(betas), eps=eps)
+        defaults = self._checked(dict(lr=lr, alpha=alpha, target_sparsity=target_sparsity, betas=betas, eps=eps))
         super().__init__(params, defaults)
+
+    @staticmethod
+    def _checked(group: dict) -> dict:
+        """The hyperparameters of a param group, validated (an inf lr or a NaN eps would silently turn
+        every weight into NaN at the first step) and normalised to floats."""
+        where = "GradRewiring"
+        out = dict(group)
+        for name in ("lr", "alpha", "eps"):
+            out[name] = check_real(group[name], name, lo=0, where=where)
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"{where}: betas must be a pair of numbers in [0, 1), got {betas!r}")
+        out["betas"] = tuple(check_real(b, f"betas[{i}]", lo=0, hi=1, hi_open=True, where=where)
+                             for i, b in enumerate(betas))
+        ts = check_real(group["target_sparsity"], "target_sparsity", where=where)
+        if not 0.5 <= ts < 1:
+            raise ValueError(f"{where}: target_sparsity must be in [0.5, 1) (the prior's centre "
+                             f"mu = ln(2(1-s))/alpha needs s >= 0.5), got {group['target_sparsity']!r}")
+        out["target_sparsity"] = ts
+        return out
+
+    def add_param_group(self, param_group: dict) -> None:
+        # A param group may override the defaults (lr=..., betas=...); check its values too.
+        super().add_param_group(param_group)
+        self.param_groups[-1].update(self._checked(self.param_groups[-1]))
 
     @classmethod
     def from_model(cls, model: nn.Module, exclude: Iterable[str] = (), **kwargs) -> "GradRewiring":

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..functional import check_bool, check_int, check_real
 from .masks import (GradMaskHooks, apply_masks, broadcast_masks, check_fraction, density, load_masks_state,
                     masks_state, prunable_weights, topk_mask, unwrap, zero_pruned_)
 
@@ -68,6 +69,7 @@ class LotteryTicket:
         self.prune_fraction = check_fraction(prune_fraction, "prune_fraction")
         if self.prune_fraction <= 0:
             raise ValueError(f"prune_fraction must be in (0, 1), got {prune_fraction!r}")
+        check_bool(zero_grad_hooks, "zero_grad_hooks", where="LotteryTicket")
         self.model = model
         self.weights = prunable_weights(model, exclude)
         if not self.weights:
@@ -148,10 +150,10 @@ def early_time_steps(forward: Callable[[torch.Tensor, int], torch.Tensor], image
     whose normalised KL is below `lam` is returned (T if none is). Kim et al. use 1000 training
     images after 2 epochs of round 0, candidates {2, 3, 4}, lambda = 0.6.
     """
-    if not candidates or any(int(t) < 1 or int(t) >= T for t in candidates):
+    T = check_int(T, "T", lo=2, where="early_time_steps")
+    if not candidates or any(check_int(t, "candidates", lo=1, where="early_time_steps") >= T for t in candidates):
         raise ValueError(f"early_time_steps: candidates must be time steps in [1, T={T}), got {candidates!r}")
-    if not lam > 0:
-        raise ValueError(f"early_time_steps: lam must be > 0, got {lam!r}")
+    lam = check_real(lam, "lam", lo=0, lo_open=True, where="early_time_steps")
     kl = kl_to_full(forward, images, T, candidates)
     base = kl[candidates[0]]
     for t in candidates:

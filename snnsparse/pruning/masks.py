@@ -221,12 +221,9 @@ def sparsity(masks: Mapping[str, torch.Tensor]) -> float:
 
 
 def check_fraction(value, name: str, *, allow_one: bool = False) -> float:
-    """A sparsity-like number in [0, 1) ([0, 1] with allow_one); ValueError otherwise."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    hi_ok = (value <= 1) if allow_one else (value < 1)
-    if not ok or not (0 <= value and hi_ok):
-        raise ValueError(f"{name} must be a number in [0, 1{']' if allow_one else ')'}, got {value!r}")
-    return float(value)
+    """A sparsity-like number in [0, 1) ([0, 1] with allow_one); TypeError / ValueError otherwise."""
+    from ..functional import check_real
+    return check_real(value, name, lo=0, hi=1, hi_open=not allow_one)
 
 
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:

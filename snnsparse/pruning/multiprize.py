@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from ..functional import check_bool
 from .masks import (apply_masks, broadcast_masks, check_fraction, module_of, prunable_weights, strip_prefix,
                     topk_mask)
 
@@ -94,7 +95,7 @@ class MultiPrizeTicket:
         if weight_init not in ("kaiming_normal", None):
             raise ValueError(f"weight_init must be 'kaiming_normal' or None, got {weight_init!r}")
         self.model = model
-        self.binarize = bool(binarize)
+        self.binarize = check_bool(binarize, "binarize", where="MultiPrizeTicket")
         names = list(prunable_weights(model, exclude))
         if include is not None:
             include = [strip_prefix(n) for n in include]

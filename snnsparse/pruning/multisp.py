@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ..functional import check_int
 from ..nn import LIF, SpikeConv2d, SpikeLinear
 from .masks import check_fraction
 
@@ -72,6 +73,12 @@ class MultiSpSLT(nn.Module):
                  num_heads: int = 2, depth: int = 1, mlp_ratio: int = 2, num_classes: int = 10, T: int = 4,
                  tau: float = 2.0, surrogate: str = "atan"):
         super().__init__()
+        # T = 0 would average over no time steps (NaN logits) and patch_size = 0 divide by zero.
+        for name, value, lo in (("in_channels", in_channels, 1), ("img_size", img_size, 1),
+                                ("patch_size", patch_size, 1), ("embed_dim", embed_dim, 1),
+                                ("num_heads", num_heads, 1), ("depth", depth, 0), ("mlp_ratio", mlp_ratio, 1),
+                                ("num_classes", num_classes, 1), ("T", T, 1)):
+            check_int(value, name, lo=lo, where="MultiSpSLT")
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
         self.T = T
@@ -94,6 +101,8 @@ class MultiSpSLT(nn.Module):
         if x.dim() == 4:
             return x.unsqueeze(0).expand(self.T, *x.shape)
         if x.dim() == 5:
+            if x.shape[0] == 0:  # the mean over no time steps would give NaN logits
+                raise ValueError(f"MultiSpSLT: input [T, B, C, H, W] needs T >= 1, got {tuple(x.shape)}")
             return x
         raise ValueError(f"MultiSpSLT: input must be [B, C, H, W] or [T, B, C, H, W], got {tuple(x.shape)}")
 
