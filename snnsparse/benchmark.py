@@ -105,15 +105,29 @@ def _inputs(kind, shape, rate, density, device, dtype=torch.float32, seed=0):
     return x.to(device), w.to(device), m.to(device)
 
 
-def _calls(kind, x, w, m, backend):
+def packed_call(kind, x, w, m):
+    """The cpp kernel on weights packed once (a PackedWeight snapshot), as a deployed (optimized) model
+    runs it: the sweeps time the kernel, not the per-call packing of a plain module (timed apart in
+    run_targets)."""
+    from snnsparse.ops import conv2d as _conv2d
+    from snnsparse.ops import linear as _linear
     if kind == "conv":
-        wm = w * m
+        p = _conv2d.pack(w, m, 1, stride=(1, 1), in_width=x.shape[-1], out_width=x.shape[-1])
+        return lambda: _conv2d.forward_packed(x, p, None, (1, 1), (1, 1), (1, 1))[0]
+    p = _linear.pack(w, m)
+    return lambda: _linear.forward_packed(x, p)[0]
+
+
+def _calls(kind, x, w, m, backend):
+    wm = w * m
+    if kind == "conv":
         dense = lambda: F.conv2d(x, wm, None, 1, 1)  # noqa: E731
         ours = lambda: ss.functional.spike_conv2d(x, w, None, 1, 1, mask=m, backend=backend)  # noqa: E731
     else:
-        wm = w * m
         dense = lambda: F.linear(x, wm)  # noqa: E731
         ours = lambda: ss.functional.spike_linear(x, w, mask=m, backend=backend)  # noqa: E731
+    if backend == "cpp":
+        ours = packed_call(kind, x, w, m)
     return dense, ours
 
 
@@ -270,8 +284,8 @@ def copy_bandwidth_gbs(nbytes=256 << 20, reps=5) -> float:
 
 
 def run_targets(reps: int = 9, threads: int = 2, out_dir: Optional[str] = DEFAULT_OUT, verbose=True):
-    """The issue-3 target rows; returns row dicts (and writes out_dir/targets_cpu.csv)."""
-    from snnsparse.ops import cpp as _cpp
+    """The issue-3 target rows; returns row dicts (and writes out_dir/targets_cpu.csv). "ours" is the
+    kernel on weights packed once (packed_call); the functional rows include per-call packing."""
     torch.set_num_threads(threads)
     cpu = torch.device("cpu")
     info = device_info(cpu)
@@ -293,21 +307,21 @@ def run_targets(reps: int = 9, threads: int = 2, out_dir: Optional[str] = DEFAUL
                                     (128, 32, 0.05, 0.01, 30)):
         x, w, m = _inputs("conv", dict(T=4, B=16, C=C, HW=HW), rate, dens, cpu)
         dense, ours = _calls("conv", x, w, m, "cpp")
-        op = lambda: _cpp.spike_conv2d(x, w, None, m, (1, 1), (1, 1), (1, 1), 1)  # noqa: E731
-        tb, to, tp = timed([dense, ours, op], reps=reps)
+        per_call = lambda: ss.functional.spike_conv2d(x, w, None, 1, 1, mask=m, backend="cpp")  # noqa: E731
+        tb, to, tp = timed([dense, ours, per_call], reps=reps)
         add(f"conv {C}@{HW}x{HW} T4 B16 rate {rate} dens {dens}", f">={goal}x", "F.conv2d", tb, to)
-        add("  same, backend op only (no functional checks)", f">={goal}x", "F.conv2d", tb, tp)
+        add("  same, functional call (packs per call)", f">={goal}x", "F.conv2d", tb, tp)
     x, w, m = _inputs("linear", dict(N=64, K=4096, M=4096), 0.1, 0.1, cpu)
     dense, ours = _calls("linear", x, w, m, "cpp")
     wcsr = (w * m).to_sparse_csr()
     xt = x.t().contiguous()
     csr = lambda: torch.sparse.mm(wcsr, xt)  # noqa: E731
-    op = lambda: _cpp.spike_linear(x, w, None, m)  # noqa: E731
-    tb, to, tc, tp = timed([dense, ours, csr, op], reps=reps)
+    per_call = lambda: ss.functional.spike_linear(x, w, mask=m, backend="cpp")  # noqa: E731
+    tb, to, tc, tp = timed([dense, ours, csr, per_call], reps=reps)
     add("linear 4096x4096 N64 rate 0.1 dens 0.1", ">=15x", "F.linear", tb, to)
     add("linear 4096x4096 N64 rate 0.1 dens 0.1", ">=5x", "torch.sparse CSR", tc, to)
-    add("  same, backend op only (no functional checks)", ">=15x", "F.linear", tb, tp)
-    add("  same, backend op only (no functional checks)", ">=5x", "torch.sparse CSR", tc, tp)
+    add("  same, functional call (packs per call)", ">=15x", "F.linear", tb, tp)
+    add("  same, functional call (packs per call)", ">=5x", "torch.sparse CSR", tc, tp)
 
     # LIF forward + backward, [8, 64, 16384], vs SpikingJelly 2.0 LIFNode(step_mode="m") (torch backend).
     xl = (torch.randn(8, 64, 16384) * 0.8 + 0.6).requires_grad_()

@@ -12,14 +12,16 @@ TIMESTEPS = (1, 4)
 
 
 def _seed():
-    # Fresh random inputs every run.
-    return int.from_bytes(os.urandom(4), "little")
+    # Fresh random inputs every run; SNNSPARSE_TEST_SEED=<seed> replays a failure.
+    env = os.environ.get("SNNSPARSE_TEST_SEED")
+    return int(env) if env else int.from_bytes(os.urandom(4), "little")
 
 
 @pytest.fixture
 def rng():
     seed = _seed()
-    print(f"rng seed {seed}")  # shown by pytest when the test fails, to replay it
+    # shown by pytest when the test fails; replay with SNNSPARSE_TEST_SEED=<seed>
+    print(f"rng seed {seed} (replay: SNNSPARSE_TEST_SEED={seed})")
     return torch.Generator().manual_seed(seed)
 
 

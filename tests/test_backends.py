@@ -67,6 +67,7 @@ def test_use_rejects_unknown_and_missing():
             ss.backends.resolve("cuda", torch.device("cpu"))
 
 
+@pytest.mark.slow  # a subprocess (heavy); make test runs every slow test too
 def test_import_without_extension_reports_reason():
     code = ("import sys; sys.modules['snnsparse._C'] = None\n"
             "import snnsparse as ss, torch\n"

@@ -192,6 +192,7 @@ def test_demo_and_bench_bad_arguments(capsys, no_work, paths, args, option):
     ("snnsparse.energy", ["--plot", "{tmp}/missing_dir/e.png"], "python -m snnsparse.energy", "--plot"),
     ("snnsparse.recipes", ["--method", "gradr", "--recipe", "lth-digits"], "snnsparse prune", "--recipe"),
 ])
+@pytest.mark.slow  # a subprocess (heavy); make test runs every slow test too
 def test_bad_arguments_through_python_m(paths, module, args, prog, option):
     r = subprocess.run([sys.executable, "-m", module] + [a.format(**paths) for a in args], capture_output=True,
                        text=True, timeout=120)

@@ -179,6 +179,7 @@ def test_empty_outputs_still_refuse_non_binary_spikes(backend):
         F.spike_conv2d(torch.full((1, 2, 4, 4), 2.0), torch.randn(0, 2, 3, 3), backend=backend)
 
 
+@pytest.mark.slow  # a subprocess (heavy); make test runs every slow test too
 def test_empty_shapes_on_triton_interpreter():
     # Triton runs on CPU only under TRITON_INTERPRET=1, set before triton is imported: a subprocess.
     code = ("import sys; sys.path.insert(0, 'tests'); import snnsparse as ss; "

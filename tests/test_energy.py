@@ -409,6 +409,7 @@ def test_model_with_bn_pool_lif(backend, rng):
     assert all(c.input == "spikes" for c in list(r2.layers.values())[1:])
 
 
+@pytest.mark.slow  # a subprocess (heavy); make test runs every slow test too
 def test_triton_kernel_count_under_interpreter():
     """The Triton kernels' counting mode on CPU (TRITON_INTERPRET=1, set before triton loads: own process)."""
     script = textwrap.dedent("""

@@ -87,6 +87,7 @@ def _worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # spawns two torch.distributed ranks (heavy); make test runs every slow test too
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
 def test_ddp_two_cpu_ranks_agree_on_masks():
     with tempfile.TemporaryDirectory() as out:

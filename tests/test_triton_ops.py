@@ -575,6 +575,7 @@ def test_torch_compile_fullgraph(rng):
     assert torch.equal(eager[0], compiled[0]) and int(eager[1]) == int(compiled[1])
 
 
+@pytest.mark.slow  # a subprocess (heavy); make test runs every slow test too
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the other tests compile every kernel for real")
 def test_kernels_compile_for_sm90_without_gpu():
     """The interpreter accepts code the GPU compiler rejects: compile for sm_90 through ptxas (no GPU)."""
@@ -589,6 +590,7 @@ def test_kernels_compile_for_sm90_without_gpu():
 # --------------------------------------------------------------------------------------------
 # whole-suite runs on CPU: this file in its own process (see the module docstring)
 
+@pytest.mark.slow  # a subprocess (heavy); make test runs every slow test too
 def test_in_fresh_interpreter_process():
     if not IN_SUBPROCESS:
         pytest.skip("the Triton tests ran in this process")
