@@ -279,7 +279,9 @@ def test_encoding_layer_counted_as_macs():
 
 
 def test_mixed_calls_and_encoding_then_spikes():
-    conv = SpikeConv2d(2, 2, 1, bias=False)
+    # backend="dense": one layer fed both pixels and spikes (an "auto" layer decides once and then
+    # refuses the other kind); the counter checks each input itself.
+    conv = SpikeConv2d(2, 2, 1, bias=False, backend="dense")
 
     class Twice(nn.Module):
         def __init__(self):
@@ -403,6 +405,7 @@ def test_model_with_bn_pool_lif(backend, rng):
     assert r.timesteps == 3
     assert r.total.mac == 0 and r.total.sop > 0
     # the same model fed pixels: the first conv becomes MACs, everything after stays SOPs
+    model.features[0].input_kind = "auto"  # it decided "spikes" on the spike input above: decide again
     r2 = energy.count(model, torch.rand(2, 2, 8, 8, generator=rng))
     first = next(iter(r2.layers.values()))
     assert first.input == "analog" and first.mac > 0 and first.sop == 0

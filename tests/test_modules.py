@@ -323,10 +323,13 @@ def test_fuse_conv_bn_keeps_outputs_and_masks(rng):
 
 
 def test_module_falls_back_to_dense_for_pixels_and_raises_other_errors(rng):
+    # An "auto" layer decides its path once, from its first input (test_input_kind_* below): pixels
+    # run dense, spikes run the event kernel, and other errors of the kernel are not swallowed.
     m = ss.nn.SpikeLinear(4, 3)
     x = torch.rand(2, 4, generator=rng)
     torch.testing.assert_close(m(x), nn.functional.linear(x, m.weight, m.bias))
     assert m.last_input_binary is False
+    m = ss.nn.SpikeLinear(4, 3)
     m((x > 0.5).float())
     assert m.last_input_binary is True
     with pytest.raises(ValueError, match=r"spikes must have shape \[\.\.\., 4\]"):
@@ -341,3 +344,253 @@ def test_dense_module_mode_matches_event_path(rng):
     m.backend = "dense"
     torch.testing.assert_close(m(x), y_event, rtol=1e-5, atol=1e-5)
     assert m.last_input_binary is None
+
+
+# ------------------------------------------------- input_kind: encoding vs event path, decided once
+def _layer(cls, **kw):
+    """A float64 layer of each class with a half-pruned mask, its input shape and its float64 reference."""
+    if cls is ss.nn.SpikeLinear:
+        m = ss.nn.SpikeLinear(13, 7, dtype=torch.float64, **kw)
+        return m, (3, 2, 13), lambda x: nn.functional.linear(x.double(), torch.where(m.weight_mask, m.weight, 0),
+                                                             m.bias)
+    m = ss.nn.SpikeConv2d(3, 5, 3, padding=1, dtype=torch.float64, **kw)
+    return m, (2, 3, 3, 6, 7), lambda x: nn.functional.conv2d(
+        x.double().flatten(0, 1), torch.where(m.weight_mask, m.weight, 0), m.bias, padding=1).reshape(
+            *x.shape[:2], 5, 6, 7)
+
+
+_CLASSES = [ss.nn.SpikeLinear, ss.nn.SpikeConv2d]
+_EVENT = {ss.nn.SpikeLinear: "spike_linear", ss.nn.SpikeConv2d: "spike_conv2d"}
+
+
+def _no_event_kernel(monkeypatch, cls):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the event kernel ran for an analog layer")
+    monkeypatch.setattr(ss.functional, _EVENT[cls], refuse)
+
+
+def _count_is_binary(monkeypatch):
+    calls = []
+    real = ss.functional.is_binary
+    monkeypatch.setattr(ss.functional, "is_binary", lambda x: calls.append(1) or real(x))
+    return calls
+
+
+@pytest.mark.parametrize("cls", _CLASSES)
+def test_input_kind_analog_always_runs_dense(rng, monkeypatch, cls):
+    m, shape, ref = _layer(cls, input_kind="analog")
+    m.set_mask(mask(m.weight.shape, 0.5, rng))
+    assert m.input_kind == "analog" and m.input_decision == "analog"
+    _no_event_kernel(monkeypatch, cls)
+    pixels = torch.rand(shape, generator=rng, dtype=torch.float64)
+    binary = spikes(shape, 0.3, rng, torch.float64)
+    for x in (pixels, binary, binary.bool(), binary.to(torch.uint8), (pixels * 255).to(torch.uint8)):
+        assert_close64(m(x), ref(x), rtol=1e-12, atol=1e-12)
+        assert m.last_input_binary is False  # the energy counter charges MACs
+    c = ss.energy.count(m, binary).layers[cls.__name__]  # binary values, but this layer ran dense: MACs
+    positions = 6 * 7 if cls is ss.nn.SpikeConv2d else 1
+    assert c.input == "analog" and c.sop == 0 and c.mac == 6 * int(m.weight_mask.sum()) * positions
+
+
+@pytest.mark.parametrize("cls", _CLASSES)
+def test_input_kind_spikes_always_runs_the_event_kernel(rng, cls):
+    m, shape, ref = _layer(cls, input_kind="spikes")
+    m.set_mask(mask(m.weight.shape, 0.5, rng))
+    x = spikes(shape, 0.3, rng, torch.float64)
+    for xx in (x, x.bool(), x.to(torch.uint8)):  # bool / uint8 spikes are accepted
+        assert_close64(m(xx), ref(x), rtol=1e-12, atol=1e-12)
+        assert m.last_input_binary is True
+    assert ss.energy.count(m, x).layers[cls.__name__].mac == 0
+    pixels = x.clone()
+    pixels.view(-1)[int(torch.randint(pixels.numel(), (1,), generator=rng))] = 0.625
+    with pytest.raises(ss.functional.NonBinarySpikesError,
+                       match=rf"{cls.__name__} with weight \[{', '.join(map(str, m.weight.shape))}\]: "
+                             rf"input_kind='spikes', but this input is not binary .*0\.625.*set input_kind='analog'"):
+        m(pixels)
+    assert m.input_kind == "spikes", "a refused input must not change the setting"
+
+
+@pytest.mark.parametrize("cls", _CLASSES)
+def test_input_kind_auto_decides_once_at_the_first_forward(rng, monkeypatch, cls):
+    calls = _count_is_binary(monkeypatch)
+    # Pixels first: "analog" is cached; later inputs, binary ones too, run dense without a check.
+    m, shape, ref = _layer(cls)
+    m.set_mask(mask(m.weight.shape, 0.5, rng))
+    assert m.input_kind == "auto" and m.input_decision is None and m.last_input_binary is None
+    pixels = torch.rand(shape, generator=rng, dtype=torch.float64)
+    binary = spikes(shape, 0.3, rng, torch.float64)
+    for x in (pixels, binary, pixels):
+        assert_close64(m(x), ref(x), rtol=1e-12, atol=1e-12)
+        assert m.input_decision == "analog" and m.last_input_binary is False
+    assert len(calls) == 1, "the decision must be made once, with ss.functional.is_binary"
+    assert "input_kind='auto' (decided 'analog')" in repr(m)
+    # Spikes first: "spikes" is cached; a later non-binary input raises, naming the layer and the decision.
+    m, shape, ref = _layer(cls)
+    for x in (binary.bool(), binary, binary.to(torch.uint8)):
+        assert_close64(m(x), ref(binary), rtol=1e-12, atol=1e-12)
+        assert m.input_decision == "spikes" and m.last_input_binary is True
+    assert len(calls) == 2
+    with pytest.raises(ss.functional.NonBinarySpikesError,
+                       match=r"input_kind='auto' decided at its first forward \(binary input\) that it sees spikes, "
+                             r"but this input is not binary"):
+        m(pixels)
+    assert m.input_decision == "spikes"
+    # Setting input_kind clears the decision; an empty input decides nothing.
+    m.input_kind = "auto"
+    assert m.input_decision is None
+    empty = torch.zeros(0, *shape[1:], dtype=torch.float64)
+    assert_close64(m(empty), ref(empty))
+    assert m.input_decision is None
+    m(pixels)
+    assert m.input_decision == "analog"
+
+
+def test_input_kind_is_validated_in_the_constructor_and_setter():
+    listed = r"\('spikes', 'analog', 'auto'\)"
+    with pytest.raises(ValueError, match=rf"SpikeLinear: input_kind must be one of {listed}.*got 'pixels'"):
+        ss.nn.SpikeLinear(4, 3, input_kind="pixels")
+    with pytest.raises(ValueError, match=rf"SpikeConv2d: input_kind must be one of {listed}.*got 'Spikes'"):
+        ss.nn.SpikeConv2d(1, 2, 3, input_kind="Spikes")
+    with pytest.raises(TypeError, match=rf"SpikeConv2d: input_kind must be a str, one of {listed}, got NoneType"):
+        ss.nn.SpikeConv2d(1, 2, 3, input_kind=None)
+    with pytest.raises(ValueError, match=rf"SpikeLinear: input_kind must be one of {listed}"):
+        ss.nn.SpikeLinear.from_dense(nn.Linear(4, 3), input_kind="binary")
+    m = ss.nn.SpikeLinear(4, 3, input_kind="spikes")
+    with pytest.raises(ValueError, match=rf"SpikeLinear: input_kind must be one of {listed}.*got 'dense'"):
+        m.input_kind = "dense"
+    assert m.input_kind == "spikes"
+    for kind in ("spikes", "analog", "auto"):
+        assert ss.nn.SpikeConv2d.from_dense(nn.Conv2d(1, 2, 3), input_kind=kind).input_kind == kind
+
+
+def test_input_kind_and_decision_survive_state_dict_deepcopy_and_pickle(rng):
+    import copy
+    import pickle
+
+    def build(kinds=("analog", "auto", "spikes")):
+        return nn.Sequential(ss.nn.SpikeConv2d(1, 4, 3, padding=1, input_kind=kinds[0]), ss.nn.LIF(),
+                             ss.nn.SpikeConv2d(4, 4, 3, padding=1, input_kind=kinds[1]), ss.nn.LIF(),
+                             nn.Flatten(2), ss.nn.SpikeLinear(4 * 36, 3, input_kind=kinds[2]))
+
+    model = build()
+    x = torch.rand(2, 3, 1, 6, 6, generator=rng) * 8  # strong enough that the first LIF fires (an all-zero
+    # input leaves an "auto" layer undecided)
+    ref = model(x)
+    state = {i: (model[i].input_kind, model[i].input_decision) for i in (0, 2, 5)}
+    assert state == {0: ("analog", "analog"), 2: ("auto", "spikes"), 5: ("spikes", "spikes")}
+    sd = model.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in sd.values()), "every state_dict value stays a tensor"
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    clone = build(("auto", "auto", "auto"))
+    clone.load_state_dict(torch.load(buf))  # weights_only=True (torch's default) loads it
+    assert {i: (clone[i].input_kind, clone[i].input_decision) for i in (0, 2, 5)} == state
+    assert torch.equal(clone(x), ref)
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert {i: (other[i].input_kind, other[i].input_decision) for i in (0, 2, 5)} == state
+        assert torch.equal(other(x), ref)
+    # A checkpoint from before input_kind existed loads, strict too, and keeps each layer's setting.
+    old = {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
+    assert len(old) == len(sd) - 3
+    fresh = build(("analog", "spikes", "auto"))
+    fresh.load_state_dict(old)
+    assert [fresh[i].input_kind for i in (0, 2, 5)] == ["analog", "spikes", "auto"]
+    assert torch.equal(fresh(x), ref)
+    # A checkpoint taken before the first forward (a LotteryTicket rewind point) keeps the decision made since.
+    undecided = build(("auto", "auto", "auto")).state_dict()
+    model.load_state_dict(undecided)
+    assert model[2].input_decision == "spikes" and model[0].input_kind == "auto" and model[0].input_decision is None
+    # A module pickled before input_kind existed unpickles as "auto", undecided.
+    legacy = ss.nn.SpikeLinear(4, 3)
+    del legacy.__dict__["_input_kind"], legacy.__dict__["_input_decision"]
+    legacy = pickle.loads(pickle.dumps(legacy))
+    assert legacy.input_kind == "auto" and legacy.input_decision is None
+    legacy(torch.rand(2, 4, generator=rng))
+    assert legacy.input_decision == "analog"
+    # A malformed entry is refused, naming it.
+    bad = dict(sd)
+    bad["0._extra_state"] = torch.tensor([1, 7, 0], dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"SpikeConv2d: _extra_state must be a uint8 tensor \[1, input_kind code"):
+        build().load_state_dict(bad)
+
+
+def _pixel_model():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 36, 3))
+
+
+def test_convert_sets_input_kind_and_reports_it(rng, monkeypatch):
+    torch.manual_seed(rng.initial_seed())
+    model = _pixel_model().double()
+    x = torch.rand(5, 1, 6, 6, generator=rng, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model(x)
+    default = ss.nn.convert(model, inplace=False)
+    assert [default[i].input_kind for i in (0, 2, 5)] == ["auto"] * 3
+    assert [(r.name, r.input_kind, r.reason) for r in default.snnsparse_convert_report] == [
+        ("0", "auto", ""), ("2", "auto", ""), ("5", "auto", "")]
+    analog = ss.nn.convert(model, first_layer="analog", input_kinds={"2": "auto", "5": "spikes"}, inplace=False)
+    assert [analog[i].input_kind for i in (0, 2, 5)] == ["analog", "auto", "spikes"]
+    assert {r.name: (r.input_kind, r.reason) for r in analog.snnsparse_convert_report} == {
+        "0": ("analog", "input_kind 'analog' from first_layer='analog'"),
+        "2": ("auto", "input_kind 'auto' from input_kinds['2']"),
+        "5": ("spikes", "input_kind 'spikes' from input_kinds['5']")}
+    # The encoding layer runs dense without being asked (ReLU outputs are not spikes: the later layers
+    # decide "analog" themselves, and a "spikes" layer would refuse them).
+    calls = _count_is_binary(monkeypatch)
+    with torch.no_grad():
+        assert_close64(default(x), ref, rtol=1e-12, atol=1e-12)
+        assert len(calls) == 3
+        first = ss.nn.convert(model, first_layer="analog", inplace=False)
+        assert_close64(first(x), ref, rtol=1e-12, atol=1e-12)
+        assert len(calls) == 5, "first_layer='analog' needs no decision for the first layer"
+        with pytest.raises(ss.functional.NonBinarySpikesError, match=r"SpikeLinear with weight \[3, 144\]"):
+            analog(x)
+    # An already converted model: kept layers keep their kind unless told; the first one is set.
+    again = ss.nn.convert(default, first_layer="analog", input_kinds={"5": "analog"})
+    assert [again[i].input_kind for i in (0, 2, 5)] == ["analog", "auto", "analog"]
+    assert [r.action for r in again.snnsparse_convert_report] == ["kept"] * 3
+    assert again[2].input_decision == "analog", "a kept layer not named keeps its decision"
+    # The first layer left unchanged (it runs as plain torch): no other layer becomes analog.
+    odd = nn.Sequential(nn.Conv2d(1, 2, 2, padding="same"), nn.Conv2d(1, 2, 3))
+    with pytest.warns(ss.nn.ConvertWarning, match="asymmetric padding"):
+        ss.nn.convert(odd, first_layer="analog")
+    assert type(odd[0]) is nn.Conv2d and odd[1].input_kind == "auto"
+    assert [r.input_kind for r in odd.snnsparse_convert_report] == ["", "auto"]
+
+
+def test_convert_refuses_bad_input_kinds_and_changes_nothing():
+    listed = r"\('spikes', 'analog', 'auto'\)"
+    cases = [
+        (dict(first_layer="spikes"), ValueError, r"convert: first_layer must be one of \('analog', 'auto'\).*'spikes'"),
+        (dict(first_layer=True), TypeError, r"convert: first_layer must be one of \('analog', 'auto'\)"),
+        (dict(input_kinds=[("0", "analog")]), TypeError, r"convert: input_kinds must be a dict .* got list"),
+        (dict(input_kinds={0: "analog"}), TypeError, r"keyed by module name .* got key 0"),
+        (dict(input_kinds={"0": "pixels"}), ValueError, rf"convert: input_kinds\['0'\] must be one of {listed}"),
+        (dict(input_kinds={"9": "analog"}), ValueError, r"input_kinds names '9', which is not a module of the model"),
+        (dict(input_kinds={"0.weight": "analog"}), ValueError, r"not parameter names: '0'"),
+        (dict(input_kinds={"1": "analog"}), ValueError, r"input_kinds names '1' \(ReLU\), which is not a Linear"),
+        (dict(input_kinds={"0": "spikes"}, first_layer="analog"), ValueError,
+         r"input_kinds\['0'\] = 'spikes', but first_layer='analog' makes that layer .* 'analog'"),
+    ]
+    for kwargs, exc, msg in cases:
+        model = _pixel_model()
+        with pytest.raises(exc, match=msg):
+            ss.nn.convert(model, **kwargs)
+        assert type(model[0]) is nn.Conv2d and type(model[5]) is nn.Linear, kwargs
+    left = nn.Sequential(_DoubledLinear(4, 3))
+    with pytest.raises(ValueError, match=r"input_kinds names '0', but convert leaves that layer unchanged"):
+        ss.nn.convert(left, input_kinds={"0": "analog"})
+    assert ss.nn.convert(_pixel_model(), first_layer="analog", input_kinds={"0": "analog"})[0].input_kind == "analog"
+
+
+def test_input_kind_auto_does_not_decide_on_an_all_zero_input(rng):
+    # The first step of a single-step model can be all zero while later inputs are scaled spikes or
+    # pixels (SpikingJelly's OTTT VGG): deciding "spikes" there would refuse every later input.
+    layer = ss.nn.SpikeLinear(6, 3)
+    zero = torch.zeros(4, 6)
+    assert torch.equal(layer(zero), layer.bias.expand(4, 3)) and layer.input_decision is None
+    x = torch.rand(4, 6, generator=rng) * 2.5
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert layer.input_decision == "analog"

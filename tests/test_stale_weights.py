@@ -196,3 +196,22 @@ def test_reference_conv_backward_avoids_torch_channels_last_bug(rng):
     ex, ew = torch.autograd.grad(ye, (xe, we), g.flatten(0, 1))
     assert_close64(gx, ex, rtol=1e-10, atol=1e-10)
     assert_close64(gw, ew, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])
+def test_lif_under_torch_compile_equals_eager(rng, surrogate):
+    # The lif op has one schema with the surrogate in it, so a compiled graph keeps it (and its h_seq).
+    x = randn((4, 3, 17), rng) * 1.5 + 0.5
+
+    def f(x_):
+        s, v, h = ss.functional.lif_with_h(x_, backend="cpp", surrogate=surrogate, v_reset=None, return_h=True)
+        return (s * torch.arange(17.0)).sum() + v.square().sum() + h.sum()
+
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ye = f(xe)
+    ye.backward()
+    torch._dynamo.reset()
+    yc = torch.compile(f, fullgraph=True)(xc)
+    yc.backward()
+    assert_close64(yc, ye)
+    assert_close64(xc.grad, xe.grad)

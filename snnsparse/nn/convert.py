@@ -4,6 +4,12 @@ SpikingJelly's neuron.LIFNode becomes ss.nn.LIF with identical parameters. Conta
 SeqToANNContainer, nn.Sequential, ...) are kept; their children are converted. The Spike* layers take
 [T, B, ...] and flat input alike, so step modes need no wrapper.
 
+Each converted layer gets input_kind "auto" (it decides at its first forward whether its input is
+spikes or pixels, see snnsparse.nn.layers) unless the caller says otherwise: `first_layer="analog"`
+makes the first Linear / Conv2d in registration order the dense encoding layer, and
+`input_kinds={module name: kind}` sets any converted or kept Spike* layer. The kind of every
+Spike* layer is recorded in the report.
+
 Only classes whose forward is known to be plain F.linear / F.conv2d are swapped, matched by exact
 class: a subclass may change the forward in any way (SpikingJelly's WSConv2d / WSLinear standardise
 the weight on every call), and swapping it would silently change the model's outputs. Such layers,
@@ -18,7 +24,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from .layers import SpikeConv2d, SpikeLinear, _SpikeMixin, check_backend_name
+from .layers import SpikeConv2d, SpikeLinear, _SpikeMixin, check_backend_name, check_input_kind
 from .lif import LIF
 
 REPORT_ATTR = "snnsparse_convert_report"
@@ -42,7 +48,8 @@ class ConvertRecord(NamedTuple):
     original: str   # class name of the module convert found
     action: str     # "converted", "kept" (already a Spike* layer) or "left" (unchanged, see reason)
     result: str     # class name of the module in the model now
-    reason: str = ""
+    reason: str = ""  # "left": why; Spike* layers: where a non-default input_kind came from
+    input_kind: str = ""  # Spike* layers: their input_kind now ("spikes", "analog", "auto"); else ""
 
 
 class _Decision(NamedTuple):
@@ -128,8 +135,47 @@ def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend:
     return _Decision(new, ConvertRecord(name, cls, "converted", type(new).__name__), False)
 
 
+_FIRST_LAYER = ("analog", "auto")
+
+
+def _check_first_layer(first_layer) -> str:
+    if not isinstance(first_layer, str) or first_layer not in _FIRST_LAYER:
+        raise (ValueError if isinstance(first_layer, str) else TypeError)(
+            f"convert: first_layer must be one of {_FIRST_LAYER} ('analog': the first Linear / Conv2d, in "
+            f"registration order, is the encoding layer and runs dense; 'auto': it decides at its first "
+            f"forward like every other layer), got {first_layer!r}")
+    return first_layer
+
+
+def _input_kinds_by_module(model: nn.Module, input_kinds) -> Dict[int, tuple]:
+    """{id(module): (name, module, kind)} for convert's input_kinds argument (names and kinds checked)."""
+    if input_kinds is None:
+        return {}
+    if not isinstance(input_kinds, Mapping):
+        raise TypeError(f"convert: input_kinds must be a dict {{module name: 'spikes' | 'analog' | 'auto'}}, "
+                        f"got {type(input_kinds).__name__}")
+    found: Dict[int, tuple] = {}
+    for name, kind in input_kinds.items():
+        if not isinstance(name, str):
+            raise TypeError(f"convert: input_kinds must be keyed by module name (str, e.g. 'features.0'), "
+                            f"got key {name!r}")
+        check_input_kind(kind, "convert", f"input_kinds[{name!r}]")
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            hint = (f"; keys are module names, not parameter names: {name.rsplit('.', 1)[0]!r}"
+                    if name.endswith((".weight", ".bias")) or name in ("weight", "bias") else "")
+            raise ValueError(f"convert: input_kinds names {name!r}, which is not a module of the model{hint}") from None
+        if id(module) in found and found[id(module)][2] != kind:
+            raise ValueError(f"convert: input_kinds {found[id(module)][0]!r} and {name!r} name the same layer "
+                             f"with different kinds ({found[id(module)][2]!r}, {kind!r})")
+        found[id(module)] = (name, module, kind)
+    return found
+
+
 def convert(model: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None, *, backend: str = "auto",
-            inplace: bool = True) -> nn.Module:
+            inplace: bool = True, input_kinds: Optional[Mapping[str, str]] = None,
+            first_layer: str = "auto") -> nn.Module:
     """Replace every nn.Linear / nn.Conv2d (and SpikingJelly layer.Linear / layer.Conv2d / LIFNode)
     in `model` by its snnsparse twin.
 
@@ -137,6 +183,15 @@ def convert(model: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None
     shape}; a module pruned with torch.nn.utils.prune keeps its mask (checked to be exactly 0/1).
     backend: for the new layers; one of snnsparse.backends.NAMES, "auto" or "dense" ("dense" applies
     to the Spike* layers; LIF layers get "auto").
+    first_layer: "auto" (default: the first layer decides at its first forward, as every other
+    layer) or "analog": the first Linear / Conv2d in module registration order gets input_kind
+    "analog" (the encoding layer that sees pixels: dense torch, never an event kernel, MACs counted;
+    no value check at its first forward). If convert leaves that layer unchanged it runs as plain
+    torch anyway, and no other layer is set. torch.compile(fullgraph=True) before any eager forward
+    needs every Spike* layer set (input_kinds), since an "auto" layer decides from its first input.
+    input_kinds: optional {module name ("features.0") -> "spikes" | "analog" | "auto"} for converted
+    or already-Spike* layers; all others converted get "auto" (see snnsparse.nn.layers). A name that
+    first_layer="analog" also sets must say "analog".
     Returns the model (a deep copy if inplace=False; the new module if `model` itself is a layer).
     The returned model's `snnsparse_convert_report` lists a ConvertRecord per layer; layers left
     unchanged are also named in a ConvertWarning. Nothing is changed when an error is raised.
@@ -154,9 +209,11 @@ def convert(model: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None
     if not isinstance(masks, Mapping):
         raise TypeError(f"convert: masks must be a dict {{parameter name: bool tensor}}, got {type(masks).__name__}")
     check_backend_name(backend, "convert", dense=True)
+    _check_first_layer(first_layer)
     if not inplace:
         model = copy.deepcopy(model)
     check_masks(model, masks)
+    kinds_by_module = _input_kinds_by_module(model, input_kinds)
     # Masks by module identity, so that a layer reachable under two names is found by either.
     by_module: Dict[int, tuple] = {}
     for key, mask in masks.items():
@@ -166,7 +223,8 @@ def convert(model: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None
         by_module[id(owner)] = (key, mask)
 
     decisions: Dict[int, _Decision] = {}
-    records: List[ConvertRecord] = []
+    records: List[tuple] = []  # (original module, ConvertRecord) in registration order
+    layers: List[nn.Module] = []  # Linear / Conv2d layers (converted, kept or left) in registration order
     swaps = []  # (parent, attribute, new module); parent None for the model itself
 
     def visit(parent, attr, name, module):
@@ -184,7 +242,9 @@ def convert(model: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None
                 raise type(e)(f"{where}: {e}") from e
             decisions[id(module)] = decision
             if decision.record is not None:
-                records.append(decision.record)
+                records.append((module, decision.record))
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                layers.append(module)
             if decision.descend:
                 for child_attr, child in list(module._modules.items()):
                     if child is not None:
@@ -204,19 +264,47 @@ def convert(model: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None
         if action not in ("converted", "kept"):
             raise ValueError(f"convert: mask {key!r} does not name the weight of a Linear / Conv2d layer")
 
+    # input_kind of each Spike* layer: {id(original module): (kind, where it came from)}
+    kinds: Dict[int, tuple] = {}
+    if first_layer == "analog" and layers and decisions[id(layers[0])].record.action != "left":
+        kinds[id(layers[0])] = ("analog", "input_kind 'analog' from first_layer='analog'")
+    for name, module, kind in kinds_by_module.values():
+        decision = decisions.get(id(module))
+        record = decision.record if decision is not None else None
+        if record is None or not isinstance(module, (nn.Linear, nn.Conv2d)):
+            raise ValueError(f"convert: input_kinds names {name!r} ({type(module).__name__}), which is not a "
+                             f"Linear / Conv2d layer")
+        if record.action == "left":
+            raise ValueError(f"convert: input_kinds names {name!r}, but convert leaves that layer unchanged "
+                             f"({record.reason}); it runs as plain torch")
+        if id(module) in kinds and kinds[id(module)][0] != kind:
+            raise ValueError(f"convert: input_kinds[{name!r}] = {kind!r}, but first_layer='analog' makes that "
+                             f"layer (the first Linear / Conv2d) 'analog'; pass first_layer='auto' or make them agree")
+        kinds[id(module)] = (kind, f"input_kind {kind!r} from input_kinds[{name!r}]")
+
     # Nothing has been changed up to here; from here on nothing can fail.
     for key, mask in by_module.values():
         owner = module_of(model, key)
         if isinstance(owner, _SpikeMixin):
             owner.set_mask(mask, name=key)
+    report: List[ConvertRecord] = []
+    for module, record in records:
+        new = decisions[id(module)].new
+        layer = module if new is None else new
+        if isinstance(layer, _SpikeMixin):
+            kind, why = kinds.get(id(module), (None, ""))
+            if kind is not None and kind != layer.input_kind:  # assigning clears an "auto" decision: only on change
+                layer.input_kind = kind
+            record = record._replace(input_kind=layer.input_kind, reason=why)
+        report.append(record)
     for parent, attr, new in swaps:
         if parent is None:
             model = new
         else:
             setattr(parent, attr, new)
 
-    setattr(model, REPORT_ATTR, records)
-    left = [r for r in records if r.action == "left"]
+    setattr(model, REPORT_ATTR, report)
+    left = [r for r in report if r.action == "left"]
     if left:
         listed = "; ".join(f"{r.name or '<model>'!r} ({r.original}): {r.reason}" for r in left)
         warnings.warn(f"ss.nn.convert left {len(left)} layer(s) unchanged; they run as before, without snnsparse "

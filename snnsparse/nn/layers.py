@@ -1,11 +1,28 @@
 """SpikeLinear and SpikeConv2d.
 
 They subclass nn.Linear / nn.Conv2d (same constructor, `weight` stays a plain Parameter) and add
-`weight_mask`, a bool buffer of the weight's shape (True = keep). Binary input runs the
-event-driven kernel of the chosen backend; non-binary input (the encoding layer sees pixels)
-runs dense torch with the mask applied, and `last_input_binary` records which path ran so that
-energy counting can charge MACs instead of SOPs. `backend` is any snnsparse backend name, "auto",
-or (modules only) "dense": plain F.linear / F.conv2d with the masked weight, for baselines.
+`weight_mask`, a bool buffer of the weight's shape (True = keep).
+
+Which path runs is decided by the module setting `input_kind`, never by trying a kernel:
+- "spikes": the event-driven kernel of the chosen backend, always; a non-binary input raises
+  NonBinarySpikesError naming the layer (never a silent dense rerun).
+- "analog": dense torch (F.linear / F.conv2d) with the masked weight, always: the encoding layer
+  that sees pixels. The energy counter charges its MACs.
+- "auto" (the default): decided once, at the first forward with a nonzero input, from its values
+  (snnsparse.functional.is_binary) and cached in the module (`input_decision`). An "auto" layer that
+  decided "spikes" raises NonBinarySpikesError on a later non-binary input, exactly as "spikes" does;
+  one that decided "analog" runs dense for every later input. Setting `input_kind` again clears the
+  decision. torch.compile traces the decided path; an undecided "auto" layer cannot be traced
+  into one graph (the decision depends on the values), so torch.compile(fullgraph=True) refuses it
+  with a message saying to set input_kind or run one eager forward first (without fullgraph,
+  dynamo runs that layer eagerly once, which makes the decision, and traces it after).
+`last_input_binary` records which path the last forward ran (True: event kernel, False: dense
+for analog input) so that energy counting charges SOPs or MACs. The setting and the decision are
+saved in state_dict (`_extra_state`, a small uint8 tensor, so every state_dict value stays a
+tensor); a state_dict from before input_kind existed still loads and keeps the module's setting.
+
+`backend` is any snnsparse backend name, "auto", or (modules only) "dense": plain F.linear /
+F.conv2d with the masked weight and no checks whatever input_kind says, for baselines.
 """
 from __future__ import annotations
 
@@ -36,17 +53,118 @@ def check_backend_name(backend, owner: str, *, dense: bool) -> str:
     return backend
 
 
+INPUT_KINDS = ("spikes", "analog", "auto")
+# _extra_state layout: uint8 [format version, input_kind code, input_decision code]. Codes, not
+# strings: every state_dict value stays a tensor (safetensors, `{k: v.to(dev)}` and
+# LotteryTicket's rewind point, which clones every value, all rely on that).
+_STATE_VERSION = 1
+_KIND_CODES = {"auto": 0, "spikes": 1, "analog": 2}
+_DECISION_CODES = {None: 0, "spikes": 1, "analog": 2}
+
+
+def check_input_kind(kind, owner: str, name: str = "input_kind") -> str:
+    """`kind` when it is one of INPUT_KINDS; else TypeError / ValueError naming `owner` and `name`."""
+    if not isinstance(kind, str):
+        raise TypeError(f"{owner}: {name} must be a str, one of {INPUT_KINDS}, got {type(kind).__name__}")
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"{owner}: {name} must be one of {INPUT_KINDS} ('spikes': binary input, event-driven "
+                         f"kernel; 'analog': pixels, dense torch; 'auto': decided at the first forward), "
+                         f"got {kind!r}")
+    return kind
+
+
 class _SpikeMixin:
     backend: str
     dense_weight_grad: bool
+    # Class-level defaults: a module pickled before input_kind existed (torch.save(model)) unpickles
+    # without these attributes and behaves as "auto", undecided.
+    _input_kind: str = "auto"
+    _input_decision: Optional[str] = None
 
-    def _init_spike(self, backend: str):
+    def _init_spike(self, backend: str, input_kind: str = "auto"):
         check_backend_name(backend, type(self).__name__, dense=True)
+        self.input_kind = input_kind  # validated by the property's setter
         self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool))
         self.backend = backend
         # Grad R trains pruned synapses too: it sets this so backward returns the dense dL/dw.
         self.dense_weight_grad = False
         self.last_input_binary: Optional[bool] = None
+
+    @property
+    def input_kind(self) -> str:
+        """"spikes", "analog" or "auto" (see the module docstring). Setting it clears the cached decision."""
+        return self._input_kind
+
+    @input_kind.setter
+    def input_kind(self, kind: str) -> None:
+        self._input_kind = check_input_kind(kind, type(self).__name__)
+        self._input_decision = None
+
+    @property
+    def input_decision(self) -> Optional[str]:
+        """The path this layer runs: input_kind when it is "spikes" or "analog"; for "auto", what the
+        first forward decided ("spikes" or "analog"), None before it."""
+        return self._input_kind if self._input_kind != "auto" else self._input_decision
+
+    def _label(self) -> str:
+        """The layer in error messages (a layer does not know its name in the model)."""
+        return f"{type(self).__name__} with weight {list(self.weight.shape)}"
+
+    def extra_repr(self) -> str:
+        decided = f" (decided {self._input_decision!r})" if self._input_kind == "auto" and self._input_decision else ""
+        return f"{super().extra_repr()}, input_kind={self._input_kind!r}{decided}"
+
+    def _path(self, x) -> str:
+        """"spikes" or "analog" for this input, deciding (once) for an "auto" layer."""
+        decision = self.input_decision
+        if decision is not None:
+            return decision
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                f"{self._label()}: input_kind='auto' has not decided yet whether its input is spikes or analog, "
+                f"and torch.compile cannot trace that data-dependent decision. Set input_kind='spikes' or "
+                f"'analog' on the layer (convert(..., first_layer='analog') for the encoding layer), or run one "
+                f"eager forward before compiling.")
+        if not isinstance(x, torch.Tensor) or x.numel() == 0 or not bool(x.any()):
+            # No values to decide from (empty, or all zero: the first step of a single-step model, whose
+            # later inputs may be scaled spikes or pixels): both paths give the same result, nothing is
+            # cached; the functional API checks the rest.
+            return "spikes"
+        self._input_decision = "spikes" if SF.is_binary(x) else "analog"
+        return self._input_decision
+
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor([_STATE_VERSION, _KIND_CODES[self._input_kind], _DECISION_CODES[self._input_decision]],
+                            dtype=torch.uint8)
+
+    def set_extra_state(self, state) -> None:
+        kinds = {v: k for k, v in _KIND_CODES.items()}
+        decisions = {v: k for k, v in _DECISION_CODES.items()}
+        codes = (state.tolist() if isinstance(state, torch.Tensor) and state.dtype == torch.uint8
+                 and state.shape == (3,) else None)
+        if codes is None or codes[0] != _STATE_VERSION or codes[1] not in kinds or codes[2] not in decisions:
+            shown = (f"{state.dtype} tensor {state.tolist()}" if isinstance(state, torch.Tensor)
+                     else type(state).__name__)
+            raise ValueError(f"{type(self).__name__}: _extra_state must be a uint8 tensor [{_STATE_VERSION}, "
+                             f"input_kind code {_KIND_CODES}, decision code {_DECISION_CODES}], got {shown}")
+        kind, decision = kinds[codes[1]], decisions[codes[2]]
+        if kind == "auto" and decision is None and self._input_kind == "auto":
+            # A checkpoint taken before the first forward (e.g. LotteryTicket's rewind point) does not
+            # undo the decision this layer has made since, for the same setting.
+            decision = self._input_decision
+        self.input_kind = kind  # clears the decision
+        if kind == "auto":
+            self._input_decision = decision
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "_extra_state"
+        present = key in state_dict
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if not present and key in missing_keys:
+            # A checkpoint from before input_kind existed: it loads (strict too) and the layer keeps its setting.
+            missing_keys.remove(key)
 
     def set_mask(self, mask: torch.Tensor, *, name: Optional[str] = None) -> None:
         """Copy `mask` (a bool tensor of exactly the weight's shape) into weight_mask. `name` (the
@@ -62,26 +180,37 @@ class _SpikeMixin:
         return float(self.weight_mask.float().mean()) if self.weight_mask.numel() else 0.0
 
     def _event_or_dense(self, x: torch.Tensor, event, dense):
-        """Run the event-driven kernel; fall back to dense torch when x is not binary.
+        """Run the path input_kind names: the event-driven kernel for spikes, dense torch for analog.
 
-        Binarity is not checked in a separate pass: the kernels (or the functional layer) refuse
-        non-binary spikes with NonBinarySpikesError (a ValueError), which a pixel input triggers
-        within its first values.
-        A separate (x == 0 | x == 1).all() pass cost as much as the sparse kernel on a pruned
-        VGG layer (see bench/RESULTS.md, "end to end").
+        Binarity is never checked per forward in a separate pass: a (x == 0 | x == 1).all() pass
+        cost as much as the sparse kernel on a pruned VGG layer (bench/RESULTS.md, "end to end").
+        "auto" pays it once, at its first forward; after that the kernels' own check (in the same
+        pass as bit-packing) refuses non-binary spikes, and the error is re-raised naming the layer.
         backend="dense" (a module-only setting) always runs plain torch with the masked weight and
         no checks: the honest "same model, dense torch" baseline of the benchmarks."""
         if self.backend == "dense":
             self.last_input_binary = None  # not looked at; the energy counter checks x itself
-            return dense(x)
+            return dense(self._float_input(x))
+        if self._path(x) == "analog":
+            self.last_input_binary = False
+            return dense(self._float_input(x))
         try:
             out = event(x)
-            self.last_input_binary = True
-            return out
-        except SF.NonBinarySpikesError:
-            pass
-        self.last_input_binary = False
-        return dense(x)
+        except SF.NonBinarySpikesError as e:
+            how = ("input_kind='auto' decided at its first forward (binary input) that it sees spikes"
+                   if self._input_kind == "auto" else "input_kind='spikes'")
+            raise SF.NonBinarySpikesError(
+                f"{self._label()}: {how}, but this input is not binary ({e}). For an encoding layer that sees "
+                f"pixels, set input_kind='analog'.") from None
+        self.last_input_binary = True
+        return out
+
+    def _float_input(self, x):
+        """bool / uint8 input (spikes, or uint8 pixels) in the weight's dtype for F.linear / F.conv2d,
+        which refuse mixed dtypes; the event kernels take them as they are."""
+        if isinstance(x, torch.Tensor) and x.dtype in (torch.bool, torch.uint8):
+            return x.to(self.weight.dtype)
+        return x
 
     def _dense_weight(self):
         return masked_weight(self.weight, self.weight_mask, self.dense_weight_grad)
@@ -118,19 +247,21 @@ class SpikeLinear(_SpikeMixin, nn.Linear):
     """nn.Linear with a weight mask and an event-driven kernel for binary spikes.
 
     Input [..., in_features] (e.g. [T, B, K]); output [..., out_features].
+    input_kind: "spikes", "analog" or "auto" (default), see the module docstring.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 *, backend: str = "auto"):
+                 *, backend: str = "auto", input_kind: str = "auto"):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self._init_spike(backend)
+        self._init_spike(backend, input_kind)
 
     @classmethod
-    def from_dense(cls, module: nn.Linear, mask: Optional[torch.Tensor] = None, *, backend: str = "auto"):
+    def from_dense(cls, module: nn.Linear, mask: Optional[torch.Tensor] = None, *, backend: str = "auto",
+                   input_kind: str = "auto"):
         """A SpikeLinear with `module`'s weights (and its torch.nn.utils.prune mask, if any)."""
         weight, bias, mask = cls._dense_state(module, mask)
         new = cls(module.in_features, module.out_features, bias is not None, device=weight.device,
-                  dtype=weight.dtype, backend=backend)
+                  dtype=weight.dtype, backend=backend, input_kind=input_kind)
         return new._load_dense(weight, bias, mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,11 +276,12 @@ class SpikeConv2d(_SpikeMixin, nn.Conv2d):
 
     Input [T, B, Cin, H, W] (time-major) or [N, Cin, H, W]; output of the same rank.
     Only padding_mode="zeros" is supported (what an event-driven kernel can skip).
+    input_kind: "spikes", "analog" or "auto" (default), see the module docstring.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
-                 *, backend: str = "auto"):
+                 *, backend: str = "auto", input_kind: str = "auto"):
         if padding_mode != "zeros":
             raise ValueError(f"SpikeConv2d: {_PADDING_MODE_ONLY_ZEROS}, got {padding_mode!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
@@ -157,7 +289,7 @@ class SpikeConv2d(_SpikeMixin, nn.Conv2d):
         reason = self.unsupported_reason(self)
         if reason:
             raise ValueError(f"SpikeConv2d: {reason}")
-        self._init_spike(backend)
+        self._init_spike(backend, input_kind)
 
     @staticmethod
     def unsupported_reason(conv: nn.Conv2d) -> Optional[str]:
@@ -172,12 +304,13 @@ class SpikeConv2d(_SpikeMixin, nn.Conv2d):
         return None
 
     @classmethod
-    def from_dense(cls, module: nn.Conv2d, mask: Optional[torch.Tensor] = None, *, backend: str = "auto"):
+    def from_dense(cls, module: nn.Conv2d, mask: Optional[torch.Tensor] = None, *, backend: str = "auto",
+                   input_kind: str = "auto"):
         """A SpikeConv2d with `module`'s weights (and its torch.nn.utils.prune mask, if any)."""
         weight, bias, mask = cls._dense_state(module, mask)
         new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                   module.dilation, module.groups, bias is not None, module.padding_mode,
-                  device=weight.device, dtype=weight.dtype, backend=backend)
+                  device=weight.device, dtype=weight.dtype, backend=backend, input_kind=input_kind)
         return new._load_dense(weight, bias, mask)
 
     def _explicit_padding(self):
