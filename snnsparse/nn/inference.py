@@ -1,0 +1,231 @@
+"""Inference-only conv / linear layers, made by ss.nn.optimize_for_inference (snnsparse.nn.optimize).
+
+Each is built once from a layer whose BatchNorm (if any) is already folded in, and holds buffers
+only (no Parameter: nothing here trains, and no optimizer can move a value behind a packing):
+- PackedConv2d / PackedLinear: for a layer whose input is spikes (decided once, by the type of the
+  op that produces its input). They keep ONLY the PackedWeight made at optimize time
+  (snnsparse.ops.conv2d.pack / linear.pack: a snapshot of the masked, folded weight) and the bias;
+  the dense weight and the mask are not kept. Non-binary input raises NonBinarySpikesError naming
+  the layer: it is never rerun dense, so a wrong "spikes" decision cannot go unnoticed.
+- DenseConv2d / DenseLinear: for analog input (pixels, averages, SEW ADD counts): plain F.conv2d /
+  F.linear with the folded weight, pruned entries 0 (dense, because a dense kernel is what such
+  input needs; they are the only inference layers that keep a dense weight). It is called
+  `dense_weight`, not `weight`: with BatchNorm folded in it is not the original layer's weight, and
+  code that reads `.weight` of the original layer should fail loudly rather than read other values.
+
+Input layouts: conv layers take [N, C, H, W], time-major [T, B, C, H, W] (folded to [T*B, ...] as
+SpikingJelly's multi-step wrappers do) or unbatched [C, H, W]; linear layers take [..., K], like
+F.linear. A linear layer whose BatchNorm1d was folded remembers the rank it saw (`fold_rank`):
+BatchNorm1d normalises dim 1, which is the linear's feature dim only at that rank, so another rank
+is refused instead of silently computing something the original model did not.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import functional as SF
+from ..ops import conv2d as _conv2d
+from ..ops import cpp as _cpp
+from ..ops import linear as _linear
+from ..ops.packed import ConvFormat, PackedWeight
+
+# Output-channel rows (format 4) serve only rows of <= 64 pixels (one 64-bit word per row, csrc/cpu/conv.cpp
+# outrows_ok); a packing chosen from example_inputs of small images cannot run wider ones.
+_OUTROWS_MAX_WIDTH = 64
+
+
+def _pair(v) -> Tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class InferenceLayer(nn.Module):
+    """Common part: the layer's name in the model it came from (error messages) and why it runs the
+    way it does (`why`, the report's reason)."""
+
+    def __init__(self, name: str, why: str):
+        super().__init__()
+        self.name = name
+        self.why = why
+
+    def _label(self) -> str:
+        return f"{self.name or '<model>'!r} ({type(self).__name__})"
+
+
+class _FoldRankMixin:
+    fold_rank: Optional[int]
+
+    def _check_rank(self, x: torch.Tensor) -> None:
+        if self.fold_rank is not None and x.dim() != self.fold_rank:
+            raise ValueError(
+                f"{self._label()}: a BatchNorm1d was folded into this linear layer for rank-{self.fold_rank} input "
+                f"(the rank example_inputs gave it); BatchNorm1d normalises dim 1, which is this layer's "
+                f"output features only at that rank, so a rank-{x.dim()} input {tuple(x.shape)} is refused. "
+                f"Optimize the model with example_inputs of the layout it will run on.")
+
+
+def _conv_input(x: torch.Tensor, label: str):
+    """x as [N, C, H, W] and a function that puts an output back into x's layout."""
+    if x.dim() == 4:
+        return x, lambda y: y
+    if x.dim() == 5:
+        t, b = x.shape[:2]
+        return x.flatten(0, 1), lambda y: y.reshape(t, b, *y.shape[1:])
+    if x.dim() == 3:
+        return x.unsqueeze(0), lambda y: y.squeeze(0)
+    raise ValueError(f"{label}: input must be [N, C, H, W], [T, B, C, H, W] or [C, H, W], got shape {tuple(x.shape)}")
+
+
+class _PackedMixin:
+    """Keeps the PackedWeight's tensors as buffers (they follow state_dict and count in memory) and
+    the PackedWeight itself pointing at exactly those tensors."""
+
+    packed: PackedWeight
+
+    def _register_packed(self, packed: PackedWeight) -> None:
+        self.packed = packed
+        for i, t in enumerate(packed.tensors):
+            self.register_buffer(f"packed_{i}", t)
+
+    def _apply(self, fn, recurse=True):
+        # The packed formats are CPU kernel layouts of one dtype: moving or casting them would
+        # give tensors the kernels cannot read (or, cast, other values than the ones packed).
+        probe = torch.zeros(1, dtype=self.packed.dtype)
+        out = fn(probe)
+        if isinstance(out, torch.Tensor) and (out.device != probe.device or out.dtype != probe.dtype):
+            raise RuntimeError(
+                f"{self._label()}: packed for {probe.device} {probe.dtype}, cannot become {out.device} {out.dtype}; "
+                f"move or cast the original model, then call optimize_for_inference again")
+        result = super()._apply(fn, recurse)
+        n = len(self.packed.tensors)
+        self.packed = dataclasses.replace(self.packed, tensors=tuple(getattr(self, f"packed_{i}") for i in range(n)))
+        return result
+
+    def _event(self, fn, x, *args):
+        """fn(x, *args) on the packed kernel; a non-binary x raises NonBinarySpikesError naming this layer."""
+        try:
+            # functional._run turns the kernel's binarity error into NonBinarySpikesError (one place).
+            return SF._run(self.op, _cpp, fn, x, *args)
+        except SF.NonBinarySpikesError as e:
+            raise SF.NonBinarySpikesError(
+                f"{self._label()}: optimize_for_inference packed this layer for spike input ({self.why}), "
+                f"but this input is not binary ({e})") from None
+
+    def nbytes(self) -> int:
+        bias = getattr(self, "bias", None)
+        return self.packed.nbytes() + (0 if bias is None else bias.numel() * bias.element_size())
+
+
+class PackedConv2d(_PackedMixin, InferenceLayer):
+    """Event-driven conv2d on a PackedWeight made once (see the module docstring)."""
+
+    op = "spike_conv2d"
+
+    def __init__(self, packed: PackedWeight, bias: Optional[torch.Tensor], stride, padding, dilation, *,
+                 name: str = "", why: str = ""):
+        super().__init__(name, why)
+        if packed.kind != "conv2d":
+            raise ValueError(f"PackedConv2d: packed must be a conv2d PackedWeight, got {packed.kind}")
+        self._register_packed(packed)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x4, restore = _conv_input(x, self._label())
+        cout, _, kh, kw = self.packed.shape
+        ho, wo = _conv2d.output_size(x4.shape[2], x4.shape[3], (kh, kw), self.stride, self.padding, self.dilation)
+        if self.packed.format == ConvFormat.COMPRESSED_OUT_ROWS and max(x4.shape[3], wo) > _OUTROWS_MAX_WIDTH:
+            raise ValueError(
+                f"{self._label()}: packed as output-channel rows (format 4, chosen for the image width of "
+                f"example_inputs), which serve rows of <= {_OUTROWS_MAX_WIDTH} pixels; got input width {x4.shape[3]} "
+                f"(output {wo}). Optimize the model with example_inputs of the size it will run on.")
+        if x4.shape[0] == 0:  # nothing to pack; the kernels' reshapes are not defined for it
+            y = x4.new_zeros((0, cout, ho, wo), dtype=self.packed.dtype)
+        else:
+            y, _ = self._event(_conv2d.forward_packed, x4, self.packed, self.bias, self.stride, self.padding,
+                               self.dilation)
+        return restore(y)
+
+    def extra_repr(self) -> str:
+        return (f"{list(self.packed.shape)}, format={self.packed.format.name}, density={self.packed.density:.4f}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.packed.groups}, bias={self.bias is not None}")
+
+
+class PackedLinear(_FoldRankMixin, _PackedMixin, InferenceLayer):
+    """Event-driven linear on a PackedWeight made once (see the module docstring)."""
+
+    op = "spike_linear"
+
+    def __init__(self, packed: PackedWeight, bias: Optional[torch.Tensor], *, fold_rank: Optional[int] = None,
+                 name: str = "", why: str = ""):
+        super().__init__(name, why)
+        if packed.kind != "linear":
+            raise ValueError(f"PackedLinear: packed must be a linear PackedWeight, got {packed.kind}")
+        self._register_packed(packed)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.fold_rank = fold_rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_rank(x)
+        m, k = self.packed.shape
+        if x.dim() < 1 or x.shape[-1] != k:
+            raise ValueError(f"{self._label()}: input must be [..., {k}], got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, k)
+        if x2.shape[0] == 0:
+            y = x2.new_zeros((0, m), dtype=self.packed.dtype)
+            y = y if self.bias is None else y + self.bias
+        else:
+            y, _ = self._event(_linear.forward_packed, x2, self.packed, self.bias)
+        return y.reshape(*lead, m)
+
+    def extra_repr(self) -> str:
+        return (f"{list(self.packed.shape)}, format={self.packed.format.name}, density={self.packed.density:.4f}, "
+                f"bias={self.bias is not None}, fold_rank={self.fold_rank}")
+
+
+class DenseConv2d(InferenceLayer):
+    """F.conv2d with a fixed (folded, pruned entries 0) weight, for analog input."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding, dilation, groups: int,
+                 *, name: str = "", why: str = ""):
+        super().__init__(name, why)
+        self.register_buffer("dense_weight", weight.detach().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.stride, self.dilation, self.groups = _pair(stride), _pair(dilation), int(groups)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x4, restore = _conv_input(x, self._label())
+        y = F.conv2d(x4, self.dense_weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return restore(y)
+
+    def extra_repr(self) -> str:
+        return (f"{list(self.dense_weight.shape)}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}")
+
+
+class DenseLinear(_FoldRankMixin, InferenceLayer):
+    """F.linear with a fixed (folded, pruned entries 0) weight, for analog input."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], *, fold_rank: Optional[int] = None,
+                 name: str = "", why: str = ""):
+        super().__init__(name, why)
+        self.register_buffer("dense_weight", weight.detach().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.fold_rank = fold_rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_rank(x)
+        return F.linear(x, self.dense_weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{list(self.dense_weight.shape)}, bias={self.bias is not None}, fold_rank={self.fold_rank}"
+
+
+PACKED_LAYERS: Sequence[type] = (PackedConv2d, PackedLinear)

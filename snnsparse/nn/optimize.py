@@ -1,0 +1,721 @@
+"""ss.nn.optimize_for_inference(model, example_inputs): an inference-only copy of a spiking model
+that gives the same outputs and does less work (DESIGN.md section 8). This is the first, pure-Python
+version: it uses the kernels that exist (snnsparse.ops packed conv / linear, the fused LIF).
+
+What it does, in order:
+1. Refuses, before any work, a model that is not an nn.Module (TypeError), one in training mode
+   (ValueError: BatchNorm folding needs running statistics) and example_inputs the model cannot run
+   (ValueError naming example_inputs and the model's own error). That one forward runs on a copy (the
+   caller's model and its neuron states are never touched) and records every layer's input and
+   output shapes, which decide what shape-dependent choices need (linear-BN1d folding, conv packing).
+2. Works on a graph (snnsparse.nn.graph: torch.fx, with neurons and containers as leaves); a module
+   whose forward fx cannot trace is walked child by child instead, each child taking analog input
+   (the report says so). Every BatchNorm whose input is exactly one conv / linear output (used by
+   nothing else) is folded into it, in residual branches and downsample paths too, and inside
+   SeqToANNContainer(conv, BN). The arithmetic is snnsparse.nn.fuse's.
+3. Every conv / linear becomes an inference layer (snnsparse.nn.inference), chosen ONCE, by the type
+   of the op that produces its input (snnsparse.nn.graph kinds): spikes -> PackedConv2d /
+   PackedLinear, which keep only a PackedWeight made here and the bias; anything else -> dense
+   torch with the folded, masked weight. Which classes have a known forward (and so can be
+   replaced) are snnsparse.nn.convert's rules.
+4. SpikingJelly LIFNode -> ss.nn.LIF (LIF.from_spikingjelly). A multi-step one called once per forward
+   is stateless per call (SpikingJelly's results with functional.reset_net between calls); one called
+   more often keeps v between calls, as SpikingJelly does. IFNode and ParametricLIFNode stay.
+5. Anything it cannot do exactly stays the original module; `model.report()` has one row per layer:
+   name, original type, action, packing format and density, and why.
+"""
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ..ops import conv2d as _conv2d
+from ..ops import cpp as _cpp
+from ..ops import linear as _linear
+from ..ops.reference import masked_weight
+from . import graph as G
+# convert's rules of which classes have a known forward (and so can be replaced), and its hook check.
+from .convert import _decide, _foreign_hooks
+from .fuse import fuse_conv_bn
+from .inference import PACKED_LAYERS, DenseConv2d, DenseLinear, PackedConv2d, PackedLinear
+from .layers import SpikeConv2d
+from .lif import LIF
+
+WHERE = "optimize_for_inference"
+ACTIONS = ("packed-event", "dense-analog", "bn-folded", "neuron-fused", "left")
+_PACKABLE_DTYPES = (torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------------------------------
+# The report.
+class LayerRecord(NamedTuple):
+    name: str                        # module path in the original model ("" for the model itself)
+    original: str                    # its class
+    action: str                      # one of ACTIONS
+    format: str = ""                 # packed-event: the PackedWeight format; dense-analog: "dense"
+    density: Optional[float] = None  # fraction of kept synapses (conv / linear)
+    reason: str = ""
+
+
+class OptimizeReport:
+    """What optimize_for_inference did: `rows` (one LayerRecord per layer, in execution order) and
+    `notes` (model-level remarks, e.g. a module fx could not trace). str() gives a table."""
+
+    def __init__(self):
+        self.rows: List[LayerRecord] = []
+        self.notes: List[str] = []
+
+    def __iter__(self) -> Iterator[LayerRecord]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, name: str) -> LayerRecord:
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise KeyError(f"no layer {name!r} in the report; layers: {[r.name for r in self.rows]}")
+
+    def actions(self) -> Dict[str, str]:
+        """{layer name: action}."""
+        return {r.name: r.action for r in self.rows}
+
+    def counts(self) -> Dict[str, int]:
+        """{action: number of layers}."""
+        out = {a: 0 for a in ACTIONS}
+        for r in self.rows:
+            out[r.action] += 1
+        return out
+
+    def __str__(self) -> str:
+        head = ("layer", "original", "action", "format", "density", "why")
+        cells = [head] + [(r.name or "<model>", r.original, r.action, r.format or "-",
+                           "-" if r.density is None else f"{r.density:.3f}", r.reason) for r in self.rows]
+        widths = [max(len(c[i]) for c in cells) for i in range(len(head) - 1)]
+        lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(widths))) + "  " + c[-1] for c in cells]
+        summary = ", ".join(f"{n} {a}" for a, n in self.counts().items() if n)
+        lines.append(f"({len(self.rows)} layers: {summary})")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"OptimizeReport({len(self.rows)} layers: {self.counts()})"
+
+
+# --------------------------------------------------------------------------------------------------
+# The returned module.
+class OptimizedModel(nn.Module):
+    """What optimize_for_inference returns: the optimized model (`.model`, an fx GraphModule or the
+    original module with optimized children), run without autograd. Inference-only: .train() raises;
+    its packed layers cannot be moved to another device or dtype (optimize the moved model instead).
+    report() says per layer what was done and why."""
+
+    def __init__(self, model: nn.Module, report: OptimizeReport):
+        super().__init__()
+        self.model = model
+        self._report = report
+        super().train(False)
+
+    def forward(self, *args, **kwargs):
+        with torch.no_grad():
+            return self.model(*args, **kwargs)
+
+    def report(self) -> OptimizeReport:
+        return self._report
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(f"{WHERE}: the optimized model is inference-only (BatchNorm folded, weights packed); "
+                               f"train the original model and optimize it again")
+        return super().train(False)
+
+    def _apply(self, fn, recurse=True):
+        # Refuse before anything moves: a half-moved model (dense layers moved, packed ones not) would be worse.
+        packed = [m for m in self.modules() if isinstance(m, PACKED_LAYERS)]
+        probe = torch.zeros(1, dtype=packed[0].packed.dtype) if packed else None
+        out = fn(probe) if packed else None
+        if packed and isinstance(out, torch.Tensor) and (out.device != probe.device or out.dtype != probe.dtype):
+            raise RuntimeError(f"{WHERE}: the optimized model holds weights packed for the CPU kernels in one dtype; "
+                               f"move or cast the original model ({out.device}, {out.dtype}), then optimize it again")
+        return super()._apply(fn, recurse)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks and the example run.
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{WHERE}: model must be a torch.nn.Module, got {type(model).__name__}")
+    training = [n or "<model>" for n, m in model.named_modules() if m.training]
+    if training:
+        more = f" and {len(training) - 5} more" if len(training) > 5 else ""
+        shown = ", ".join(repr(n) for n in training[:5]) + more
+        raise ValueError(f"{WHERE}: the model is in training mode ({shown}); call model.eval() first: BatchNorm "
+                         f"folding needs the running statistics (a training-mode BatchNorm normalises with batch "
+                         f"statistics) and dropout must be off")
+
+
+def _as_inputs(example_inputs) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise TypeError(f"{WHERE}: example_inputs must be a Tensor or a tuple / list of the model's positional "
+                    f"arguments, got {type(example_inputs).__name__}")
+
+
+def _describe(inputs: tuple) -> str:
+    return ", ".join(f"Tensor{list(a.shape)} {a.dtype}" if isinstance(a, torch.Tensor) else type(a).__name__
+                     for a in inputs)
+
+
+def _reset_states(model: nn.Module) -> None:
+    """Reset every neuron state (snnsparse LIF, SpikingJelly memory modules): the optimized model starts
+    fresh, and the example run leaves nothing behind."""
+    sj = G.spikingjelly()
+    memory = (LIF,) + ((sj.base.MemoryModule,) if sj is not None else ())
+    for m in model.modules():
+        if isinstance(m, memory):
+            m.reset()
+
+
+class _Calls(NamedTuple):
+    module: nn.Module                 # kept alive so that its id() is not reused while optimizing
+    shapes: List[Tuple[tuple, Optional[tuple]]]  # per call: (input shapes, output shape)
+
+
+def _example_run(model: nn.Module, inputs: tuple) -> Dict[int, _Calls]:
+    calls: Dict[int, _Calls] = {}
+
+    def record(module, args, out):
+        ins = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
+        calls.setdefault(id(module), _Calls(module, [])).shapes.append(
+            (ins, tuple(out.shape) if isinstance(out, torch.Tensor) else None))
+
+    handles = [m.register_forward_hook(record) for m in model.modules()]
+    _reset_states(model)
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as e:
+        raise ValueError(f"{WHERE}: the model cannot run example_inputs ({_describe(inputs)}): {G.error_text(e)}. "
+                         f"Pass inputs the model takes (e.g. [T, B, C, H, W] for a multi-step SpikingJelly "
+                         f"model, [B, C, H, W] per step for a single-step one)") from e
+    finally:
+        for h in handles:
+            h.remove()
+        _reset_states(model)
+    return calls
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy(model), also for a model pruned with torch.nn.utils.prune: its `weight` attribute
+    is weight_orig * mask computed with autograd (not a leaf), which deepcopy refuses. That tensor is
+    derived (the prune hook recomputes it before every forward, by assignment), so the copy takes it
+    detached instead, sharing its values."""
+    memo = {}
+    for m in model.modules():
+        for value in vars(m).values():
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and value.grad_fn is not None:
+                memo[id(value)] = value.detach()
+    return copy.deepcopy(model, memo)
+
+
+def _type_name(module: nn.Module) -> str:
+    info = G.bn_of(module)
+    if info is not None and info.bn is not module:
+        return f"{type(module).__name__}({type(info.bn).__name__})"
+    return type(module).__name__
+
+
+def _join_name(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+# --------------------------------------------------------------------------------------------------
+class _Optimizer:
+    def __init__(self, calls: Dict[int, _Calls]):
+        self.calls = calls
+        self.report = OptimizeReport()
+        self.bn_outcome: Dict[int, Tuple[str, str]] = {}  # id(BatchNorm) -> (action, reason), set by its conv
+
+    def runs(self, module: nn.Module) -> int:
+        """How many times the module ran in the example forward."""
+        calls = self.calls.get(id(module))
+        return 0 if calls is None else len(calls.shapes)
+
+    def row(self, name, module, action, fmt="", density=None, reason=""):
+        self.report.rows.append(LayerRecord(name, _type_name(module), action, fmt, density, reason))
+
+    # -- entry: a module with unknown input -------------------------------------------------------
+    def optimize(self, module: nn.Module, name: str) -> nn.Module:
+        """`module` optimized (a new module, or `module` changed in place)."""
+        if G.is_leaf(module) or G.chain_items(module) is not None:
+            return self.leaf(module, name, G.analog(f"the input of {name or '<model>'!r}, not traced"))
+        traced = G.trace(module)
+        if traced.graph is None:
+            self.report.notes.append(
+                f"fx could not trace {name or '<model>'!r} ({type(module).__name__}: {traced.error}); its children "
+                f"were optimized one by one, each taking its input as analog (no BatchNorm folded across them)")
+            self.children(module, name)
+            return module
+        return self.graph(module, traced, name)
+
+    def children(self, module: nn.Module, name: str) -> None:
+        for key, child in list(module._modules.items()):
+            if child is not None:
+                new = self.optimize(child, _join_name(name, key))
+                if new is not child:
+                    setattr(module, key, new)
+
+    def leaf(self, module: nn.Module, name: str, x: G.Kind) -> nn.Module:
+        """One leaf module, not followed by anything we know of (no BatchNorm fold)."""
+        if G.chain_items(module) is not None:
+            self.chain(module, name, x)
+            return module
+        if G.is_conv_or_linear(module):
+            new, _ = self.layer(module, name, x)
+            return module if new is None else new
+        if G.neuron_class(module) is not None:
+            new = self.neuron(module, name)
+            return module if new is None else new
+        self.other(module, name)
+        return module
+
+    # -- one fx graph ----------------------------------------------------------------------------
+    def graph(self, root: nn.Module, traced: G.Traced, prefix: str) -> fx.GraphModule:
+        g = traced.graph
+        mods: Dict[fx.Node, nn.Module] = {}
+        sites: Dict[int, List[fx.Node]] = defaultdict(list)
+        for node in g.nodes:
+            if node.op == "call_module":
+                mods[node] = root.get_submodule(node.target)
+                sites[id(mods[node])].append(node)
+        # A module whose tensors the forward reads directly (get_attr) must keep them: never replaced.
+        read_directly = {n.target.rpartition(".")[0] for n in g.nodes if n.op == "get_attr"}
+        kinds = self.kinds(g, mods, traced, prefix)
+
+        def x_of(node: fx.Node) -> G.Kind:
+            a = node.args[0] if node.args else None
+            if isinstance(a, fx.Node) and a in kinds:
+                return kinds[a]
+            return G.analog(f"no tensor input ({node.name})")
+
+        replace: Dict[int, nn.Module] = {}  # id(module) -> its replacement
+        folded: Dict[fx.Node, fx.Node] = {}  # BatchNorm node -> the conv / linear node it was folded into
+        done = set()
+        for node in list(g.nodes):
+            if node.op != "call_module" or id(mods[node]) in done:
+                continue
+            m, name = mods[node], _join_name(prefix, node.target)
+            done.add(id(m))
+            # A module called at several places is decided once, for the least binary of its inputs.
+            x = G.join([x_of(n) for n in sites[id(m)]], f"it is called at {len(sites[id(m)])} places")
+            if node.target in traced.opaque:
+                self.row(name, m, "left", reason=f"fx could not trace it ({traced.opaque[node.target]}); it runs as "
+                                                 f"it is, its children were optimized one by one (inputs analog)")
+                self.children(m, name)
+                continue
+            replaceable = G.is_conv_or_linear(m) or G.neuron_class(m) is not None or G.bn_of(m) is not None
+            if replaceable and node.target in read_directly:
+                self.row(name, m, "left", reason="the model's forward reads its tensors directly (kept as they are)")
+                continue
+            if replaceable and any(len(n.args) != 1 or n.kwargs for n in sites[id(m)]):
+                self.row(name, m, "left", reason="it is called with other arguments than one positional input")
+                continue
+            if G.is_conv_or_linear(m):
+                bn, bn_node, blocker = self.bn_after(node, mods, sites, read_directly)
+                new, did_fold = self.layer(m, name, x, bn, blocker)
+                if new is not None:
+                    replace[id(m)] = new
+                if did_fold:
+                    folded[bn_node] = node
+                continue
+            if G.bn_of(m) is not None:
+                self.bn_row(name, m)
+                continue
+            if G.neuron_class(m) is not None:
+                new = self.neuron(m, name, one_call=len(sites[id(m)]) == 1)
+                if new is not None:
+                    replace[id(m)] = new
+                continue
+            if G.chain_items(m) is not None:
+                self.chain(m, name, x)
+                continue
+            self.other(m, name)
+
+        for node, m in mods.items():  # every call site (a module may be called under several names)
+            if id(m) in replace:
+                root.set_submodule(node.target, replace[id(m)])
+        for bn_node, conv_node in folded.items():
+            bn_node.replace_all_uses_with(conv_node)
+            g.erase_node(bn_node)
+        g.lint()
+        return fx.GraphModule(root, g, class_name=type(root).__name__)
+
+    def kinds(self, g: fx.Graph, mods, traced: G.Traced, prefix: str) -> Dict[fx.Node, G.Kind]:
+        """The kind of every node. A node written in place (add_, inplace=True modules) makes its whole
+        alias family (views, reshapes, identities of it) analog: which users see the new values is not
+        worth tracking, and analog only costs speed."""
+        forced: Dict[fx.Node, G.Kind] = {}
+        for _ in range(2):
+            kinds: Dict[fx.Node, G.Kind] = {}
+            for node in g.nodes:
+                if node.op == "placeholder":
+                    kinds[node] = G.analog("the model input" if not prefix else f"the input of {prefix!r}")
+                elif node.op == "get_attr":
+                    kinds[node] = G.analog(f"tensor {node.target!r}")
+                elif node.op == "call_module":
+                    name = _join_name(prefix, node.target)
+                    a = node.args[0] if node.args else None
+                    x = kinds.get(a) if isinstance(a, fx.Node) else None
+                    if node.target in traced.opaque or x is None:
+                        kinds[node] = G.analog(f"output of {name!r} ({type(mods[node]).__name__})")
+                    else:
+                        kinds[node] = G.module_kind(mods[node], name, x)
+                elif node.op in ("call_function", "call_method"):
+                    kinds[node] = G.op_kind(node, kinds)
+                if node in forced:
+                    kinds[node] = forced[node]
+            written = [n for n in g.nodes
+                       if G.mutates_input(n, mods.get(n)) and n.args and isinstance(n.args[0], fx.Node)]
+            new_forced = {}
+            for n in written:
+                for a in self.alias_family(n.args[0], mods):
+                    new_forced[a] = G.analog(f"{a.name}, written in place by {n.name}")
+            if set(new_forced) <= set(forced):
+                return kinds
+            forced.update(new_forced)
+        return kinds
+
+    @staticmethod
+    def alias_family(start: fx.Node, mods) -> List[fx.Node]:
+        def view_like(n: fx.Node) -> bool:
+            if n.op == "call_function":
+                return n.target in G._SAME_FUNCTIONS or n.target in G._INPLACE_OPERATORS
+            if n.op == "call_method":
+                return n.target in G._SAME_METHODS or G.mutates_input(n)
+            return n.op == "call_module" and (G.keeps_values(mods[n]) or G.mutates_input(n, mods[n]))
+
+        seen, todo = {start}, [start]
+        while todo:
+            n = todo.pop()
+            near = [u for u in n.users if view_like(u) and u.args and u.args[0] is n]
+            if view_like(n) and n.args and isinstance(n.args[0], fx.Node):
+                near.append(n.args[0])
+            for m in near:
+                if m not in seen:
+                    seen.add(m)
+                    todo.append(m)
+        return list(seen)
+
+    def bn_after(self, node: fx.Node, mods, sites, read_directly):
+        """(BNInfo, its node, why it cannot be folded or None) for the BatchNorm that alone uses this
+        conv / linear node's output; (None, None, None) when there is none."""
+        users = list(node.users)
+        if len(users) != 1:
+            return None, None, None
+        u = users[0]
+        if u.op != "call_module" or not u.args or u.args[0] is not node:
+            return None, None, None
+        info = G.bn_of(mods[u])
+        if info is None:
+            return None, None, None
+        blocker = None
+        if len(sites[id(mods[node])]) > 1:
+            blocker = "its conv / linear is called at several places"
+        elif len(sites[id(mods[u])]) > 1:
+            blocker = "it is called at several places"
+        elif len(u.args) != 1 or u.kwargs:
+            blocker = "it is called with more arguments than its input"
+        elif u.target in read_directly:
+            blocker = "the model's forward reads its tensors directly"
+        return info, u, blocker
+
+    def bn_row(self, name: str, module: nn.Module) -> None:
+        info = G.bn_of(module)
+        action, reason = self.bn_outcome.pop(id(info.bn), (
+            "left", "not folded: its input is not the output of a conv / linear layer used by nothing else"))
+        self.row(name, module, action, reason=reason)
+
+    # -- a time-flattening container (SeqToANNContainer, SeqToANN): its children in order ------------
+    def chain(self, container: nn.Module, name: str, x: G.Kind) -> G.Kind:
+        items = G.chain_items(container)
+        i = 0
+        while i < len(items):
+            it = items[i]
+            cname, m = _join_name(name, it.suffix), it.module
+            nxt = items[i + 1] if i + 1 < len(items) else None
+            if G.is_conv_or_linear(m):
+                info = G.bn_of(nxt.module) if nxt is not None else None
+                if info is not None and info.flattens:
+                    info = None  # a time-flattening wrapper inside one: not a pattern models use
+                blocker = None
+                if info is not None and max(self.runs(m), self.runs(info.bn)) > 1:
+                    blocker = "it or the layer before it runs more than once per forward (shared)"
+                new, did_fold = self.layer(m, cname, x, info, blocker)
+                if new is not None:
+                    setattr(it.parent, it.key, new)
+                if info is not None:
+                    self.bn_row(_join_name(name, nxt.suffix), nxt.module)
+                    if did_fold:
+                        del nxt.parent._modules[nxt.key]  # by key: the other children keep their names
+                    i += 1
+                x = G.analog(f"output of {cname!r} ({type(m).__name__})")
+            else:
+                if G.bn_of(m) is not None:
+                    self.bn_row(cname, m)
+                elif G.neuron_class(m) is not None:
+                    new = self.neuron(m, cname)
+                    if new is not None:
+                        setattr(it.parent, it.key, new)
+                elif G.chain_items(m) is not None:
+                    self.chain(m, cname, x)
+                elif not G.is_leaf(m):  # a block of its own: optimized as a model whose input is analog
+                    new = self.optimize(m, cname)
+                    if new is not m:
+                        setattr(it.parent, it.key, new)
+                else:
+                    self.other(m, cname)
+                x = G.module_kind(m, cname, x)
+            i += 1
+        return x
+
+    # -- conv / linear ---------------------------------------------------------------------------
+    def layer(self, module: nn.Module, name: str, x: G.Kind, bn: Optional[G.BNInfo] = None,
+              bn_blocker: Optional[str] = None) -> Tuple[Optional[nn.Module], bool]:
+        """The inference layer replacing one conv / linear (None: left as it is) and whether `bn` (the
+        BatchNorm that alone uses its output, if any) was folded into it."""
+        spike, why = self.spike_twin(module, name)
+        if spike is None:
+            self.row(name, module, "left", reason=why)
+            if bn is not None:
+                self.bn_outcome[id(bn.bn)] = ("left", f"not folded: the layer before it, {name!r}, is left unchanged")
+            return None, False
+        weight, bias, mask = spike.weight.detach(), spike.bias, spike.weight_mask
+        folded, fold_rank = False, None
+        if bn is not None:
+            blocker = bn_blocker or self.fold_blocker(module, spike, bn)
+            if blocker is None:
+                weight, bias, fold_rank = self.fold(spike, bn, self.calls[id(module)].shapes)
+                folded = True
+                self.bn_outcome[id(bn.bn)] = ("bn-folded", f"folded into {name!r} (its running statistics)")
+            else:
+                self.bn_outcome[id(bn.bn)] = ("left", f"not folded: {blocker}")
+        return self.inference_layer(module, spike, name, x, weight, bias, mask, fold_rank), folded
+
+    def spike_twin(self, module: nn.Module, name: str):
+        """(SpikeConv2d / SpikeLinear with the module's weights and mask, "") or (None, why not), by
+        convert's rules: only classes whose forward is known, no hooks the new layer would drop,
+        geometry the kernels take."""
+        hooks = _foreign_hooks(module)
+        if hooks:
+            return None, f"it has hooks the optimized layer would drop: {', '.join(hooks)}"
+        if id(module) not in self.calls:
+            return None, "it did not run on example_inputs, so its input shapes are unknown"
+        if not all(ins for ins, _ in self.calls[id(module)].shapes):
+            return None, "it is called without a positional tensor input (the inference layers take one)"
+        try:
+            decision = _decide(module, name, None, "auto")
+        except (ValueError, TypeError) as e:
+            return None, str(e)
+        if decision.record is None or decision.record.action == "left":
+            return None, decision.record.reason if decision.record is not None else "not a layer convert knows"
+        return (module if decision.new is None else decision.new), ""
+
+    def fold_blocker(self, module: nn.Module, spike: nn.Module, bn: G.BNInfo) -> Optional[str]:
+        b = bn.bn
+        hooks = _foreign_hooks(b)
+        if hooks:
+            return f"it has hooks folding would drop: {', '.join(hooks)}"
+        if not b.track_running_stats or b.running_mean is None or b.running_var is None:
+            return "it has no running statistics (track_running_stats=False: it normalises every batch by itself)"
+        out = spike.weight.shape[0]
+        if b.num_features != out:
+            return f"it normalises {b.num_features} channels, the layer before it has {out}"
+        if b.running_mean.device != spike.weight.device:
+            return f"it is on {b.running_mean.device}, the layer before it on {spike.weight.device}"
+        if isinstance(spike, SpikeConv2d):
+            return None if bn.dims == 2 else f"a BatchNorm{bn.dims}d after a conv2d"
+        if bn.dims != 1:
+            return f"a BatchNorm{bn.dims}d after a linear layer"
+        ranks = {len(out_shape) for _, out_shape in self.calls[id(module)].shapes if out_shape is not None}
+        seen = {r - (1 if bn.flattens else 0) for r in ranks}
+        if seen != {2}:
+            return (f"BatchNorm1d normalises dim 1 of what it sees (rank {sorted(seen)} here), which is not the "
+                    f"linear layer's output features")
+        return None
+
+    @staticmethod
+    def fold(spike: nn.Module, bn: G.BNInfo, shapes):
+        """(weight, bias, fold_rank) with `bn` folded in, by snnsparse.nn.fuse.fuse_conv_bn (the one place
+        the arithmetic lives). A linear layer is folded as the 1x1 conv it equals, with a BatchNorm2d
+        holding the BatchNorm1d's state (same per-channel affine map)."""
+        if isinstance(spike, SpikeConv2d):
+            conv, norm = spike, bn.bn
+        else:
+            m, k = spike.weight.shape
+            conv = SpikeConv2d(k, m, 1, bias=spike.bias is not None, device=spike.weight.device,
+                               dtype=spike.weight.dtype)
+            with torch.no_grad():
+                conv.weight.copy_(spike.weight.view(m, k, 1, 1))
+                conv.weight_mask.copy_(spike.weight_mask.view(m, k, 1, 1))
+                if spike.bias is not None:
+                    conv.bias.copy_(spike.bias)
+            b = bn.bn
+            norm = nn.BatchNorm2d(m, eps=b.eps, affine=b.affine, device=b.running_mean.device,
+                                  dtype=b.running_mean.dtype)
+            norm.load_state_dict(b.state_dict())
+        seq = nn.Sequential(conv, norm).eval()
+        fuse_conv_bn(seq)
+        if not isinstance(seq[1], nn.Identity):  # pragma: no cover - fold_blocker checked what fuse needs
+            raise RuntimeError(f"{WHERE}: internal error: fuse_conv_bn did not fold {type(bn.bn).__name__}")
+        if isinstance(spike, SpikeConv2d):
+            return conv.weight.detach(), conv.bias.detach(), None
+        rank = next(len(o) for _, o in shapes if o is not None)
+        return conv.weight.detach().view(spike.weight.shape), conv.bias.detach(), rank
+
+    @staticmethod
+    def pack_blocker(weight: torch.Tensor) -> Optional[str]:
+        reason = _cpp.unavailable_reason()
+        if reason:
+            return f"the C++ extension is not available ({reason})"
+        if weight.device.type != "cpu":
+            return (f"packed weights are for the CPU kernels (weights on {weight.device}); the per-layer GPU kernels "
+                    f"are not used here yet")
+        if weight.dtype not in _PACKABLE_DTYPES:
+            return f"the packed kernels take float32 / float64 weights, not {weight.dtype}"
+        return None
+
+    def inference_layer(self, module, spike, name, x: G.Kind, weight, bias, mask, fold_rank):
+        is_conv = isinstance(spike, SpikeConv2d)
+        shapes = self.calls[id(module)].shapes
+        if x.level == G.Level.SPIKES:
+            blocker = self.pack_blocker(weight)
+            if blocker is None:
+                try:
+                    if is_conv:
+                        # Widths from example_inputs: output-channel rows (format 4) only serve rows <= 64 pixels.
+                        in_w = max(ins[0][-1] for ins, _ in shapes)
+                        out_w = max(o[-1] for _, o in shapes if o is not None)
+                        packed = _conv2d.pack(weight, mask, spike.groups, stride=spike.stride, in_width=in_w,
+                                              out_width=out_w)
+                    else:
+                        packed = _linear.pack(weight, mask)
+                except (RuntimeError, ValueError, TypeError) as e:
+                    blocker = f"packing failed ({G.error_text(e)})"
+            if blocker is None:
+                why = f"input is spikes: {x.source}"
+                if is_conv:
+                    new = PackedConv2d(packed, bias, spike.stride, spike._explicit_padding(), spike.dilation,
+                                       name=name, why=why)
+                else:
+                    new = PackedLinear(packed, bias, fold_rank=fold_rank, name=name, why=why)
+                self.row(name, module, "packed-event", packed.format.name, packed.density, why)
+                return new
+            why = f"input is spikes ({x.source}), but {blocker}: dense torch"
+        elif x.level == G.Level.COUNTS:
+            why = f"multi-level input (SEW ADD): bit planes not built yet ({x.source})"
+        else:
+            why = f"input is not spikes: {x.source}"
+        dense = masked_weight(weight, mask)
+        if is_conv:
+            new = DenseConv2d(dense, bias, spike.stride, spike.padding, spike.dilation, spike.groups, name=name,
+                              why=why)
+        else:
+            new = DenseLinear(dense, bias, fold_rank=fold_rank, name=name, why=why)
+        self.row(name, module, "dense-analog", "dense", spike.density(), why)
+        return new
+
+    # -- neurons and the rest ----------------------------------------------------------------------
+    def neuron(self, module: nn.Module, name: str, one_call: bool = False) -> Optional[nn.Module]:
+        """The ss.nn.LIF replacing a SpikingJelly LIFNode (None: the module stays). one_call: the module is
+        called exactly once per forward (one call site in a traced graph), so a multi-step LIF may be
+        stateless per call; otherwise it keeps v between calls as SpikingJelly does (a node called twice
+        in one forward carries v from the first call into the second)."""
+        kind = G.neuron_class(module)
+        if kind == "lif":
+            self.row(name, module, "neuron-fused", reason="already ss.nn.LIF (one fused kernel over T)")
+            return None
+        sj_lif = G._sj_types(G.spikingjelly(), "neuron", ("LIFNode",))
+        if type(module) not in sj_lif:
+            if type(module) in G._sj_types(G.spikingjelly(), "neuron", G.SJ_SPIKING_NEURONS):
+                why = "no fused kernel yet (runs as SpikingJelly's module; its output is spikes)"
+            else:
+                why = (f"no fused kernel for SpikingJelly's {kind}; its output is "
+                       f"{'spikes' if G.emits_spikes(module) else 'taken as analog (not known to be binary)'}")
+            self.row(name, module, "left", reason=why)
+            return None
+        blocker = None
+        hooks = _foreign_hooks(module)
+        if hooks:
+            blocker = f"it has hooks the converted neuron would drop: {', '.join(hooks)}"
+        elif getattr(module, "store_v_seq", False):
+            blocker = "store_v_seq=True: ss.nn.LIF does not record v_seq"
+        elif getattr(module, "_neuron_precision", None) is not None:
+            blocker = "it has a neuron precision setting (functional.set_neuron_precision) ss.nn.LIF does not follow"
+        elif not G.emits_spikes(module):
+            blocker = "its surrogate function is not in spiking mode: the output is not spikes"
+        if blocker is None:
+            try:
+                new = _decide(module, name, None, "auto").new
+            except (ValueError, TypeError) as e:
+                blocker = str(e)
+        if blocker is not None:
+            self.row(name, module, "left", reason=blocker)
+            return None
+        if new.step_mode == "m" and one_call:
+            new.stateful = False
+            how = "multi-step: stateless per call, as SpikingJelly with functional.reset_net between calls"
+        elif new.step_mode == "m":
+            how = ("multi-step, called more than once per forward or outside a traced graph: keeps v between calls "
+                   "until reset(), as SpikingJelly")
+        else:
+            how = "single-step: keeps v between calls until reset(), as SpikingJelly"
+        self.row(name, module, "neuron-fused",
+                 reason=f"SpikingJelly LIFNode -> ss.nn.LIF, one fused kernel over T ({how})")
+        return new
+
+    def other(self, module: nn.Module, name: str) -> None:
+        if G.bn_of(module) is not None:
+            self.bn_row(name, module)
+        elif G.keeps_values(module):
+            self.row(name, module, "left", reason="runs as it is (keeps its input's values: spikes stay spikes)")
+        else:
+            self.row(name, module, "left", reason="runs as it is: no inference version (its output is taken as analog)")
+
+
+# --------------------------------------------------------------------------------------------------
+def optimize_for_inference(model: nn.Module, example_inputs) -> OptimizedModel:
+    """An inference-only copy of `model` that gives the same outputs and does less work.
+
+    model: an nn.Module in eval mode (SpikingJelly models in either step mode, snnsparse models,
+    plain torch). It is not changed. example_inputs: a Tensor or a tuple of the model's positional
+    arguments, run once (on a copy) to check them and to learn the layers' shapes; the optimized
+    model's shape-dependent choices (conv packing formats, BatchNorm1d folding) hold for inputs of
+    that layout, and it refuses others with a clear error rather than compute something else.
+
+    Returns an OptimizedModel: call it like the model (no autograd); `.report()` says per layer what
+    was done and why (str() prints a table). Identical results to `model`, except spike flips where a
+    membrane potential is within fp32 rounding of the threshold (BatchNorm folding changes the order
+    of the arithmetic). Multi-step LIF neurons called once per forward are stateless per call
+    (SpikingJelly's behaviour with functional.reset_net between calls); single-step ones, and any
+    called more than once per forward, keep their state until reset() (functional.reset_net), as
+    SpikingJelly's do. The step mode of every layer is fixed at this call.
+    """
+    _check_model(model)
+    inputs = _as_inputs(example_inputs)
+    work = _copy(model)  # the caller's model (and its neuron states) stay as they are
+    calls = _example_run(work, inputs)
+    optimizer = _Optimizer(calls)
+    body = optimizer.optimize(work, "")
+    for p in body.parameters():  # what is left of the original modules: no autograd either
+        p.requires_grad_(False)
+    result = OptimizedModel(body, optimizer.report)
+    _reset_states(result)
+    return result
