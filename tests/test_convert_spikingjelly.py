@@ -198,3 +198,21 @@ def test_convert_dense_backend_keeps_lif_on_a_kernel_backend(rng):
     with torch.no_grad():
         out, _ = _run(conv, x, "m")
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_convert_leaves_lif_whose_output_is_not_spikes(rng):
+    # A surrogate with spiking=False makes LIFNode output the smooth primitive function, not spikes:
+    # swapping in the binary ss.nn.LIF would change the outputs silently.
+    torch.manual_seed(rng.initial_seed())
+    model = nn.Sequential(layer.Linear(6, 5, step_mode="m"),
+                          neuron.LIFNode(surrogate_function=surrogate.Sigmoid(spiking=False), step_mode="m"))
+    x = torch.rand(3, 2, 6, generator=rng) * 3
+    with torch.no_grad():
+        sjf.reset_net(model)
+        ref = model(x)
+    with pytest.warns(ss.nn.ConvertWarning, match="not in spiking mode"):
+        ss.nn.convert(model)
+    assert type(model[1]).__name__ == "LIFNode"
+    with torch.no_grad():
+        sjf.reset_net(model)
+        torch.testing.assert_close(model(x), ref)

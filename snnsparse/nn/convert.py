@@ -109,6 +109,18 @@ def _left(name: str, module: nn.Module, reason: str) -> _Decision:
     return _Decision(None, ConvertRecord(name, cls, "left", cls, reason), False)
 
 
+def lif_blocker(module: nn.Module) -> Optional[str]:
+    """Why a SpikingJelly LIFNode cannot become ss.nn.LIF exactly (None when it can): the fused neuron
+    emits binary spikes and keeps no v_seq and no precision profile."""
+    if getattr(module, "store_v_seq", False):
+        return "store_v_seq=True: ss.nn.LIF does not record v_seq"
+    if getattr(module, "_neuron_precision", None) is not None:
+        return "it has a neuron precision setting (functional.set_neuron_precision) ss.nn.LIF does not follow"
+    if not getattr(getattr(module, "surrogate_function", None), "spiking", True):
+        return "its surrogate function is not in spiking mode: its output is the smooth function, not spikes"
+    return None
+
+
 def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend: str) -> _Decision:
     """What to do with one module (builds the replacement, so that every error is raised before
     convert changes anything)."""
@@ -129,6 +141,9 @@ def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend:
         if reason:
             return _left(name, module, reason)
     if is_lif:
+        blocker = lif_blocker(module)
+        if blocker:
+            return _left(name, module, blocker)
         new = LIF.from_spikingjelly(module, backend="auto" if backend == "dense" else backend)
     else:
         new = spike_cls.from_dense(module, mask, backend=backend)

@@ -652,20 +652,13 @@ class _Optimizer:
             self.row(name, module, "left", reason=why)
             return None
         blocker = None
-        hooks = _foreign_hooks(module)
-        if hooks:
-            blocker = f"it has hooks the converted neuron would drop: {', '.join(hooks)}"
-        elif getattr(module, "store_v_seq", False):
-            blocker = "store_v_seq=True: ss.nn.LIF does not record v_seq"
-        elif getattr(module, "_neuron_precision", None) is not None:
-            blocker = "it has a neuron precision setting (functional.set_neuron_precision) ss.nn.LIF does not follow"
-        elif not G.emits_spikes(module):
-            blocker = "its surrogate function is not in spiking mode: the output is not spikes"
-        if blocker is None:
-            try:
-                new = _decide(module, name, None, "auto").new
-            except (ValueError, TypeError) as e:
-                blocker = str(e)
+        try:  # convert's rules (hooks, store_v_seq, precision, non-spiking surrogate, surrogate support)
+            decision = _decide(module, name, None, "auto")
+            new = decision.new
+            if new is None:
+                blocker = decision.record.reason
+        except (ValueError, TypeError) as e:
+            blocker = str(e)
         if blocker is not None:
             self.row(name, module, "left", reason=blocker)
             return None
