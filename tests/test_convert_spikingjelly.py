@@ -90,15 +90,8 @@ def test_unsupported_surrogate_is_refused():
 
 
 def _load_zoo_module(name):
-    """A module of spikingjelly.activation_based.model, loaded by file: the package's __init__ imports
-    every zoo model, some of which need h5py / torchvision (not test dependencies)."""
-    import importlib.util
-    import os
-    path = os.path.join(os.path.dirname(sj.__file__), "model", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"spikingjelly.activation_based.model.{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from snnsparse.zoo import spikingjelly_zoo
+    return spikingjelly_zoo(name)
 
 
 def _left_names(caught):

@@ -7,10 +7,6 @@ checked to be near-threshold where the upstream spikes were still identical, and
 no flip at all, the outputs agree to fp32 tolerance.
 """
 import copy
-import importlib.util
-import os
-import sys
-import types
 
 import pytest
 import torch
@@ -40,36 +36,7 @@ PACKED = (PackedConv2d, PackedLinear)
 # SpikingJelly's model zoo without torchvision / h5py: the zoo modules import them at import time only
 # (load_state_dict_from_url for pretrained weights; sew_resnet's distributed helpers import h5py). They
 # are loaded by file with CPU-safe stand-ins that exist only while the file is imported.
-_ZOO = {}
-
-
-def _zoo(name):
-    if name not in _ZOO:
-        path = os.path.join(os.path.dirname(sj.__file__), "model", f"{name}.py")
-        tv = types.ModuleType("torchvision")
-        utils = types.ModuleType("torchvision._internally_replaced_utils")
-
-        def no_download(*args, **kwargs):
-            raise RuntimeError("test stand-in: no pretrained weights")
-
-        utils.load_state_dict_from_url = no_download
-        tv._internally_replaced_utils = utils
-        stand_ins = {"torchvision": tv, "torchvision._internally_replaced_utils": utils,
-                     "h5py": types.ModuleType("h5py")}
-        saved = {k: sys.modules.get(k) for k in stand_ins}
-        sys.modules.update(stand_ins)
-        try:
-            spec = importlib.util.spec_from_file_location(f"spikingjelly.activation_based.model.{name}", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    sys.modules.pop(k, None)
-                else:
-                    sys.modules[k] = v
-        _ZOO[name] = module
-    return _ZOO[name]
+from snnsparse.zoo import spikingjelly_zoo as _zoo  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
