@@ -1,0 +1,174 @@
+"""Whole-model CPU inference on SpikingJelly's own model zoo: ss.nn.optimize_for_inference vs the
+original SpikingJelly model with the same masked weights (issue 13's targets), same process.
+
+Per model (spiking_resnet18, sew_resnet18 ADD and IAND, spiking_vgg11_bn, parametric_lif_net
+CIFAR10Net; 32x32 input, T=4, batch 8): random masks of --density on every conv/linear but the first
+(baked into the weights of the original, so it computes exactly weight*mask), BatchNorm statistics
+recalibrated on the pruned net (a few train-mode passes on random images, so spike rates come out as
+they do after recalibration), then, interleaved, median of --reps runs:
+  sj        the original SpikingJelly model (its own CPU neuron kernels, masked dense weights)
+  ss        the optimized model (BN folded, packed weights, fused LIF)
+and batch 1 (latency). Also: optimize time, first forward vs steady state, the state bytes of each,
+mean spike rate over the neuron layers, the per-layer report. One CSV row per model to
+bench/out/e2e_zoo.csv.
+
+    .venv/bin/python bench/e2e_zoo.py [--models spiking_resnet18,sew_resnet18_add] [--reps 9]
+"""
+import argparse
+import copy
+import csv
+import os
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as prune
+
+import snnsparse as ss
+from snnsparse.benchmark import device_info, summary, timed
+from snnsparse.zoo import spikingjelly_zoo
+
+T, B, SIZE = 4, 8, 32
+
+
+def _models():
+    from spikingjelly.activation_based import neuron
+    return {
+        "spiking_resnet18": lambda: spikingjelly_zoo("spiking_resnet").spiking_resnet18(
+            spiking_neuron=neuron.LIFNode, num_classes=10),
+        "sew_resnet18_add": lambda: spikingjelly_zoo("sew_resnet").sew_resnet18(
+            spiking_neuron=neuron.LIFNode, cnf="ADD", num_classes=10),
+        "sew_resnet18_iand": lambda: spikingjelly_zoo("sew_resnet").sew_resnet18(
+            spiking_neuron=neuron.LIFNode, cnf="IAND", num_classes=10),
+        "spiking_vgg11_bn": lambda: spikingjelly_zoo("spiking_vgg").spiking_vgg11_bn(
+            spiking_neuron=neuron.LIFNode, num_classes=10),
+        "plif_cifar10net": lambda: spikingjelly_zoo("parametric_lif_net").CIFAR10Net(
+            channels=128, spiking_neuron=neuron.ParametricLIFNode),
+    }
+
+
+@torch.no_grad()
+def prepare(model, density, gen):
+    """Masks baked into the weights (the original computes exactly weight*mask), BN recalibrated."""
+    from spikingjelly.activation_based import functional as sjf
+    sjf.set_step_mode(model, "m")
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for m in layers[1:]:
+        prune.custom_from_mask(m, "weight", torch.rand(m.weight.shape, generator=gen) < density)
+        prune.remove(m, "weight")
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration passes
+    model.train()
+    for _ in range(4):
+        sjf.reset_net(model)
+        model(torch.rand(T, B, 3, SIZE, SIZE, generator=gen))
+    sjf.reset_net(model)
+    return model.eval()
+
+
+@torch.no_grad()
+def spike_rate(model, x):
+    from spikingjelly.activation_based import functional as sjf
+    from spikingjelly.activation_based import neuron
+    rates = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: rates.append(float(o.float().mean())))
+             for m in model.modules() if isinstance(m, neuron.BaseNode)]
+    sjf.reset_net(model)
+    model(x)
+    for h in hooks:
+        h.remove()
+    return statistics.mean(rates) if rates else float("nan"), rates
+
+
+def state_bytes(model):
+    n = sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+    return n
+
+
+def run(name, build, args, gen):
+    from spikingjelly.activation_based import functional as sjf
+    torch.manual_seed(0)
+    model = prepare(build(), args.density, gen)
+    x = torch.rand(T, B, 3, SIZE, SIZE, generator=gen)
+    x1 = x[:, :1].contiguous()
+    rate, rates = spike_rate(model, x)
+    t0 = time.perf_counter()
+    opt = ss.nn.optimize_for_inference(model, x)
+    t_opt = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        y_opt = opt(x)
+    t_first = time.perf_counter() - t0
+
+    def sj(inp):
+        def f():
+            sjf.reset_net(model)
+            with torch.no_grad():
+                return model(inp)
+        return f
+
+    def ours(inp):
+        def f():
+            with torch.no_grad():
+                return opt(inp)
+        return f
+
+    y_sj = sj(x)()
+    err = float((y_opt - y_sj).abs().max())
+    tb, to = timed([sj(x), ours(x)], reps=args.reps)
+    tb1, to1 = timed([sj(x1), ours(x1)], reps=args.reps)
+    sb, so, sb1, so1 = summary(tb), summary(to), summary(tb1), summary(to1)
+    report = opt.report()
+    actions = {}
+    for r in report:
+        actions[r.action] = actions.get(r.action, 0) + 1
+    row = dict(model=name, **device_info(), T=T, batch=B, input=f"3x{SIZE}x{SIZE}", density=args.density,
+               spike_rate=round(rate, 4), spike_rate_min=round(min(rates), 4), spike_rate_max=round(max(rates), 4),
+               sj_ms=round(sb["median_ms"], 2), sj_p20=round(sb["p20_ms"], 2), sj_p80=round(sb["p80_ms"], 2),
+               ss_ms=round(so["median_ms"], 2), ss_p20=round(so["p20_ms"], 2), ss_p80=round(so["p80_ms"], 2),
+               speedup=round(sb["median_ms"] / so["median_ms"], 2),
+               sj_b1_ms=round(sb1["median_ms"], 2), ss_b1_ms=round(so1["median_ms"], 2),
+               speedup_b1=round(sb1["median_ms"] / so1["median_ms"], 2),
+               optimize_s=round(t_opt, 2), first_forward_ms=round(1e3 * t_first, 1),
+               first_over_steady=round(1e3 * t_first / so["median_ms"], 2),
+               sj_state_mb=round(state_bytes(model) / 2**20, 1), ss_state_mb=round(state_bytes(opt) / 2**20, 1),
+               max_abs_diff=f"{err:.2e}", actions=" ".join(f"{k}:{v}" for k, v in sorted(actions.items())),
+               load_after="%.2f" % os.getloadavg()[0])
+    if args.verbose:
+        print(report)
+    return row
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(_models()))
+    p.add_argument("--density", type=float, default=0.05)
+    p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="bench/out")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    models = _models()
+    names = [n for n in args.models.split(",") if n]
+    unknown = [n for n in names if n not in models]
+    if unknown:
+        p.error(f"argument --models: unknown {unknown}; choose from {sorted(models)}")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "e2e_zoo.csv")
+    for name in names:
+        row = run(name, models[name], args, torch.Generator().manual_seed(0))
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        print(" ".join(f"{k}={v}" for k, v in row.items() if k not in ("python", "torch", "threads")), flush=True)
+
+
+if __name__ == "__main__":
+    main()
