@@ -15,6 +15,7 @@
 #include <string>
 
 #include "cpu/common.h"
+#include "cpu/kernels.h"
 
 namespace {
 std::string build_info() {
@@ -24,12 +25,21 @@ std::string build_info() {
   return "cpu";
 #endif
 }
-std::string cpu_isa() { return snnsparse::cpu::cpu_isa_name(); }
+std::string cpu_isa() { return snnsparse::cpu::kernels().name; }
+std::string cpu_isa_compiled() { return snnsparse::cpu::cpu_isa_compiled(); }
+std::string cpu_march() { return snnsparse::cpu::cpu_march(); }
 }  // namespace
 
 extern "C" {
-// Importing snnsparse._C (an empty Python module) runs the static registrations below.
+// Importing snnsparse._C (an empty Python module) runs the static registrations below, then
+// selects the CPU kernel variant (csrc/cpu/isa.cpp): a bad SNNSPARSE_CPU_ISA fails the import
+// with the reason (the ops registered meanwhile raise the same error instead of running).
 PyObject* PyInit__C(void) {
+  const std::string& err = snnsparse::cpu::isa_selection_error();
+  if (!err.empty()) {
+    PyErr_SetString(PyExc_ImportError, err.c_str());
+    return nullptr;
+  }
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
@@ -80,7 +90,7 @@ TORCH_LIBRARY(snnsparse, m) {
   //   linear 1 dense rows [W^T masked (K x M), colnnz]; 2 compressed rows [rowptr, idx, val, colnnz]
   //   conv   1 dense slabs [Cin x kh*kw x Cout/g, tapnnz]; 2 compressed rows per input channel
   //          [rowptr, idx, val, tapnnz]; 3 dense 64-channel blocks (groups 1) [blocks, tapnnz];
-  //          4 compressed rows per output channel [rowptr, idx, val, tapnnz] (AVX-512 builds).
+  //          4 compressed rows per output channel [rowptr, idx, val, tapnnz] (avx512 kernels only).
   // weight and mask give the shapes, the dtype, autograd and the fake kernels.
   m.def("spike_linear_pack(Tensor weight, Tensor? mask, int format) -> (int format, Tensor[] packed)");
   m.def("spike_conv2d_pack(Tensor weight, Tensor? mask, int groups, int[2] stride, int in_width, int out_width,"
@@ -90,6 +100,13 @@ TORCH_LIBRARY(snnsparse, m) {
   m.def("spike_conv2d_fwd_packed(Tensor spikes, Tensor weight, Tensor? bias, Tensor? mask, int format,"
         " Tensor[] packed, int[2] stride, int[2] padding, int[2] dilation, int groups, bool count,"
         " bool dense_weight_grad) -> (Tensor out, Tensor n_acc)");
-  // The SIMD level the CPU kernels were compiled for: "avx512", "avx2" or "generic".
+  // The CPU kernel variant selected when snnsparse._C was imported: "avx512", "avx2" or "generic"
+  // (the widest the CPU runs, or SNNSPARSE_CPU_ISA; csrc/cpu/isa.cpp).
   m.def("cpu_isa() -> str", &cpu_isa);
+  // The variants compiled into this build, widest first: "avx512,avx2,generic" for the portable
+  // default x86-64 build, one variant for an SNNSPARSE_MARCH build, "generic" elsewhere.
+  m.def("cpu_isa_compiled() -> str", &cpu_isa_compiled);
+  // The -march the whole extension was compiled with (SNNSPARSE_MARCH, e.g. "native"); "" for the
+  // portable default build (baseline target, no -march).
+  m.def("cpu_march() -> str", &cpu_march);
 }

@@ -1,4 +1,8 @@
-// Shared helpers of the CPU kernels (csrc/cpu/*.cpp): input checks, spike-plane scanning.
+// Shared helpers of the CPU op glue (csrc/cpu/*.cpp): input checks, weight masking, outputs.
+// Compiled for the baseline target only. The SIMD kernels (spike scanning included) are in
+// csrc/cpu/*_kernels.h, compiled once per instruction-set variant (kernels.h, isa_variant.h).
+// This header is also the first thing every ISA translation unit includes (isa_prelude.h), so
+// that ATen's inline functions are defined before any `#pragma GCC target`.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,13 +11,10 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 namespace snnsparse {
 namespace cpu {
@@ -56,99 +57,10 @@ inline double mask_density(const c10::optional<at::Tensor>& mask) {
   return mask.has_value() && mask->numel() ? mask->sum().item<double>() / mask->numel() : 1.0;
 }
 
-// The SIMD level this translation unit was compiled for (reported by snnsparse::cpu_isa).
-inline const char* cpu_isa_name() {
-#if defined(__AVX512F__)
-  return "avx512";
-#elif defined(__AVX2__)
-  return "avx2";
-#else
-  return "generic";
-#endif
-}
-
+// Raised by the kernels' spike scans (scan_kernels.h) for a value other than 0 and 1 (NaN included).
 [[noreturn]] inline void non_binary_error(double value) {
   TORCH_CHECK_VALUE(false, "snnsparse: spikes must be binary (0 or 1) for an event-driven kernel; found value ", value,
                     ". Use the dense layer (or torch.nn.functional) for non-binary input.");
-}
-
-template <typename scalar_t>
-[[noreturn]] inline void non_binary_in(const scalar_t* p, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (p[i] != scalar_t(0) && p[i] != scalar_t(1)) non_binary_error((double)p[i]);
-  non_binary_error(0.5);  // unreachable
-}
-
-// Bits of the nonzero entries of p[0..n): bit i of word i/64 is set when p[i] != 0.
-// words must hold (n + 63) / 64 entries. Spikes are binary, so "nonzero" is "fired"; any value
-// other than 0 and 1 (NaN included) raises ValueError, at the cost of one more compare per
-// 16 floats, so callers need not make a separate validation pass over the spikes.
-template <typename scalar_t>
-inline void nonzero_bits(const scalar_t* p, int64_t n, uint64_t* words) {
-  const int64_t nw = (n + 63) / 64;
-  for (int64_t w = 0; w < nw; ++w) {
-    const int64_t base = w * 64;
-    const int64_t lim = std::min<int64_t>(64, n - base);
-    uint64_t bits = 0;
-#if defined(__AVX512F__)
-    if constexpr (std::is_same<scalar_t, float>::value) {
-      // Full and partial words alike: masked loads never touch memory past p + n.
-      const __m512 z = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
-      uint64_t out = 0;
-      __mmask16 bad = 0;
-      for (int64_t q = 0; q < lim; q += 16) {
-        const int64_t rem = lim - q;
-        const __mmask16 lane = rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1);
-        const __m512 v = _mm512_maskz_loadu_ps(lane, p + base + q);
-        const __mmask16 nz = _mm512_mask_cmp_ps_mask(lane, v, z, _CMP_NEQ_UQ);
-        bad |= _mm512_mask_cmp_ps_mask(nz, v, one, _CMP_NEQ_UQ);
-        out |= (uint64_t)nz << q;
-      }
-      if (__builtin_expect(bad != 0, 0)) non_binary_in(p + base, lim);
-      words[w] = out;
-      continue;
-    }
-#endif
-    bool bad = false;
-    for (int64_t i = 0; i < lim; ++i) {
-      const scalar_t v = p[base + i];
-      bits |= (uint64_t)(v != scalar_t(0)) << i;
-      bad |= (v != scalar_t(0)) & (v != scalar_t(1));
-    }
-    if (__builtin_expect(bad, 0)) non_binary_in(p + base, lim);
-    words[w] = bits;
-  }
-}
-
-// Raises the non-binary error when p[0..n) holds a value other than 0 and 1 (NaN included). For
-// spike planes a kernel does not otherwise read (an input channel with no kept synapse): the
-// layer must still refuse pixels there, or energy counting would book them as spikes.
-template <typename scalar_t>
-inline void check_binary(const scalar_t* p, int64_t n) {
-  constexpr int64_t kChunk = 256;
-  for (int64_t base = 0; base < n; base += kChunk) {
-    const int64_t lim = std::min<int64_t>(kChunk, n - base);
-    bool bad = false;
-#pragma omp simd reduction(|| : bad)
-    for (int64_t i = 0; i < lim; ++i) {
-      const scalar_t v = p[base + i];
-      bad = bad || ((v != scalar_t(0)) & (v != scalar_t(1)));
-    }
-    if (__builtin_expect(bad, 0)) non_binary_in(p + base, lim);
-  }
-}
-
-// Calls f(i) for every set bit i of words[0..nw).
-template <typename F>
-inline void for_each_bit(const uint64_t* words, int64_t nw, F&& f) {
-  for (int64_t w = 0; w < nw; ++w) {
-    uint64_t b = words[w];
-    while (b) {
-      const int i = __builtin_ctzll(b);
-      b &= b - 1;
-      f(w * 64 + i);
-    }
-  }
 }
 
 // at::empty, with transparent huge pages requested for large buffers (>= 4 MiB): a fresh 32 MiB

@@ -1,207 +1,18 @@
-// Event-driven dual-sparse linear on CPU: out = spikes @ (W*M)^T + b for binary spikes.
+// Event-driven dual-sparse linear on CPU: out = spikes @ (W*M)^T + b for binary spikes. This file
+// is the op (checks, packing, format choice, registration), compiled for the baseline target; the
+// SIMD kernels are in linear_kernels.h, run through kernels() (the variant selected at load time).
 //
 // Two weight formats, chosen by mask density (kLinearDenseMin below, measured; snnsparse/ops/packed.py names them):
-//  * dense rows  [Wt (K x M, masked), colnnz]: "input-stationary". Spikes become per-k bitsets over
-//    64-row blocks of N, so a weight row Wt[k, tile] is fetched once for all the rows (all T frames
-//    and batch items) that fired at k and added (no multiplies) into each of their output rows.
+//  * dense rows  [Wt (K x M, masked), colnnz]: input-stationary adds of weight rows.
 //  * compressed rows [rowptr, idx (int16 when K < 65536, else int32), val, colnnz] of W:
-//    "output-stationary". For output m and a block of 64 spike rows, each kept synapse (m, k) does
-//    one broadcast of w and 4 AVX-512 masked adds (mask = the 64 fire bits of column k), so the
-//    accumulators never leave registers and no multiplication happens.
+//    output-stationary masked adds (linear_kernels.h explains both).
 // The crossover is measured by bench/sweep.py (see bench/RESULTS.md).
 #include "common.h"
+#include "kernels.h"
 
 namespace snnsparse {
 namespace cpu {
 namespace {
-
-constexpr int64_t kBlk = 64;  // spike rows per bitset word
-
-// XB[blk * K + k]: bit r set when spikes[blk*64 + r, k] != 0.
-template <typename scalar_t>
-std::vector<uint64_t> column_bits(const scalar_t* x, int64_t N, int64_t K) {
-  const int64_t nblk = (N + kBlk - 1) / kBlk;
-  std::vector<uint64_t> xb(nblk * K, 0);
-  const int64_t kw = (K + 63) / 64;
-  at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<uint64_t> rowbits(kw);
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      uint64_t* dst = xb.data() + blk * K;
-      const int64_t rows = std::min(kBlk, N - blk * kBlk);
-      for (int64_t r = 0; r < rows; ++r) {
-        nonzero_bits(x + (blk * kBlk + r) * K, K, rowbits.data());
-        const uint64_t bit = uint64_t(1) << r;
-        for_each_bit(rowbits.data(), kw, [&](int64_t k) { dst[k] |= bit; });
-      }
-    }
-  });
-  return xb;
-}
-
-int64_t count_acc(const std::vector<uint64_t>& xb, int64_t nblk, int64_t K, const int64_t* colnnz) {
-  int64_t total = 0;
-  for (int64_t blk = 0; blk < nblk; ++blk)
-    for (int64_t k = 0; k < K; ++k) total += (int64_t)__builtin_popcountll(xb[blk * K + k]) * colnnz[k];
-  return total;
-}
-
-// ---- dense rows: out[n, tile] += Wt[k, tile] for every fired (n, k) ----
-template <typename scalar_t>
-void linear_dense_rows(const std::vector<uint64_t>& xb, const scalar_t* wt, const scalar_t* bias, scalar_t* out,
-                       int64_t N, int64_t K, int64_t M) {
-  // 512 fp32 = 2 KiB of a weight row per event; 64 rows x 2 KiB of output stay in L2.
-  const int64_t MT = 512;
-  const int64_t nblk = (N + kBlk - 1) / kBlk, nmt = (M + MT - 1) / MT;
-  at::parallel_for(0, nblk * nmt, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t blk = t / nmt, m0 = (t % nmt) * MT, mt = std::min(MT, M - m0);
-      const int64_t rows = std::min(kBlk, N - blk * kBlk);
-      for (int64_t r = 0; r < rows; ++r) {
-        scalar_t* o = out + (blk * kBlk + r) * M + m0;
-        if (bias) std::memcpy(o, bias + m0, mt * sizeof(scalar_t));
-        else std::memset(o, 0, mt * sizeof(scalar_t));
-      }
-      const uint64_t* bits = xb.data() + blk * K;
-      for (int64_t k = 0; k < K; ++k) {
-        uint64_t b = bits[k];
-        if (!b) continue;
-        const scalar_t* __restrict__ w = wt + k * M + m0;
-        while (b) {
-          const int r = __builtin_ctzll(b);
-          b &= b - 1;
-          scalar_t* __restrict__ o = out + (blk * kBlk + r) * M + m0;
-#pragma omp simd
-          for (int64_t c = 0; c < mt; ++c) o[c] += w[c];
-        }
-      }
-    }
-  });
-}
-
-// ---- compressed rows, output-stationary ----
-#if defined(__AVX512F__)
-template <int NG, typename idx_t>
-inline void csr_row_f32(const uint64_t* bits, const int64_t p0, const int64_t p1, const idx_t* idx,
-                        const float* val, float* col /* [64] */) {
-  // Two interleaved accumulator sets: a masked add has ~3 cycles latency, so one set would
-  // make every kept synapse wait for the previous one (measured 2.9 ms -> see RESULTS.md for
-  // 1.68M synapses, N=1, 1 thread).
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-  // The 64 fire bits of column k are read as four 16-bit masks straight from memory (kmovw
-  // k, m16 uses a load port; shifting a 64-bit word and moving it to k registers was the
-  // bottleneck: 3.5 ms -> see RESULTS.md at N=64, 1 thread).
-  int64_t j = p0;
-  for (; j + 1 < p1; j += 2) {
-    __mmask16* mb = (__mmask16*)(bits + idx[j]);
-    __mmask16* mc = (__mmask16*)(bits + idx[j + 1]);
-    const __m512 w = _mm512_set1_ps(val[j]), v = _mm512_set1_ps(val[j + 1]);
-    a0 = _mm512_mask_add_ps(a0, _load_mask16(mb), a0, w);
-    b0 = _mm512_mask_add_ps(b0, _load_mask16(mc), b0, v);
-    if (NG > 1) {
-      a1 = _mm512_mask_add_ps(a1, _load_mask16(mb + 1), a1, w);
-      b1 = _mm512_mask_add_ps(b1, _load_mask16(mc + 1), b1, v);
-    }
-    if (NG > 2) {
-      a2 = _mm512_mask_add_ps(a2, _load_mask16(mb + 2), a2, w);
-      b2 = _mm512_mask_add_ps(b2, _load_mask16(mc + 2), b2, v);
-    }
-    if (NG > 3) {
-      a3 = _mm512_mask_add_ps(a3, _load_mask16(mb + 3), a3, w);
-      b3 = _mm512_mask_add_ps(b3, _load_mask16(mc + 3), b3, v);
-    }
-  }
-  if (j < p1) {
-    __mmask16* mb = (__mmask16*)(bits + idx[j]);
-    const __m512 w = _mm512_set1_ps(val[j]);
-    a0 = _mm512_mask_add_ps(a0, _load_mask16(mb), a0, w);
-    if (NG > 1) a1 = _mm512_mask_add_ps(a1, _load_mask16(mb + 1), a1, w);
-    if (NG > 2) a2 = _mm512_mask_add_ps(a2, _load_mask16(mb + 2), a2, w);
-    if (NG > 3) a3 = _mm512_mask_add_ps(a3, _load_mask16(mb + 3), a3, w);
-  }
-  a0 = _mm512_add_ps(a0, b0);
-  a1 = _mm512_add_ps(a1, b1);
-  a2 = _mm512_add_ps(a2, b2);
-  a3 = _mm512_add_ps(a3, b3);
-  _mm512_storeu_ps(col, a0);
-  _mm512_storeu_ps(col + 16, a1);
-  _mm512_storeu_ps(col + 32, a2);
-  _mm512_storeu_ps(col + 48, a3);
-}
-#endif
-
-template <typename scalar_t, typename idx_t>
-inline void csr_row_generic(const uint64_t* bits, int64_t p0, int64_t p1, const idx_t* idx, const scalar_t* val,
-                            scalar_t* col) {
-  for (int r = 0; r < 64; ++r) col[r] = 0;
-  for (int64_t j = p0; j < p1; ++j) {
-    uint64_t b = bits[idx[j]];
-    const scalar_t w = val[j];
-    while (b) {
-      const int r = __builtin_ctzll(b);
-      b &= b - 1;
-      col[r] += w;
-    }
-  }
-}
-
-template <typename scalar_t, typename idx_t>
-void linear_csr(const std::vector<uint64_t>& xb, const int64_t* rowptr, const idx_t* idx, const scalar_t* val,
-                const scalar_t* bias, scalar_t* out, int64_t N, int64_t K, int64_t M) {
-  const int64_t MT = 16;
-  const int64_t nblk = (N + kBlk - 1) / kBlk, nmt = (M + MT - 1) / MT;
-  at::parallel_for(0, nblk * nmt, 4, [&](int64_t t0, int64_t t1) {
-    alignas(64) scalar_t col[MT][64];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t blk = t / nmt, m0 = (t % nmt) * MT, mt = std::min(MT, M - m0);
-      const int64_t rows = std::min(kBlk, N - blk * kBlk);
-      const uint64_t* bits = xb.data() + blk * K;
-      for (int64_t i = 0; i < mt; ++i) {
-        const int64_t m = m0 + i;
-#if defined(__AVX512F__)
-        if constexpr (std::is_same<scalar_t, float>::value) {
-          const int ng = (int)((rows + 15) / 16);
-          switch (ng) {
-            case 1: csr_row_f32<1>(bits, rowptr[m], rowptr[m + 1], idx, val, col[i]); break;
-            case 2: csr_row_f32<2>(bits, rowptr[m], rowptr[m + 1], idx, val, col[i]); break;
-            case 3: csr_row_f32<3>(bits, rowptr[m], rowptr[m + 1], idx, val, col[i]); break;
-            default: csr_row_f32<4>(bits, rowptr[m], rowptr[m + 1], idx, val, col[i]); break;
-          }
-          continue;
-        }
-#endif
-        csr_row_generic(bits, rowptr[m], rowptr[m + 1], idx, val, col[i]);
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        scalar_t* o = out + (blk * kBlk + r) * M + m0;
-        for (int64_t i = 0; i < mt; ++i) o[i] = col[i][r] + (bias ? bias[m0 + i] : scalar_t(0));
-      }
-    }
-  });
-}
-
-// Event-driven weight gradient, transposed: gwT[k, :] += grad_out[n, :] for every fired (n, k).
-// Parallel over k: each k row is owned by one thread.
-template <typename scalar_t>
-void linear_grad_weight_t(const scalar_t* x, const scalar_t* gp, scalar_t* dst, int64_t N, int64_t K, int64_t M) {
-  if (N == 0) return;
-  std::vector<uint64_t> xb = column_bits(x, N, K);
-  const int64_t nblk = (N + kBlk - 1) / kBlk;
-  at::parallel_for(0, K, 16, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      scalar_t* __restrict__ d = dst + k * M;
-      for (int64_t blk = 0; blk < nblk; ++blk) {
-        uint64_t b = xb[blk * K + k];
-        while (b) {
-          const int r = __builtin_ctzll(b);
-          b &= b - 1;
-          const scalar_t* __restrict__ s = gp + (blk * kBlk + r) * M;
-#pragma omp simd
-          for (int64_t c = 0; c < M; ++c) d[c] += s[c];
-        }
-      }
-    }
-  });
-}
 
 void check_linear_inputs(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
                          const c10::optional<at::Tensor>& mask, const char* op) {
@@ -254,17 +65,20 @@ std::tuple<at::Tensor, at::Tensor> linear_fwd_packed(const at::Tensor& spikes, c
   at::Tensor out = empty_output({N, M}, weight.options());
   at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   int64_t nacc = 0;
+  const Kernels& kern = kernels();
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "spike_linear_fwd", [&] {
+    const TypedKernels<scalar_t>& kt = kern.of<scalar_t>();
     const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
     if (N == 0) return;
-    std::vector<uint64_t> xb = column_bits(x.data_ptr<scalar_t>(), N, K);
-    const at::Tensor& colnnz = packed.back();
+    const at::Tensor colnnz = packed.back().contiguous();
     TORCH_CHECK(colnnz.numel() == K && colnnz.scalar_type() == at::kLong, op, ": bad packed colnnz");
+    const int64_t* cn = colnnz.data_ptr<int64_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
     if (format == 1) {
       const at::Tensor wt = packed[0].contiguous();
       TORCH_CHECK(wt.scalar_type() == weight.scalar_type() && wt.dim() == 2 && wt.size(0) == K && wt.size(1) == M,
                   op, ": packed dense rows must be [K, M] of the weight's dtype");
-      linear_dense_rows<scalar_t>(xb, wt.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), N, K, M);
+      nacc = kt.linear_dense_rows(xp, N, K, M, wt.data_ptr<scalar_t>(), bp, cn, count, out.data_ptr<scalar_t>());
     } else {
       const at::Tensor rowptr = packed[0].contiguous(), idx = packed[1].contiguous(), val = packed[2].contiguous();
       TORCH_CHECK(rowptr.scalar_type() == at::kLong && rowptr.numel() == M + 1 && val.scalar_type() == weight.scalar_type()
@@ -272,15 +86,14 @@ std::tuple<at::Tensor, at::Tensor> linear_fwd_packed(const at::Tensor& spikes, c
                   op, ": bad packed compressed rows");
       if (idx.scalar_type() == at::kShort) {
         TORCH_CHECK(K <= 65536, op, ": int16 indices need K <= 65536");
-        linear_csr<scalar_t, uint16_t>(xb, rowptr.data_ptr<int64_t>(), (const uint16_t*)idx.data_ptr<int16_t>(),
-                                       val.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), N, K, M);
+        nacc = kt.linear_csr16(xp, N, K, M, rowptr.data_ptr<int64_t>(), (const uint16_t*)idx.data_ptr<int16_t>(),
+                               val.data_ptr<scalar_t>(), bp, cn, count, out.data_ptr<scalar_t>());
       } else {
         TORCH_CHECK(idx.scalar_type() == at::kInt, op, ": packed indices must be int16 or int32");
-        linear_csr<scalar_t, int32_t>(xb, rowptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(),
-                                      val.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), N, K, M);
+        nacc = kt.linear_csr32(xp, N, K, M, rowptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(),
+                               val.data_ptr<scalar_t>(), bp, cn, count, out.data_ptr<scalar_t>());
       }
     }
-    if (count) nacc = count_acc(xb, (N + kBlk - 1) / kBlk, K, colnnz.data_ptr<int64_t>());
   });
   if (N == 0 && bias.has_value()) out.copy_(b.expand({N, M}));
   return {out, scalar_count(nacc)};
@@ -336,8 +149,10 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd(const at::Tensor& grad_out, const 
     // Event-driven: gwT[k, :] += grad_out[n, :] for every fired (n, k); k rows are owned by one thread.
     at::Tensor gwt = at::zeros({K, M}, weight.options());
     at::Tensor x = spikes.contiguous();
+    const Kernels& kern = kernels();
     AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "spike_linear_bwd", [&] {
-      linear_grad_weight_t<scalar_t>(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), gwt.data_ptr<scalar_t>(), N, K, M);
+      kern.of<scalar_t>().linear_grad_weight_t(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), gwt.data_ptr<scalar_t>(),
+                                               N, K, M);
     });
     grad_w = gwt.t().contiguous();
     if (mask.has_value() && !dense_weight_grad) grad_w.masked_fill_(mask->logical_not(), 0);

@@ -42,8 +42,9 @@ def unavailable_reason() -> Optional[str]:
 
 
 def cpu_isa() -> str:
-    """The SIMD level the CPU kernels were compiled for ("avx512", "avx2", "generic"), from the build
-    itself (never /proc/cpuinfo: a build may target less than the machine has)."""
+    """The CPU kernel variant snnsparse._C selected when it was loaded ("avx512", "avx2", "generic"):
+    the widest compiled variant this CPU runs, or SNNSPARSE_CPU_ISA. Asked of the extension itself
+    (never /proc/cpuinfo); "" when it is not loaded."""
     return torch.ops.snnsparse.cpu_isa() if _ext.load() is None else ""
 
 

@@ -1,0 +1,433 @@
+// SIMD kernels of the event-driven conv2d (csrc/cpu/conv.cpp has the op, the checks, the packing
+// and the weight formats). Part of the ISA-compiled kernel source: included only by isa_variant.h,
+// inside namespace snnsparse::cpu::<variant> and its `#pragma GCC target`; include no header here.
+//
+// OpenMP (at::parallel_for) over frames in the forward (each frame owns its output: no write
+// races) and over blocks of input channels in the weight gradient (each block owns its rows).
+#ifndef SNNSPARSE_ISA_LEVEL
+#error "conv_kernels.h is compiled only through isa_variant.h"
+#endif
+
+// Valid output coordinate of input coordinate y through kernel tap k, or -1.
+inline int64_t out_coord(int64_t y, int64_t k, int64_t pad, int64_t dil, int64_t stride, int64_t lim) {
+  const int64_t t = y + pad - k * dil;
+  if (t < 0 || t % stride) return -1;
+  const int64_t o = t / stride;
+  return o < lim ? o : -1;
+}
+
+// Calls f(tap, o) for every kernel tap (ky * kw + kx) through which input pixel i (= y * W + x)
+// reaches an output position o (= oy * Wo + ox) inside the output: the scatter pattern shared by
+// the event-driven forward and the event-driven weight gradient.
+template <typename F>
+inline void for_each_tap(const ConvGeom& g, int64_t i, F&& f) {
+  const int64_t y = i / g.W, xx = i % g.W;
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    const int64_t oy = out_coord(y, ky, g.ph, g.dh, g.sh, g.Ho);
+    if (oy < 0) continue;
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      const int64_t ox = out_coord(xx, kx, g.pw, g.dw, g.sw, g.Wo);
+      if (ox < 0) continue;
+      f(ky * g.kw + kx, oy * g.Wo + ox);
+    }
+  }
+}
+
+// Blocked transpose: src [P][O] (channels-last) -> dst [O][P].
+template <typename scalar_t>
+void transpose_to_nchw(const scalar_t* src, scalar_t* dst, int64_t P, int64_t O) {
+  const int64_t B = 32;
+  for (int64_t p0 = 0; p0 < P; p0 += B)
+    for (int64_t o0 = 0; o0 < O; o0 += B) {
+      const int64_t p1 = std::min(P, p0 + B), o1 = std::min(O, o0 + B);
+      for (int64_t o = o0; o < o1; ++o)
+        for (int64_t p = p0; p < p1; ++p) dst[o * P + p] = src[p * O + o];
+    }
+}
+
+template <typename scalar_t>
+int64_t conv_fwd_dense(const ConvGeom& g, const scalar_t* x, const scalar_t* wp, const int64_t* tapnnz,
+                       const scalar_t* bias, scalar_t* out, bool count) {
+  const int64_t HW = g.H * g.W, P = g.Ho * g.Wo, nw = (HW + 63) / 64;
+  std::vector<int64_t> counts(g.N, 0);
+  at::parallel_for(0, g.N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<scalar_t> acc(P * g.O);
+    std::vector<uint64_t> bits(nw);
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t p = 0; p < P; ++p) {
+        scalar_t* a = acc.data() + p * g.O;
+        if (bias) std::memcpy(a, bias, g.O * sizeof(scalar_t));
+        else std::memset(a, 0, g.O * sizeof(scalar_t));
+      }
+      int64_t cnt = 0;
+      for (int64_t ci = 0; ci < g.C; ++ci) {
+        const int64_t grp = ci / g.Cg;
+        const scalar_t* slab = wp + ci * g.KK * g.Og;
+        const int64_t* tn = tapnnz + ci * g.KK;
+        nonzero_bits(x + (n * g.C + ci) * HW, HW, bits.data());
+        scalar_t* accg = acc.data() + grp * g.Og;
+        const int64_t Og = g.Og, O = g.O;
+        for_each_bit(bits.data(), nw, [&](int64_t i) {
+          for_each_tap(g, i, [&](int64_t tap, int64_t o) {
+            scalar_t* __restrict__ d = accg + o * O;
+            const scalar_t* __restrict__ s = slab + tap * Og;
+#pragma omp simd
+            for (int64_t c = 0; c < Og; ++c) d[c] += s[c];
+            if (count) cnt += tn[tap];
+          });
+        });
+      }
+      transpose_to_nchw(acc.data(), out + n * g.O * P, P, g.O);
+      counts[n] = cnt;
+    }
+  });
+  int64_t total = 0;
+  for (auto c : counts) total += c;
+  return total;
+}
+
+// ---- dense, output-stationary, register-blocked (groups == 1) ----
+// Weights [nch][kh*kw][Cin][64] (Cout in chunks of 64, zero-padded). Spikes of a frame become
+// per-pixel lists of fired input channels; each output pixel keeps 64 output channels in 4 (x2)
+// zmm accumulators (AVX2: 8 ymm; generic: an L1-resident row the compiler vectorises) and, for every tap and every fired channel at the tapped input pixel, adds
+// the 64-float weight row (loads + adds only, no stores until the pixel is done). A 64-wide
+// chunk of the weights (Cin*9*256 B: 590 KiB at Cin=256) stays in L2 while the frame is walked.
+// Measured on 256@16x16, T=4, B=16, rate 0.1, 1 thread (process time): the scatter version
+// above (read-modify-write of a channels-last accumulator) 62 ms; this one: see bench/RESULTS.md.
+// kCh (64, kernels.h): the output channels of one block, shared with the packing in conv.cpp.
+
+template <typename scalar_t>
+inline void add_row64(scalar_t* acc, const scalar_t* r) {
+#pragma omp simd
+  for (int c = 0; c < kCh; ++c) acc[c] += r[c];
+}
+
+// Calls f(L, m, wt) for every kernel tap of output pixel (oy, ox) whose input pixel lies inside the
+// input: L[0..m) are the fired input channels at that pixel, wt the tap's [C][64] weight rows. Each
+// variant of the blocked kernel below keeps its own accumulators and walks the events in f.
+template <typename scalar_t, typename F>
+__attribute__((always_inline)) inline void for_each_tap_events(const ConvGeom& g, int64_t oy, int64_t ox,
+                                                               const uint16_t* evl, const int32_t* cnt,
+                                                               const scalar_t* wc, F&& f) {
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    const int64_t y = oy * g.sh - g.ph + ky * g.dh;
+    if (y < 0 || y >= g.H) continue;
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      const int64_t xx = ox * g.sw - g.pw + kx * g.dw;
+      if (xx < 0 || xx >= g.W) continue;
+      const int64_t i = y * g.W + xx;
+      f(evl + i * g.C, cnt[i], wc + (ky * g.kw + kx) * g.C * kCh);
+    }
+  }
+}
+
+template <typename scalar_t>
+int64_t conv_fwd_blocked(const ConvGeom& g, const scalar_t* x, const scalar_t* wq, const int64_t* tapnnz,
+                         const scalar_t* bias, scalar_t* out, bool count) {
+  const int64_t HW = g.H * g.W, P = g.Ho * g.Wo, nw = (HW + 63) / 64, nch = (g.O + kCh - 1) / kCh;
+  const int64_t C = g.C;
+  std::vector<int64_t> counts(g.N, 0);
+  at::parallel_for(0, g.N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<uint16_t> evl(HW * C);
+    std::vector<int32_t> cnt(HW);
+    std::vector<uint64_t> bits(nw);
+    std::vector<scalar_t> cl(P * kCh);
+    for (int64_t n = n0; n < n1; ++n) {
+      std::fill(cnt.begin(), cnt.end(), 0);
+      for (int64_t ci = 0; ci < C; ++ci) {
+        nonzero_bits(x + (n * C + ci) * HW, HW, bits.data());
+        for_each_bit(bits.data(), nw, [&](int64_t i) { evl[i * C + cnt[i]++] = (uint16_t)ci; });
+      }
+      if (count) {
+        int64_t cc = 0;
+        for (int64_t i = 0; i < HW; ++i) {
+          if (!cnt[i]) continue;
+          const int64_t y = i / g.W, xx = i % g.W;
+          for (int64_t ky = 0; ky < g.kh; ++ky) {
+            if (out_coord(y, ky, g.ph, g.dh, g.sh, g.Ho) < 0) continue;
+            for (int64_t kx = 0; kx < g.kw; ++kx) {
+              if (out_coord(xx, kx, g.pw, g.dw, g.sw, g.Wo) < 0) continue;
+              const int64_t tap = ky * g.kw + kx;
+              for (int32_t e = 0; e < cnt[i]; ++e) cc += tapnnz[evl[i * C + e] * g.KK + tap];
+            }
+          }
+        }
+        counts[n] = cc;
+      }
+      for (int64_t ch = 0; ch < nch; ++ch) {
+        const int64_t c0 = ch * kCh, cw = std::min(kCh, g.O - c0);
+        const scalar_t* wc = wq + ch * g.KK * C * kCh;
+        for (int64_t oy = 0; oy < g.Ho; ++oy) {
+          for (int64_t ox = 0; ox < g.Wo; ++ox) {
+            scalar_t* acc = cl.data() + (oy * g.Wo + ox) * kCh;
+#if SNNSPARSE_ISA_LEVEL >= 2
+            if constexpr (std::is_same<scalar_t, float>::value) {
+              __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+              for_each_tap_events(g, oy, ox, evl.data(), cnt.data(), wc, [&](const uint16_t* L, int32_t m,
+                                                                             const float* wt) {
+                int32_t e = 0;
+                for (; e + 1 < m; e += 2) {
+                  const float* r0 = wt + (int64_t)L[e] * kCh;
+                  const float* r1 = wt + (int64_t)L[e + 1] * kCh;
+                  a0 = _mm512_add_ps(a0, _mm512_loadu_ps(r0));
+                  a1 = _mm512_add_ps(a1, _mm512_loadu_ps(r0 + 16));
+                  a2 = _mm512_add_ps(a2, _mm512_loadu_ps(r0 + 32));
+                  a3 = _mm512_add_ps(a3, _mm512_loadu_ps(r0 + 48));
+                  b0 = _mm512_add_ps(b0, _mm512_loadu_ps(r1));
+                  b1 = _mm512_add_ps(b1, _mm512_loadu_ps(r1 + 16));
+                  b2 = _mm512_add_ps(b2, _mm512_loadu_ps(r1 + 32));
+                  b3 = _mm512_add_ps(b3, _mm512_loadu_ps(r1 + 48));
+                }
+                if (e < m) {
+                  const float* r0 = wt + (int64_t)L[e] * kCh;
+                  a0 = _mm512_add_ps(a0, _mm512_loadu_ps(r0));
+                  a1 = _mm512_add_ps(a1, _mm512_loadu_ps(r0 + 16));
+                  a2 = _mm512_add_ps(a2, _mm512_loadu_ps(r0 + 32));
+                  a3 = _mm512_add_ps(a3, _mm512_loadu_ps(r0 + 48));
+                }
+              });
+              _mm512_storeu_ps(acc, _mm512_add_ps(a0, b0));
+              _mm512_storeu_ps(acc + 16, _mm512_add_ps(a1, b1));
+              _mm512_storeu_ps(acc + 32, _mm512_add_ps(a2, b2));
+              _mm512_storeu_ps(acc + 48, _mm512_add_ps(a3, b3));
+              continue;
+            }
+#elif SNNSPARSE_ISA_LEVEL == 1
+            if constexpr (std::is_same<scalar_t, float>::value) {
+              // AVX2: the 64 channels fill 8 ymm accumulators (half the register file), so one
+              // set; 8 independent add chains of 4-cycle latency at 2 adds per cycle keep the
+              // adders busy without a second set.
+              __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+              for_each_tap_events(g, oy, ox, evl.data(), cnt.data(), wc, [&](const uint16_t* L, int32_t m,
+                                                                             const float* wt) {
+                for (int32_t e = 0; e < m; ++e) {
+                  const float* r = wt + (int64_t)L[e] * kCh;
+                  a0 = _mm256_add_ps(a0, _mm256_loadu_ps(r));
+                  a1 = _mm256_add_ps(a1, _mm256_loadu_ps(r + 8));
+                  a2 = _mm256_add_ps(a2, _mm256_loadu_ps(r + 16));
+                  a3 = _mm256_add_ps(a3, _mm256_loadu_ps(r + 24));
+                  a4 = _mm256_add_ps(a4, _mm256_loadu_ps(r + 32));
+                  a5 = _mm256_add_ps(a5, _mm256_loadu_ps(r + 40));
+                  a6 = _mm256_add_ps(a6, _mm256_loadu_ps(r + 48));
+                  a7 = _mm256_add_ps(a7, _mm256_loadu_ps(r + 56));
+                }
+              });
+              store_64f(acc, a0, a1, a2, a3, a4, a5, a6, a7);
+              continue;
+            }
+#endif
+            for (int c = 0; c < kCh; ++c) acc[c] = 0;
+            for_each_tap_events(g, oy, ox, evl.data(), cnt.data(), wc, [&](const uint16_t* L, int32_t m,
+                                                                           const scalar_t* wt) {
+              for (int32_t e = 0; e < m; ++e) add_row64(acc, wt + (int64_t)L[e] * kCh);
+            });
+          }
+        }
+        // channels-last chunk [P][64] -> NCHW rows c0..c0+cw of frame n, plus bias
+        scalar_t* o = out + (n * g.O + c0) * P;
+        for (int64_t p0 = 0; p0 < P; p0 += 32) {
+          const int64_t p1 = std::min(P, p0 + 32);
+          for (int64_t c = 0; c < cw; ++c) {
+            const scalar_t b = bias ? bias[c0 + c] : scalar_t(0);
+            for (int64_t p = p0; p < p1; ++p) o[c * P + p] = cl[p * kCh + c] + b;
+          }
+        }
+      }
+    }
+  });
+  int64_t total = 0;
+  for (auto c : counts) total += c;
+  return total;
+}
+
+// ---- compressed rows per OUTPUT channel, spike-row masks (stride 1, W <= 64, float32, AVX-512 only) ----
+// Only the avx512 variant has it: the masked adds of 16-pixel groups selected by a 16-bit slice of
+// a row mask are what make it pay; kernels().f32.conv_outrows16 is nullptr in the other variants and
+// conv.cpp's outrows_ok (hence the automatic format choice and the pack op) asks exactly that.
+// Packed [rowptr (Cout+1), idx = ci_local*kh*kw + tap, val, tapnnz]: the CSR of the
+// masked weight viewed as [Cout, Cin/g*kh*kw]. Per frame, every input row (n, ci, y) becomes one
+// 64-bit fire mask (all rows of a frame: Cin*H*8 B, L1-resident). Vectorised over output pixels:
+// for output channel co and output row oy, each kept synapse (ci, ky, kx, w) contributes w to the
+// pixels selected by the mask of input row oy - ph + ky*dh shifted by kx*dw - pw, i.e. one masked
+// add of a broadcast w into register accumulators (ceil(Wo/16) zmm). The output row is stored
+// once. No multiplications, no read-modify-write of the output, cost ~ kept synapses x Ho x
+// ceil(Wo/16) per frame, independent of the spike rate.
+// Measured (128@32x32, T4 B16, rate 0.1, density 0.01, 1 thread, process time): per-event
+// scatter into NCHW 41.8 ms; input-channel-major masked read-modify-write 28.9 ms; this: see
+// bench/RESULTS.md.
+#if SNNSPARSE_ISA_LEVEL >= 2
+template <typename idx_t>
+int64_t conv_fwd_outrows_f32(const ConvGeom& g, const float* x, const int64_t* rowptr, const idx_t* idx,
+                             const float* val, const float* bias, float* out, bool count) {
+  const int64_t HW = g.H * g.W, P = g.Ho * g.Wo;
+  const int64_t nv = (g.Wo + 15) / 16;
+  const uint64_t wo_mask = g.Wo >= 64 ? ~uint64_t(0) : ((uint64_t(1) << g.Wo) - 1);
+  // Per synapse: input channel (global), ky*dh - ph (input row offset), column shift.
+  const int64_t nnz = rowptr[g.O];
+  std::vector<int32_t> sci(nnz), sdy(nnz), ssh(nnz);
+  for (int64_t co = 0; co < g.O; ++co) {
+    const int64_t grp = co / g.Og;
+    for (int64_t j = rowptr[co]; j < rowptr[co + 1]; ++j) {
+      const int64_t ee = (int64_t)idx[j];
+      const int64_t ci = ee / g.KK, tap = ee % g.KK, ky = tap / g.kw, kx = tap % g.kw;
+      sci[j] = (int32_t)(grp * g.Cg + ci);
+      sdy[j] = (int32_t)(ky * g.dh - g.ph);
+      ssh[j] = (int32_t)(kx * g.dw - g.pw);
+    }
+  }
+  // Input rows padded by Ho rows of zeros above and below so any oy + dy indexes a valid word.
+  const int64_t pad = g.Ho + g.kh * g.dh + g.ph + 1;
+  const int64_t RH = g.H + 2 * pad;
+  std::vector<int64_t> counts(g.N, 0);
+  at::parallel_for(0, g.N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<uint64_t> rows(g.C * RH, 0);
+    std::vector<uint64_t> pw((HW + 63) / 64);
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t ci = 0; ci < g.C; ++ci) {
+        const float* plane = x + (n * g.C + ci) * HW;
+        uint64_t* r = rows.data() + ci * RH + pad;
+        if (64 % g.W == 0 && HW % 64 == 0) {
+          // whole-plane scan (full 64-float words), then split words into rows
+          nonzero_bits(plane, HW, pw.data());
+          const uint64_t rm = g.W == 64 ? ~uint64_t(0) : ((uint64_t(1) << g.W) - 1);
+          for (int64_t y = 0; y < g.H; ++y) r[y] = (pw[(y * g.W) >> 6] >> ((y * g.W) & 63)) & rm;
+        } else {
+          for (int64_t y = 0; y < g.H; ++y) nonzero_bits(plane + y * g.W, g.W, &r[y]);
+        }
+      }
+      int64_t cnt = 0;
+      float* o = out + n * g.O * P;
+      for (int64_t co = 0; co < g.O; ++co) {
+        const int64_t p0 = rowptr[co], p1 = rowptr[co + 1];
+        const __m512 b = _mm512_set1_ps(bias ? bias[co] : 0.f);
+        float* oc = o + co * P;
+        for (int64_t oy = 0; oy < g.Ho; ++oy) {
+          __m512 a0 = b, a1 = b, a2 = b, a3 = b;
+          for (int64_t j = p0; j < p1; ++j) {
+            uint64_t m = rows[sci[j] * RH + pad + oy + sdy[j]];
+            const int32_t sh = ssh[j];
+            m = sh >= 0 ? (sh >= 64 ? 0 : m >> sh) : (-sh >= 64 ? 0 : m << -sh);
+            m &= wo_mask;
+            if (count) cnt += __builtin_popcountll(m);
+            const __m512 w = _mm512_set1_ps(val[j]);
+            a0 = _mm512_mask_add_ps(a0, (__mmask16)m, a0, w);
+            if (nv > 1) a1 = _mm512_mask_add_ps(a1, (__mmask16)(m >> 16), a1, w);
+            if (nv > 2) a2 = _mm512_mask_add_ps(a2, (__mmask16)(m >> 32), a2, w);
+            if (nv > 3) a3 = _mm512_mask_add_ps(a3, (__mmask16)(m >> 48), a3, w);
+          }
+          float* orow = oc + oy * g.Wo;
+          const __m512 acc[4] = {a0, a1, a2, a3};
+          for (int64_t v = 0; v < nv; ++v) {
+            const int64_t rem = g.Wo - 16 * v;
+            const __mmask16 k = rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1);
+            _mm512_mask_storeu_ps(orow + 16 * v, k, acc[v]);
+          }
+        }
+      }
+      counts[n] = cnt;
+    }
+  });
+  int64_t total = 0;
+  for (auto c : counts) total += c;
+  return total;
+}
+#endif
+
+template <typename scalar_t, typename idx_t>
+int64_t conv_fwd_csr(const ConvGeom& g, const scalar_t* x, const int64_t* rowptr, const idx_t* idx,
+                     const scalar_t* val, const scalar_t* bias, scalar_t* out, bool count) {
+  const int64_t HW = g.H * g.W, P = g.Ho * g.Wo, nw = (HW + 63) / 64;
+  const int64_t nnz = rowptr[g.C];
+  // Per synapse: output channel, tap offsets, and (stride 1) its whole NCHW offset from the event.
+  std::vector<int64_t> off(nnz), cog(nnz);
+  std::vector<int32_t> tky(nnz), tkx(nnz);
+  for (int64_t ci = 0; ci < g.C; ++ci) {
+    const int64_t grp = ci / g.Cg;
+    for (int64_t j = rowptr[ci]; j < rowptr[ci + 1]; ++j) {
+      const int64_t e = (int64_t)idx[j], tap = e / g.Og, o = grp * g.Og + e % g.Og;
+      tky[j] = (int32_t)(tap / g.kw);
+      tkx[j] = (int32_t)(tap % g.kw);
+      cog[j] = o;
+      off[j] = o * P - (int64_t)tky[j] * g.dh * g.Wo - (int64_t)tkx[j] * g.dw;
+    }
+  }
+  const bool s1 = g.sh == 1 && g.sw == 1;
+  std::vector<int64_t> counts(g.N, 0);
+  at::parallel_for(0, g.N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<uint64_t> bits(nw);
+    for (int64_t n = n0; n < n1; ++n) {
+      scalar_t* __restrict__ o = out + n * g.O * P;
+      for (int64_t c = 0; c < g.O; ++c) {
+        const scalar_t b = bias ? bias[c] : scalar_t(0);
+        for (int64_t p = 0; p < P; ++p) o[c * P + p] = b;
+      }
+      int64_t cnt = 0;
+      for (int64_t ci = 0; ci < g.C; ++ci) {
+        const int64_t p0 = rowptr[ci], p1 = rowptr[ci + 1];
+        if (p0 == p1) {  // no kept synapse: its spikes cost no accumulation, but must still be binary
+          check_binary(x + (n * g.C + ci) * HW, HW);
+          continue;
+        }
+        nonzero_bits(x + (n * g.C + ci) * HW, HW, bits.data());
+        for_each_bit(bits.data(), nw, [&](int64_t i) {
+          const int64_t y = i / g.W, xx = i % g.W;
+          if (s1 && y + g.ph - (g.kh - 1) * g.dh >= 0 && y + g.ph < g.Ho && xx + g.pw - (g.kw - 1) * g.dw >= 0 &&
+              xx + g.pw < g.Wo) {
+            scalar_t* __restrict__ ob = o + (y + g.ph) * g.Wo + (xx + g.pw);
+            for (int64_t j = p0; j < p1; ++j) ob[off[j]] += val[j];
+            cnt += p1 - p0;
+          } else {
+            for (int64_t j = p0; j < p1; ++j) {
+              const int64_t oy = out_coord(y, tky[j], g.ph, g.dh, g.sh, g.Ho);
+              if (oy < 0) continue;
+              const int64_t ox = out_coord(xx, tkx[j], g.pw, g.dw, g.sw, g.Wo);
+              if (ox < 0) continue;
+              o[cog[j] * P + oy * g.Wo + ox] += val[j];
+              ++cnt;
+            }
+          }
+        });
+      }
+      counts[n] = cnt;
+    }
+  });
+  int64_t total = 0;
+  for (auto c : counts) total += c;
+  return count ? total : 0;
+}
+
+// Event-driven weight gradient in slab layout: gwp[ci, tap, :] += grad_out_cl[n, oy, ox, group(ci)]
+// for every fired (n, ci, y, x). Parallel over blocks of input channels (each owns its slabs).
+template <typename scalar_t>
+void conv_grad_weight(const ConvGeom& g, const scalar_t* xp, const scalar_t* gp, scalar_t* wpp) {
+  const int64_t HW = g.H * g.W, nw = (HW + 63) / 64;
+  // Blocks of input channels: a block's gradient slabs (<= ~256 KiB) and one frame of grad_out
+  // stay in L2 while every frame is walked.
+  const int64_t slab = g.KK * g.Og;
+  const int64_t cb = std::max<int64_t>(1, std::min<int64_t>(g.C, (int64_t)(65536 / std::max<int64_t>(1, slab))));
+  const int64_t nb = (g.C + cb - 1) / cb;
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<uint64_t> bits(nw);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t c0 = blk * cb, c1 = std::min(g.C, c0 + cb);
+      for (int64_t n = 0; n < g.N; ++n) {
+        const scalar_t* gn = gp + n * g.Ho * g.Wo * g.O;
+        for (int64_t ci = c0; ci < c1; ++ci) {
+          nonzero_bits(xp + (n * g.C + ci) * HW, HW, bits.data());
+          const scalar_t* gg = gn + (ci / g.Cg) * g.Og;
+          scalar_t* dst = wpp + ci * slab;
+          const int64_t Og = g.Og, O = g.O;
+          for_each_bit(bits.data(), nw, [&](int64_t i) {
+            for_each_tap(g, i, [&](int64_t tap, int64_t o) {
+              scalar_t* __restrict__ d = dst + tap * Og;
+              const scalar_t* __restrict__ s = gg + o * O;
+#pragma omp simd
+              for (int64_t c = 0; c < Og; ++c) d[c] += s[c];
+            });
+          });
+        }
+      }
+    }
+  });
+}
+

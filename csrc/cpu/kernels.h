@@ -1,0 +1,126 @@
+// The table of SIMD kernels, one table per instruction-set variant, chosen once at load time.
+//
+// The kernels (csrc/cpu/*_kernels.h) exist once, as source, and are compiled several times: by
+// isa_avx512.cpp, isa_avx2.cpp and isa_generic.cpp, each inside its own namespace
+// (snnsparse::cpu::avx512 / avx2 / generic) and its own `#pragma GCC target` (see isa_variant.h).
+// The op glue (linear.cpp, conv.cpp, lif.cpp: checks, packing, op registration) is compiled once,
+// for the baseline target, and calls the kernels only through kernels(), the table of the variant
+// isa.cpp selected from the CPU's features (or SNNSPARSE_CPU_ISA) when snnsparse._C was imported.
+// No code compiled for a wider ISA runs before that check: the tables are constant-initialised
+// data (constexpr), so building them executes nothing.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace snnsparse {
+namespace cpu {
+
+enum class Isa : int { generic = 0, avx2 = 1, avx512 = 2 };
+
+// Convolution geometry (output size from the conv formula; built by make_geom in conv.cpp).
+struct ConvGeom {
+  int64_t N, C, H, W, O, G, Cg, Og, kh, kw, KK, sh, sw, ph, pw, dh, dw, Ho, Wo;
+};
+
+// Output channels per dense 64-channel block (conv format 3): the packing (conv.cpp) and the kernel
+// (conv_kernels.h) share it.
+constexpr int64_t kCh = 64;
+
+// Surrogate gradients of the LIF backward (names parsed in lif.cpp).
+enum Surrogate { kSigmoid = 0, kAtan = 1, kPiecewiseQuadratic = 2, kSoftSign = 3, kErf = 4 };
+
+template <typename T>
+struct LifFwdArgs {
+  const T* x;      // [Tn, N]
+  const T* v0;     // [N]
+  T* s;            // [Tn, N] spikes
+  T* vlast;        // [N]
+  T* h;            // [Tn, N] pre-fire potential, or nullptr (not saved)
+  int64_t Tn, N;
+  T tau, vth, vr;  // vr is 0 for a soft reset
+  bool decay_input, hard;
+};
+
+template <typename T>
+struct LifBwdArgs {
+  const T* gs;   // [Tn, N] grad of the spikes
+  const T* gvl;  // [N] grad of v_last, or nullptr (zero)
+  const T* gh;   // [Tn, N] grad of h_seq, or nullptr (zero)
+  const T* hs;   // [Tn, N] h_seq from the forward
+  T* gx;         // [Tn, N]
+  T* gv0;        // [N]
+  int64_t Tn, N;
+  T tau, vth, vr, alpha;
+  bool decay_input, hard, detach_reset;
+  Surrogate surrogate;
+};
+
+// Kernels of one dtype. Every kernel returning int64_t returns the number of weight accumulations
+// it executed when `count` is true (0 otherwise). Spikes are scanned (and refused when non-binary:
+// ValueError) inside the kernels. Layouts are those of the packed formats (linear.cpp / conv.cpp).
+template <typename T>
+struct TypedKernels {
+  // linear, spikes x [N, K], out [N, M]
+  int64_t (*linear_dense_rows)(const T* x, int64_t N, int64_t K, int64_t M, const T* wt, const T* bias,
+                               const int64_t* colnnz, bool count, T* out);
+  int64_t (*linear_csr16)(const T* x, int64_t N, int64_t K, int64_t M, const int64_t* rowptr, const uint16_t* idx,
+                          const T* val, const T* bias, const int64_t* colnnz, bool count, T* out);
+  int64_t (*linear_csr32)(const T* x, int64_t N, int64_t K, int64_t M, const int64_t* rowptr, const int32_t* idx,
+                          const T* val, const T* bias, const int64_t* colnnz, bool count, T* out);
+  // gwT [K, M] += grad_out[n, :] for every fired (n, k)
+  void (*linear_grad_weight_t)(const T* x, const T* g, T* gwt, int64_t N, int64_t K, int64_t M);
+  // conv, spikes [N, C, H, W], out [N, O, Ho, Wo]
+  int64_t (*conv_dense_slabs)(const ConvGeom& g, const T* x, const T* wp, const int64_t* tapnnz, const T* bias,
+                              T* out, bool count);
+  int64_t (*conv_blocks)(const ConvGeom& g, const T* x, const T* wq, const int64_t* tapnnz, const T* bias, T* out,
+                         bool count);
+  int64_t (*conv_csr16)(const ConvGeom& g, const T* x, const int64_t* rowptr, const int16_t* idx, const T* val,
+                        const T* bias, T* out, bool count);
+  int64_t (*conv_csr32)(const ConvGeom& g, const T* x, const int64_t* rowptr, const int32_t* idx, const T* val,
+                        const T* bias, T* out, bool count);
+  // Output-channel rows (format 4): nullptr where the variant has no such kernel (all but avx512
+  // float32); conv.cpp's outrows_ok asks exactly this.
+  int64_t (*conv_outrows16)(const ConvGeom& g, const T* x, const int64_t* rowptr, const int16_t* idx, const T* val,
+                            const T* bias, T* out, bool count);
+  int64_t (*conv_outrows32)(const ConvGeom& g, const T* x, const int64_t* rowptr, const int32_t* idx, const T* val,
+                            const T* bias, T* out, bool count);
+  // gwp [C, kh*kw, O/groups] += grad_out_cl[n, oy, ox, group(ci)] for every fired (n, ci, y, x)
+  void (*conv_grad_weight)(const ConvGeom& g, const T* x, const T* gcl, T* gwp);
+  void (*lif_fwd)(const LifFwdArgs<T>& a);
+  void (*lif_bwd)(const LifBwdArgs<T>& a);
+};
+
+struct Kernels {
+  const char* name;  // "avx512", "avx2", "generic"
+  Isa isa;
+  TypedKernels<float> f32;
+  TypedKernels<double> f64;
+
+  template <typename T>
+  const TypedKernels<T>& of() const;
+};
+template <>
+inline const TypedKernels<float>& Kernels::of<float>() const { return f32; }
+template <>
+inline const TypedKernels<double>& Kernels::of<double>() const { return f64; }
+
+// The compiled variants (isa_*.cpp); nullptr for a variant this build does not contain.
+const Kernels* kernels_avx512();
+const Kernels* kernels_avx2();
+const Kernels* kernels_generic();
+
+// The variant selected at load time (isa.cpp). Raises the selection error (a bad SNNSPARSE_CPU_ISA)
+// instead of running anything when the selection failed.
+const Kernels& kernels();
+// "" when the selection succeeded, else why it failed (snnsparse._C's PyInit raises it as ImportError).
+const std::string& isa_selection_error();
+// Name of the selected variant ("" when the selection failed).
+const char* cpu_isa_selected();
+// Comma list of the variants compiled into this build, widest first ("avx512,avx2,generic").
+std::string cpu_isa_compiled();
+// The -march this build was compiled with (SNNSPARSE_MARCH), "" for the portable default build.
+const char* cpu_march();
+
+}  // namespace cpu
+}  // namespace snnsparse
