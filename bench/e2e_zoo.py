@@ -50,12 +50,15 @@ def _models():
 
 @torch.no_grad()
 def prepare(model, density, gen):
-    """Masks baked into the weights (the original computes exactly weight*mask), BN recalibrated."""
+    """Masks baked into the weights (the original computes exactly weight*mask, no per-call mask
+    multiply), BN recalibrated. Returns (model, masks by parameter name) for the optimized copy."""
     from spikingjelly.activation_based import functional as sjf
     sjf.set_step_mode(model, "m")
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    for m in layers[1:]:
-        prune.custom_from_mask(m, "weight", torch.rand(m.weight.shape, generator=gen) < density)
+    masks = {}
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for n, m in layers[1:]:
+        masks[n] = torch.rand(m.weight.shape, generator=gen) < density
+        prune.custom_from_mask(m, "weight", masks[n])
         prune.remove(m, "weight")
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -66,7 +69,17 @@ def prepare(model, density, gen):
         sjf.reset_net(model)
         model(torch.rand(T, B, 3, SIZE, SIZE, generator=gen))
     sjf.reset_net(model)
-    return model.eval()
+    return model.eval(), masks
+
+
+def with_masks(model, masks):
+    """A copy whose pruned layers carry their masks (torch.nn.utils.prune), which optimize_for_inference
+    packs: the mask says which synapses are absent (a zero weight alone is not read as pruned)."""
+    model = copy.deepcopy(model)
+    for n, m in model.named_modules():
+        if n in masks:
+            prune.custom_from_mask(m, "weight", masks[n])
+    return model
 
 
 @torch.no_grad()
@@ -91,12 +104,12 @@ def state_bytes(model):
 def run(name, build, args, gen):
     from spikingjelly.activation_based import functional as sjf
     torch.manual_seed(0)
-    model = prepare(build(), args.density, gen)
+    model, masks = prepare(build(), args.density, gen)
     x = torch.rand(T, B, 3, SIZE, SIZE, generator=gen)
     x1 = x[:, :1].contiguous()
     rate, rates = spike_rate(model, x)
     t0 = time.perf_counter()
-    opt = ss.nn.optimize_for_inference(model, x)
+    opt = ss.nn.optimize_for_inference(with_masks(model, masks), x)
     t_opt = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -144,6 +144,12 @@ def device_info(device=torch.device("cpu")) -> Dict[str, str]:
         except OSError:
             pass
         info["device"] = model or "cpu"
+        from . import _ext
+        from .ops import cpp as _cpp
+        # The kernel variant that ran (SNNSPARSE_CPU_ISA can force one) and how the build was made.
+        info["cpu_isa"] = _cpp.cpu_isa()
+        info["cpu_isa_compiled"] = _ext.cpu_isa_compiled()
+        info["march"] = _ext.cpu_march() or "portable"
     try:
         info["load"] = "%.2f" % os.getloadavg()[0]
     except OSError:

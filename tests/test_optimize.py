@@ -214,9 +214,9 @@ def test_sew_resnet18(rng, cnf, node):
     assert report["layer1.0.conv1"].action == "packed-event"
     later = ["layer1.1.conv1", "layer2.0.conv1", "layer2.0.downsample.0", "layer4.1.conv1"]
     if cnf == "ADD":
-        for name in later:
-            assert report[name].action == "dense-analog"
-            assert "multi-level input (SEW ADD): bit planes not built yet" in report[name].reason
+        for name in later:  # spike counts: the event kernel once per bit plane (PackedPlanesConv2d)
+            assert report[name].action == "packed-event"
+            assert "multi-level input (SEW ADD counts" in report[name].reason and "bit plane" in report[name].reason
     else:
         for name in later:
             assert report[name].action == "packed-event" and "SEW AND/IAND" in report[name].reason
@@ -565,3 +565,21 @@ def test_optimized_model_is_inference_only_and_the_original_untouched(rng):
     with pytest.raises(RuntimeError, match="packed"):
         opt.double()
     assert opt(x).requires_grad is False
+
+
+@pytest.mark.parametrize("top", [0, 1, 2, 3, 5, 9])
+def test_bit_planes_conv_equals_dense_conv_of_counts(rng, top):
+    # SEW ADD gives small integer counts; the planes layer must equal a dense conv of those counts
+    # (float64 reference), the empty input and a non-count value included.
+    from snnsparse.nn.inference import PackedPlanesConv2d
+    from snnsparse.ops import conv2d as CV
+    w = torch.randn(6, 4, 3, 3, generator=rng)
+    m = mask(w.shape, 0.3, rng)
+    b = torch.randn(6, generator=rng)
+    layer = PackedPlanesConv2d(CV.pack(w, m, 1), b, 1, 1, 1, name="t")
+    x = torch.randint(0, top + 1, (2, 3, 4, 7, 7), generator=rng).float()
+    expect = torch.nn.functional.conv2d(x.flatten(0, 1).double(), (w * m).double(), b.double(), padding=1)
+    torch.testing.assert_close(layer(x).flatten(0, 1).double(), expect, rtol=1e-5, atol=1e-4)
+    assert layer(torch.zeros(0, 4, 7, 7)).shape == (0, 6, 7, 7)
+    with pytest.raises(ss.functional.NonBinarySpikesError, match="not a non-negative integer count"):
+        layer(x + 0.5)

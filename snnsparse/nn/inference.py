@@ -229,3 +229,45 @@ class DenseLinear(_FoldRankMixin, InferenceLayer):
 
 
 PACKED_LAYERS: Sequence[type] = (PackedConv2d, PackedLinear)
+
+
+def bit_planes(x: torch.Tensor, label: str):
+    """[(weight 2^j, plane j)] of x, whose values must be small non-negative integers (SEW ADD's spike
+    counts): x = sum_j 2^j * plane_j with binary planes, so an event-driven layer adds each weight once
+    per plane it is set in. Anything else (a fraction, a negative value, NaN) raises: counts are
+    decided by type, and a value that is not a count means that decision was wrong."""
+    top = int(x.max()) if x.numel() else 0
+    if x.numel() and (bool((x < 0).any()) or not bool((x == torch.floor(x)).all()) or not bool(torch.isfinite(x).all())):
+        bad = x[(x < 0) | (x != torch.floor(x)) | ~torch.isfinite(x)].flatten()[0].item()
+        raise SF.NonBinarySpikesError(
+            f"{label}: optimize_for_inference runs this layer on bit planes of spike counts (SEW ADD), but the "
+            f"input holds {bad!r}, not a non-negative integer count")
+    planes = []
+    rest = x
+    j = 0
+    while (1 << j) <= max(top, 1):
+        plane = torch.remainder(rest, 2)
+        planes.append((float(1 << j), plane))
+        rest = torch.div(rest - plane, 2)
+        j += 1
+    return planes
+
+
+class PackedPlanesConv2d(PackedConv2d):
+    """A PackedConv2d for spike counts (SEW ADD: the sum of two or more spike tensors): the input is
+    split into binary bit planes and the event kernel runs once per plane, out = sum_j 2^j conv(plane_j)
+    + bias. Each plane costs only its own events; the sum is exact up to fp32 summation order (so a
+    neuron after it may flip where its membrane is within rounding of the threshold)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x4, restore = _conv_input(x, self._label())
+        if x4.shape[0] == 0:
+            return super().forward(x)
+        out = None
+        for scale, plane in bit_planes(x4, self._label()):
+            y, _ = self._event(_conv2d.forward_packed, plane.contiguous(), self.packed, None, self.stride,
+                               self.padding, self.dilation)
+            out = y if out is None else out.add_(y, alpha=scale)
+        if self.bias is not None:
+            out.add_(self.bias.view(1, -1, 1, 1))
+        return restore(out)

@@ -27,6 +27,8 @@ What it does, in order:
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 from collections import defaultdict
 from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -34,6 +36,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ..functional import is_binary
 from ..ops import conv2d as _conv2d
 from ..ops import cpp as _cpp
 from ..ops import linear as _linear
@@ -42,7 +45,7 @@ from . import graph as G
 # convert's rules of which classes have a known forward (and so can be replaced), and its hook check.
 from .convert import _decide, _foreign_hooks
 from .fuse import fuse_conv_bn
-from .inference import PACKED_LAYERS, DenseConv2d, DenseLinear, PackedConv2d, PackedLinear
+from .inference import PACKED_LAYERS, DenseConv2d, DenseLinear, PackedConv2d, PackedLinear, PackedPlanesConv2d
 from .layers import SpikeConv2d
 from .lif import LIF
 
@@ -187,6 +190,7 @@ def _reset_states(model: nn.Module) -> None:
 class _Calls(NamedTuple):
     module: nn.Module                 # kept alive so that its id() is not reused while optimizing
     shapes: List[Tuple[tuple, Optional[tuple]]]  # per call: (input shapes, output shape)
+    first_input: List[torch.Tensor]   # conv/linear only: its first call's input, to time the packings on
 
 
 def _example_run(model: nn.Module, inputs: tuple) -> Dict[int, _Calls]:
@@ -194,8 +198,11 @@ def _example_run(model: nn.Module, inputs: tuple) -> Dict[int, _Calls]:
 
     def record(module, args, out):
         ins = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
-        calls.setdefault(id(module), _Calls(module, [])).shapes.append(
-            (ins, tuple(out.shape) if isinstance(out, torch.Tensor) else None))
+        entry = calls.setdefault(id(module), _Calls(module, [], []))
+        entry.shapes.append((ins, tuple(out.shape) if isinstance(out, torch.Tensor) else None))
+        if (isinstance(module, (nn.Conv2d, nn.Linear)) and not entry.first_input and args
+                and isinstance(args[0], torch.Tensor)):
+            entry.first_input.append(args[0].detach().clone())
 
     handles = [m.register_forward_hook(record) for m in model.modules()]
     _reset_states(model)
@@ -211,6 +218,39 @@ def _example_run(model: nn.Module, inputs: tuple) -> Dict[int, _Calls]:
             h.remove()
         _reset_states(model)
     return calls
+
+
+# Runs per candidate format when timing: one warm-up, then the median of this many.
+_TIMING_RUNS = 3
+
+
+def _fastest_packing(pack, run, formats, x):
+    """(PackedWeight, note): the packing whose kernel ran fastest on x, the layer's own input on
+    example_inputs (its spike rate and geometry), measured, not guessed: the best format depends on
+    the spike rate, the density and the image size together (format 4, output-channel rows, is 1.2x
+    faster than dense blocks at 128@32x32 but 2-8x slower at 8x8 and below, measured at rate and
+    density 0.05; bench/RESULTS.md). Without x, the kernels' own density rule (format 0) decides."""
+    if x is None:
+        return pack(0), "format by the density rule (no binary example input to time)"
+    times = {}
+    best = None
+    for fmt in formats:
+        try:
+            p = pack(fmt)
+        except (RuntimeError, ValueError):  # a format this build / geometry cannot serve
+            continue
+        run(p, x)
+        ts = []
+        for _ in range(_TIMING_RUNS):
+            t0 = time.perf_counter()
+            run(p, x)
+            ts.append(time.perf_counter() - t0)
+        times[p.format.name] = statistics.median(ts)
+        if best is None or times[p.format.name] < times[best.format.name]:
+            best = p
+    note = "format timed on example_inputs: " + ", ".join(
+        f"{k} {1e3 * v:.2f} ms" for k, v in sorted(times.items(), key=lambda kv: kv[1]))
+    return best, note
 
 
 def _copy(model: nn.Module) -> nn.Module:
@@ -592,10 +632,31 @@ class _Optimizer:
             return f"the packed kernels take float32 / float64 weights, not {weight.dtype}"
         return None
 
+    def _timing_input(self, module, channels: int, conv: bool, planes: bool = False) -> Optional[torch.Tensor]:
+        """The layer's input on example_inputs, flattened as its kernel takes it ([N, C, H, W] / [N, K]);
+        for spike counts its lowest bit plane. None when it was not recorded or is not binary (then the
+        kernels' own rule picks the format)."""
+        recorded = self.calls[id(module)].first_input
+        if not recorded:
+            return None
+        x = recorded[0]
+        try:
+            x = x.reshape(-1, channels, *x.shape[-2:]) if conv else x.reshape(-1, channels)
+        except RuntimeError:
+            return None
+        if x.dtype not in _PACKABLE_DTYPES:
+            return None
+        if planes and bool((x >= 0).all()) and bool((x == torch.floor(x)).all()):
+            x = torch.remainder(x, 2)
+        if not is_binary(x):
+            return None
+        return x.contiguous()
+
     def inference_layer(self, module, spike, name, x: G.Kind, weight, bias, mask, fold_rank):
         is_conv = isinstance(spike, SpikeConv2d)
         shapes = self.calls[id(module)].shapes
-        if x.level == G.Level.SPIKES:
+        planes = x.level == G.Level.COUNTS and is_conv  # SEW ADD counts: the event kernel once per bit plane
+        if x.level == G.Level.SPIKES or planes:
             blocker = self.pack_blocker(weight)
             if blocker is None:
                 try:
@@ -603,15 +664,26 @@ class _Optimizer:
                         # Widths from example_inputs: output-channel rows (format 4) only serve rows <= 64 pixels.
                         in_w = max(ins[0][-1] for ins, _ in shapes)
                         out_w = max(o[-1] for _, o in shapes if o is not None)
-                        packed = _conv2d.pack(weight, mask, spike.groups, stride=spike.stride, in_width=in_w,
-                                              out_width=out_w)
+                        geometry = (spike.stride, spike._explicit_padding(), spike.dilation)
+                        packed, timing = _fastest_packing(
+                            lambda fmt: _conv2d.pack(weight, mask, spike.groups, fmt, stride=spike.stride,
+                                                     in_width=in_w, out_width=out_w),
+                            lambda p, xx: _conv2d.forward_packed(xx, p, None, *geometry),
+                            (1, 2, 3, 4) if spike.groups == 1 else (1, 2, 4),
+                            self._timing_input(module, weight.shape[1] * spike.groups, conv=True, planes=planes))
                     else:
-                        packed = _linear.pack(weight, mask)
+                        packed, timing = _fastest_packing(
+                            lambda fmt: _linear.pack(weight, mask, fmt), lambda p, xx: _linear.forward_packed(xx, p),
+                            (1, 2), self._timing_input(module, weight.shape[1], conv=False))
                 except (RuntimeError, ValueError, TypeError) as e:
                     blocker = f"packing failed ({G.error_text(e)})"
             if blocker is None:
-                why = f"input is spikes: {x.source}"
-                if is_conv:
+                why = f"input is spikes: {x.source}; {timing}"
+                if planes:
+                    why = f"multi-level input (SEW ADD counts, {x.source}): one event pass per bit plane; {timing}"
+                    new = PackedPlanesConv2d(packed, bias, spike.stride, spike._explicit_padding(), spike.dilation,
+                                             name=name, why=why)
+                elif is_conv:
                     new = PackedConv2d(packed, bias, spike.stride, spike._explicit_padding(), spike.dilation,
                                        name=name, why=why)
                 else:

@@ -11,6 +11,7 @@ import torch
 
 from .linear import _nacc_fake, register_spike_op, save_spike_ctx, spike_backward
 from .packed import PackedWeight
+from .registry import require_cpp
 
 OPS = torch.ops.snnsparse
 
@@ -87,6 +88,7 @@ def pack(weight: torch.Tensor, mask: Optional[torch.Tensor], groups: int = 1, fm
     """Pack (weight, mask) once (CPU kernels). fmt 0 chooses as the core op does for a call with this
     stride and these input/output widths (format 4 needs stride 1 and widths <= 64); 1-4 force one
     (snnsparse.ops.packed.ConvFormat)."""
+    require_cpp(f"{__name__}.pack")
     with torch.no_grad():
         chosen, tensors = OPS.spike_conv2d_pack(weight.detach(), mask, int(groups), list(stride), int(in_width),
                                                 int(out_width), int(fmt))

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from .packed import PackedWeight
+from .registry import require_cpp
 
 OPS = torch.ops.snnsparse
 
@@ -111,6 +112,7 @@ def forward(x, weight, bias, mask, *, count=False, dense_weight_grad=False, ns: 
 def pack(weight: torch.Tensor, mask: Optional[torch.Tensor], fmt: int = 0) -> PackedWeight:
     """Pack (weight, mask) once (CPU kernels). fmt 0 chooses by density as the core op does;
     1 = dense rows [W^T masked (K x M), colnnz]; 2 = compressed rows [rowptr, idx, val, colnnz]."""
+    require_cpp(f"{__name__}.pack")
     with torch.no_grad():
         chosen, tensors = OPS.spike_linear_pack(weight.detach(), mask, int(fmt))
     return PackedWeight.of("linear", chosen, tensors, weight, mask)

@@ -24,3 +24,12 @@ def ensure_registered() -> None:
         for mod in (linear, conv2d, lif):
             mod.register()
         _done = True
+
+
+def require_cpp(what: str) -> None:
+    """Load snnsparse._C (and the registrations) before `what` calls an op directly; raise with the
+    reason when the extension is missing."""
+    ensure_registered()
+    reason = _ext.load()
+    if reason:
+        raise RuntimeError(f"{what} needs the C++ extension: {reason}")
