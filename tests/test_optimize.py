@@ -583,3 +583,24 @@ def test_bit_planes_conv_equals_dense_conv_of_counts(rng, top):
     assert layer(torch.zeros(0, 4, 7, 7)).shape == (0, 6, 7, 7)
     with pytest.raises(ss.functional.NonBinarySpikesError, match="not a non-negative integer count"):
         layer(x + 0.5)
+
+
+def test_untraceable_parent_that_indexes_its_sequential(rng):
+    # snnsparse.models.SpikingCNN's forward indexes and slices `features` (features[i], len, [i:]) and fx
+    # cannot trace it: its Sequential children must stay Sequential (folded BN -> Identity, positions
+    # kept), with BN still folded and the spike layers still packed.
+    from snnsparse.models import SpikingCNN
+    torch.manual_seed(rng.initial_seed())
+    model = SpikingCNN(in_channels=1, image_size=16, channels=(8, "M", 16, "M"), t=3).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.05, 0.5, generator=rng)
+                m.bias.uniform_(0.0, 0.8, generator=rng)
+    x = torch.rand(4, 1, 16, 16, generator=rng)
+    opt = ss.nn.optimize_for_inference(model, x)
+    report = opt.report()
+    assert isinstance(opt.model.features, nn.Sequential) and len(opt.model.features) == len(model.features)
+    assert report["features.1"].action == "bn-folded" and report["features.4"].action == "packed-event"
+    with torch.no_grad():
+        torch.testing.assert_close(opt(x), model(x), rtol=1e-5, atol=1e-5)

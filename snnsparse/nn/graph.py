@@ -184,6 +184,11 @@ def chain_items(module: nn.Module) -> Optional[List[ChainItem]]:
     return None
 
 
+def expand_sequential(seq: nn.Sequential) -> List[ChainItem]:
+    """The items of an nn.Sequential in order (nested plain nn.Sequential expanded)."""
+    return _expand(seq, "")
+
+
 def _expand(seq: nn.Sequential, prefix: str) -> List[ChainItem]:
     out = []
     for key, child in seq._modules.items():

@@ -308,7 +308,13 @@ class _Optimizer:
 
     def children(self, module: nn.Module, name: str) -> None:
         for key, child in list(module._modules.items()):
-            if child is not None:
+            if type(child) is nn.Sequential:
+                # The untraced parent may index it (features[i], len, slices): it stays an nn.Sequential,
+                # its items optimized in order, in place (snnsparse.models.SpikingCNN does exactly that).
+                cname = _join_name(name, key)
+                self.chain(child, cname, G.analog(f"the input of {cname!r} (its parent is not traced)"),
+                           items=G.expand_sequential(child), keep_positions=True)
+            elif child is not None:
                 new = self.optimize(child, _join_name(name, key))
                 if new is not child:
                     setattr(module, key, new)
@@ -484,8 +490,10 @@ class _Optimizer:
         self.row(name, module, action, reason=reason)
 
     # -- a time-flattening container (SeqToANNContainer, SeqToANN): its children in order ------------
-    def chain(self, container: nn.Module, name: str, x: G.Kind) -> G.Kind:
-        items = G.chain_items(container)
+    def chain(self, container: nn.Module, name: str, x: G.Kind, items=None, keep_positions: bool = False) -> G.Kind:
+        """keep_positions: a folded BatchNorm becomes nn.Identity instead of being removed, so a parent
+        that indexes the container (features[i], len(features)) sees the same positions."""
+        items = G.chain_items(container) if items is None else items
         i = 0
         while i < len(items):
             it = items[i]
@@ -493,7 +501,7 @@ class _Optimizer:
             nxt = items[i + 1] if i + 1 < len(items) else None
             if G.is_conv_or_linear(m):
                 info = G.bn_of(nxt.module) if nxt is not None else None
-                if info is not None and info.flattens:
+                if info is not None and info.flattens and not keep_positions:
                     info = None  # a time-flattening wrapper inside one: not a pattern models use
                 blocker = None
                 if info is not None and max(self.runs(m), self.runs(info.bn)) > 1:
@@ -503,7 +511,9 @@ class _Optimizer:
                     setattr(it.parent, it.key, new)
                 if info is not None:
                     self.bn_row(_join_name(name, nxt.suffix), nxt.module)
-                    if did_fold:
+                    if did_fold and keep_positions:
+                        setattr(nxt.parent, nxt.key, nn.Identity())
+                    elif did_fold:
                         del nxt.parent._modules[nxt.key]  # by key: the other children keep their names
                     i += 1
                 x = G.analog(f"output of {cname!r} ({type(m).__name__})")
@@ -516,6 +526,8 @@ class _Optimizer:
                         setattr(it.parent, it.key, new)
                 elif G.chain_items(m) is not None:
                     self.chain(m, cname, x)
+                elif G.keeps_values(m):  # max-pool, flatten, ...: runs as it is, spikes stay spikes
+                    self.other(m, cname)
                 elif not G.is_leaf(m):  # a block of its own: optimized as a model whose input is analog
                     new = self.optimize(m, cname)
                     if new is not m:
