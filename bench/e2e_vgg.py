@@ -8,14 +8,13 @@ several runs after warm-up. Writes a CSV row to bench/out/e2e_vgg.csv and prints
     .venv/bin/python bench/e2e_vgg.py [--epochs 2 --prune-epochs 6 --alpha 3 --batch 32]
 """
 import argparse
-import csv
 import os
 import statistics
 
 import torch
 
 import snnsparse as ss
-from snnsparse.benchmark import device_info
+from snnsparse.benchmark import append_csv, device_info
 from snnsparse.demo import evaluate, firing_rates, inference_times, load_data, spike_layers, train
 from snnsparse.models import SpikingCNN, vgg_cfg
 
@@ -65,13 +64,7 @@ def main():
                speedup=round(statistics.median(t_dense) / statistics.median(t_sparse), 2))
     os.makedirs(args.out, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(args.out, f"e2e_{args.cfg}.pt"))  # for profiling
-    path = os.path.join(args.out, "e2e_vgg.csv")
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    append_csv(os.path.join(args.out, "e2e_vgg.csv"), row)
     for k, v in row.items():
         print(f"{k:14s} {v}")
 

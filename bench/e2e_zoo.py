@@ -16,7 +16,6 @@ bench/out/e2e_zoo.csv.
 """
 import argparse
 import copy
-import csv
 import os
 import statistics
 import time
@@ -26,7 +25,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as prune
 
 import snnsparse as ss
-from snnsparse.benchmark import device_info, summary, timed
+from snnsparse.benchmark import append_csv, device_info, summary, timed
 from snnsparse.zoo import spikingjelly_zoo
 
 T, B, SIZE = 4, 8, 32
@@ -174,12 +173,7 @@ def main():
     path = os.path.join(args.out, "e2e_zoo.csv")
     for name in names:
         row = run(name, models[name], args, torch.Generator().manual_seed(0))
-        new = not os.path.exists(path)
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        append_csv(path, row)
         print(" ".join(f"{k}={v}" for k, v in row.items() if k not in ("python", "torch", "threads")), flush=True)
 
 

@@ -131,6 +131,16 @@ def _calls(kind, x, w, m, backend):
     return dense, ours
 
 
+def append_csv(path: str, row: dict) -> None:
+    """Append one result row to a CSV file (header written when the file is new)."""
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
 def device_info(device=torch.device("cpu")) -> Dict[str, str]:
     info = {"torch": torch.__version__, "threads": str(torch.get_num_threads()), "python": platform.python_version()}
     if device.type == "cuda":
