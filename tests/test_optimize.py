@@ -581,8 +581,11 @@ def test_bit_planes_conv_equals_dense_conv_of_counts(rng, top):
     expect = torch.nn.functional.conv2d(x.flatten(0, 1).double(), (w * m).double(), b.double(), padding=1)
     torch.testing.assert_close(layer(x).flatten(0, 1).double(), expect, rtol=1e-5, atol=1e-4)
     assert layer(torch.zeros(0, 4, 7, 7)).shape == (0, 6, 7, 7)
-    with pytest.raises(ss.functional.NonBinarySpikesError, match="not a non-negative integer count"):
-        layer(x + 0.5)
+    for bad in (0.5, -1.0, float("nan"), float("inf")):
+        y = x.clone()
+        y[0, 0, 0, 0, 0] = bad
+        with pytest.raises(ss.functional.NonBinarySpikesError, match="not a non-negative integer count"):
+            layer(y)
 
 
 def test_untraceable_parent_that_indexes_its_sequential(rng):

@@ -236,16 +236,18 @@ def bit_planes(x: torch.Tensor, label: str):
     counts): x = sum_j 2^j * plane_j with binary planes, so an event-driven layer adds each weight once
     per plane it is set in. Anything else (a fraction, a negative value, NaN) raises: counts are
     decided by type, and a value that is not a count means that decision was wrong."""
-    top = int(x.max()) if x.numel() else 0
-    if x.numel() and (bool((x < 0).any()) or not bool((x == torch.floor(x)).all()) or not bool(torch.isfinite(x).all())):
-        bad = x[(x < 0) | (x != torch.floor(x)) | ~torch.isfinite(x)].flatten()[0].item()
+    if x.numel() == 0:
+        return [(1.0, x)]
+    bad = ~(x >= 0) | (x != torch.floor(x)) | torch.isinf(x)  # NaN fails x >= 0
+    if bool(bad.any()):
         raise SF.NonBinarySpikesError(
             f"{label}: optimize_for_inference runs this layer on bit planes of spike counts (SEW ADD), but the "
-            f"input holds {bad!r}, not a non-negative integer count")
+            f"input holds {x[bad].flatten()[0].item()!r}, not a non-negative integer count")
+    top = int(x.max())
     planes = []
     rest = x
     j = 0
-    while (1 << j) <= max(top, 1):
+    while (1 << j) <= max(top, 1):  # plane 0 always, then one per bit of the largest count
         plane = torch.remainder(rest, 2)
         planes.append((float(1 << j), plane))
         rest = torch.div(rest - plane, 2)

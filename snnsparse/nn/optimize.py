@@ -36,7 +36,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ..functional import is_binary
+from ..functional import NonBinarySpikesError, is_binary
 from ..ops import conv2d as _conv2d
 from ..ops import cpp as _cpp
 from ..ops import linear as _linear
@@ -45,7 +45,8 @@ from . import graph as G
 # convert's rules of which classes have a known forward (and so can be replaced), and its hook check.
 from .convert import _decide, _foreign_hooks
 from .fuse import fuse_conv_bn
-from .inference import PACKED_LAYERS, DenseConv2d, DenseLinear, PackedConv2d, PackedLinear, PackedPlanesConv2d
+from .inference import (PACKED_LAYERS, DenseConv2d, DenseLinear, PackedConv2d, PackedLinear, PackedPlanesConv2d,
+                        bit_planes)
 from .layers import SpikeConv2d
 from .lif import LIF
 
@@ -658,8 +659,11 @@ class _Optimizer:
             return None
         if x.dtype not in _PACKABLE_DTYPES:
             return None
-        if planes and bool((x >= 0).all()) and bool((x == torch.floor(x)).all()):
-            x = torch.remainder(x, 2)
+        if planes:
+            try:
+                x = bit_planes(x, "")[0][1]
+            except NonBinarySpikesError:
+                return None
         if not is_binary(x):
             return None
         return x.contiguous()
