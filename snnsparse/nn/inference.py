@@ -86,7 +86,10 @@ class _PackedMixin:
 
     packed: PackedWeight
 
-    def _register_packed(self, packed: PackedWeight) -> None:
+    def _register_packed(self, packed: PackedWeight, bias: Optional[torch.Tensor], kind: str) -> None:
+        if packed.kind != kind:
+            raise ValueError(f"{type(self).__name__}: packed must be a {kind} PackedWeight, got {packed.kind}")
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.packed = packed
         for i, t in enumerate(packed.tensors):
             self.register_buffer(f"packed_{i}", t)
@@ -128,10 +131,7 @@ class PackedConv2d(_PackedMixin, InferenceLayer):
     def __init__(self, packed: PackedWeight, bias: Optional[torch.Tensor], stride, padding, dilation, *,
                  name: str = "", why: str = ""):
         super().__init__(name, why)
-        if packed.kind != "conv2d":
-            raise ValueError(f"PackedConv2d: packed must be a conv2d PackedWeight, got {packed.kind}")
-        self._register_packed(packed)
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self._register_packed(packed, bias, "conv2d")
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,10 +164,7 @@ class PackedLinear(_FoldRankMixin, _PackedMixin, InferenceLayer):
     def __init__(self, packed: PackedWeight, bias: Optional[torch.Tensor], *, fold_rank: Optional[int] = None,
                  name: str = "", why: str = ""):
         super().__init__(name, why)
-        if packed.kind != "linear":
-            raise ValueError(f"PackedLinear: packed must be a linear PackedWeight, got {packed.kind}")
-        self._register_packed(packed)
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self._register_packed(packed, bias, "linear")
         self.fold_rank = fold_rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
