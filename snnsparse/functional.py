@@ -25,10 +25,14 @@ _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _SPIKE_DTYPES = _FLOATS + (torch.bool, torch.uint8)
 
 
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # True is an int to Python, never a stride
+
+
 def _pair(v, name, op):
-    if isinstance(v, int):
+    if _int(v):
         return (v, v)
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(_int(i) for i in v):
         return tuple(v)
     raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
 
@@ -211,6 +215,8 @@ def spike_linear(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     dense_weight_grad=True gives dL/dweight for pruned entries too (Grad R needs it).
     """
     op = "spike_linear"
+    check_bool(return_count, "return_count", where=op)
+    check_bool(dense_weight_grad, "dense_weight_grad", where=op)
     spikes = _common(op, spikes, weight, bias, mask, 2)
     if spikes.dim() < 1 or spikes.shape[-1] != weight.shape[1]:
         raise ValueError(f"{op}: spikes must have shape [..., {weight.shape[1]}] (weight is "
@@ -242,13 +248,15 @@ def spike_conv2d(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     accumulations the kernel executed.
     """
     op = "spike_conv2d"
+    check_bool(return_count, "return_count", where=op)
+    check_bool(dense_weight_grad, "dense_weight_grad", where=op)
     spikes = _common(op, spikes, weight, bias, mask, 4)
     stride, padding, dilation = (_pair(stride, "stride", op), _pair(padding, "padding", op),
                                  _pair(dilation, "dilation", op))
     if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
         raise ValueError(f"{op}: stride and dilation must be >= 1 and padding >= 0, got stride={stride}, "
                          f"padding={padding}, dilation={dilation}")
-    if not isinstance(groups, int) or groups < 1:
+    if not _int(groups) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
     if spikes.dim() not in (4, 5):
         raise ValueError(f"{op}: spikes must be [T, B, C, H, W] or [N, C, H, W], got shape {tuple(spikes.shape)}")

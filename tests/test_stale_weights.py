@@ -215,3 +215,38 @@ def test_lif_under_torch_compile_equals_eager(rng, surrogate):
     yc.backward()
     assert_close64(yc, ye)
     assert_close64(xc.grad, xe.grad)
+
+
+def test_packed_forward_refuses_a_gradient_it_cannot_give(rng):
+    # The packed ops run on a zero placeholder weight: a gradient w.r.t. their input would be all zeros.
+    from snnsparse.ops import linear as L
+    w, m = randn((4, 6), rng), mask((4, 6), 0.5, rng)
+    p = L.pack(w, m)
+    x = spikes((3, 6), 0.5, rng).requires_grad_()
+    with pytest.raises(RuntimeError, match="inference-only"):
+        L.forward_packed(x, p)
+    with torch.no_grad():
+        assert_close64(L.forward_packed(x, p)[0], F.linear(x.double(), (w * m).double()))
+
+
+def test_state_dict_mask_is_checked_like_set_mask():
+    layer = ss.nn.SpikeLinear(4, 3)
+    sd = layer.state_dict()
+    sd["weight_mask"] = torch.full((3, 4), 0.2)  # scores: copy_ into the bool buffer would make all True
+    with pytest.raises(ValueError, match="weight_mask.*only 0 and 1"):
+        layer.load_state_dict(sd)
+    assert layer.weight_mask.all()  # unchanged (it was all-True before)
+    sd["weight_mask"] = (torch.arange(12).reshape(3, 4) % 3 == 0).float()  # torch prune's 0/1 floats: fine
+    layer.load_state_dict(sd)
+    assert torch.equal(layer.weight_mask, sd["weight_mask"].bool())
+
+
+@pytest.mark.parametrize("flag", ["return_count", "dense_weight_grad"])
+def test_functional_flags_must_be_bools(flag):
+    x, w = torch.ones(2, 4), torch.ones(3, 4)
+    with pytest.raises(TypeError, match=flag):
+        ss.functional.spike_linear(x, w, **{flag: "no"})
+    with pytest.raises(TypeError, match=flag):
+        ss.functional.spike_conv2d(torch.ones(1, 4, 3, 3), torch.ones(3, 4, 1, 1), **{flag: "no"})
+    with pytest.raises(TypeError, match="groups|stride"):
+        ss.functional.spike_conv2d(torch.ones(1, 4, 3, 3), torch.ones(3, 4, 1, 1), stride=(True, 1))

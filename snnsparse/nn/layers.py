@@ -158,6 +158,11 @@ class _SpikeMixin:
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        mask_key = prefix + "weight_mask"
+        if mask_key in state_dict:  # copy_ into the bool buffer would turn a score mask into all-True
+            from ..pruning.masks import zero_one_mask  # lazy: snnsparse.pruning imports this module
+            state_dict[mask_key] = zero_one_mask(state_dict[mask_key], self.weight.shape,
+                                                 f"{mask_key!r} in the state_dict")
         key = prefix + "_extra_state"
         present = key in state_dict
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,

@@ -100,6 +100,7 @@ def forward_packed(x, packed: PackedWeight, bias, stride, padding, dilation, *, 
     read, none can be stale); no gradient reaches the weight."""
     if packed.kind != "conv2d":
         raise ValueError(f"spike_conv2d: packed must be a conv2d PackedWeight, got {packed.kind}")
+    packed.check_inference(x)
     out, n = OPS.spike_conv2d_fwd_packed(x, packed.placeholder(), bias, None, int(packed.format),
                                          list(packed.tensors), list(stride),
                                          list(padding), list(dilation), packed.groups, bool(count), False)

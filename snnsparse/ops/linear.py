@@ -123,6 +123,7 @@ def forward_packed(x, packed: PackedWeight, bias=None, *, count=False):
     read, none can be stale); no gradient reaches the weight."""
     if packed.kind != "linear":
         raise ValueError(f"spike_linear: packed must be a linear PackedWeight, got {packed.kind}")
+    packed.check_inference(x)
     out, n = OPS.spike_linear_fwd_packed(x, packed.placeholder(), bias, None, int(packed.format),
                                          list(packed.tensors), bool(count), False)
     return out, (n if count else None)

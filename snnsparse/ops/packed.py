@@ -50,6 +50,14 @@ class PackedWeight:
         enum_type = LinearFormat if kind == "linear" else ConvFormat
         return cls(kind, enum_type(fmt), tuple(tensors), tuple(weight.shape), weight.dtype, density, int(groups))
 
+    def check_inference(self, x: torch.Tensor) -> None:
+        """The packed forwards run on a snapshot and a zero placeholder weight: no gradient can be right
+        through them, so an input that wants one is refused instead of getting zeros."""
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError(f"spike_{'conv2d' if self.kind == 'conv2d' else 'linear'}: a PackedWeight forward is "
+                               f"inference-only (no gradient reaches its input); run it under torch.no_grad() or "
+                               f"use the Spike* layer / ss.functional for training")
+
     def placeholder(self) -> torch.Tensor:
         """A zero-stride tensor of the weight's shape and dtype (one element of memory): the packed ops
         take the weight only for its shape and dtype, the values come from the packing."""

@@ -126,15 +126,21 @@ def torch_prune_mask(module: nn.Module, what: str = "weight_mask") -> "torch.Ten
     would otherwise become all-True). `what` names the buffer in the error."""
     if "weight" not in _prune_hooks(module):
         return None
-    mask, weight = module.weight_mask, module.weight_orig
-    if tuple(mask.shape) != tuple(weight.shape):
-        raise ValueError(f"{what} (torch.nn.utils.prune) has shape {tuple(mask.shape)}, but the weight has "
-                         f"{tuple(weight.shape)}")
+    return zero_one_mask(module.weight_mask, module.weight_orig.shape, f"{what} (torch.nn.utils.prune)")
+
+
+def zero_one_mask(mask: torch.Tensor, shape, what: str) -> torch.Tensor:
+    """A stored mask (a bool tensor, or torch.nn.utils.prune's float 0/1 buffer) as bool, after checking
+    its shape and that every entry is exactly 0 or 1 (scores or NaN cast to bool would read as "keep").
+    For masks that come out of storage; a mask passed to an API must be bool (check_mask)."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{what} must be a tensor, got {type(mask).__name__}")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{what} has shape {tuple(mask.shape)}, but the weight has {tuple(shape)}")
     if mask.dtype != torch.bool:
         bad = (mask != 0) & (mask != 1)  # NaN is neither
         if bool(bad.any()):
-            raise ValueError(f"{what} (torch.nn.utils.prune) must hold only 0 and 1, found "
-                             f"{mask[bad].flatten()[0].item()!r}")
+            raise ValueError(f"{what} must hold only 0 and 1, found {mask[bad].flatten()[0].item()!r}")
     return mask.to(torch.bool)
 
 
