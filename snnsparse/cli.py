@@ -53,7 +53,6 @@ def _number_type(convert, check, **bounds):
 
 
 positive_int = _number_type(int, check_int, lo=1)
-nonnegative_int = _number_type(int, check_int, lo=0)
 any_int = _number_type(int, check_int)
 positive_float = _number_type(float, check_real, lo=0, lo_open=True)
 nonnegative_float = _number_type(float, check_real, lo=0)

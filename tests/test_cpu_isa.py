@@ -421,3 +421,19 @@ def _worker(seed):
 
 if __name__ == "__main__":
     _worker(int(sys.argv[1]))
+
+
+def test_unknown_or_zero_width_never_packs_output_channel_rows():
+    # A pack without geometry (widths 0) or an empty image must not pick format 4 (its rows are 64-bit
+    # words; a width of 0 divided by zero in the kernel), and negative widths are refused.
+    import snnsparse as ss  # noqa: F401  (loads the extension)
+    w = torch.randn(64, 3, 1, 1)
+    m = torch.zeros(64, 3, 1, 1, dtype=torch.bool)
+    m[0, 0] = True
+    fmt, _ = torch.ops.snnsparse.spike_conv2d_pack(w, m, 1, [1, 1], 0, 0, 0)
+    assert fmt != 4
+    with pytest.raises(RuntimeError, match="in_width and out_width must be >= 0"):
+        torch.ops.snnsparse.spike_conv2d_pack(w, m, 1, [1, 1], -5, 3, 0)
+    out, _ = torch.ops.snnsparse.spike_conv2d_fwd(torch.zeros(1, 3, 2, 0), w, None, m, [1, 1], [1, 1], [1, 1], 1,
+                                                  False, False)
+    assert out.shape == (1, 64, 4, 2) and not out.any()

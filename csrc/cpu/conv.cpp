@@ -18,8 +18,6 @@
 // This file is the op (checks, packing, format choice, registration), compiled for the baseline
 // target; the SIMD kernels are in conv_kernels.h, run through kernels() (the variant selected at
 // load time).
-#include <cstdlib>
-
 #include "common.h"
 #include "kernels.h"
 
@@ -70,8 +68,11 @@ void check_conv_inputs(const at::Tensor& x, const at::Tensor& w, const c10::opti
 // variant selected at load time, not how this file was compiled: a portable build on an AVX2 CPU,
 // or SNNSPARSE_CPU_ISA=avx2 on an AVX-512 one, refuses format 4 cleanly instead of calling a null
 // kernel.
+// Widths of 0 mean "unknown" (a pack() without geometry) or an empty image: never format 4, whose rows
+// are 64-bit words of width >= 1 (a 0 width divided by zero in the kernel).
 bool outrows_ok(at::ScalarType dt, bool stride1, int64_t in_width, int64_t out_width) {
-  return kernels().f32.conv_outrows16 != nullptr && dt == at::kFloat && stride1 && in_width <= 64 && out_width <= 64;
+  return kernels().f32.conv_outrows16 != nullptr && dt == at::kFloat && stride1 && in_width >= 1 &&
+         in_width <= 64 && out_width >= 1 && out_width <= 64;
 }
 
 }  // namespace
@@ -210,6 +211,8 @@ std::tuple<int64_t, std::vector<at::Tensor>> conv_pack_op(const at::Tensor& weig
   TORCH_CHECK(groups >= 1 && weight.size(0) % groups == 0, op, ": Cout ", weight.size(0), " not divisible by groups ",
               groups);
   TORCH_CHECK(stride.size() == 2, op, ": stride must have 2 values");
+  TORCH_CHECK(in_width >= 0 && out_width >= 0, op, ": in_width and out_width must be >= 0 (0: unknown), got ",
+              in_width, " and ", out_width);
   check_mask(mask, weight, op);
   TORCH_CHECK(format >= 0 && format <= 4, op, ": format must be 0 (auto) or 1-4, got ", format);
   const bool s1 = stride[0] == 1 && stride[1] == 1;

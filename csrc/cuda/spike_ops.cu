@@ -115,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor> conv_fwd(const char* op, const at::Tensor& sp
   at::Tensor n_acc = at::zeros({}, weight.options().dtype(at::kLong));
   if (out.numel() == 0) return {out, n_acc};
   // Weight-stationary layout [KH*KW, Cig, Cout]: a 32 x kTileCo slab is 32 contiguous row pieces.
-  // (Repacked per call here; the Python side may cache packed weights keyed on versions.)
+  // (Repacked per call: nothing caches a packing of a weight that can still change.)
   const at::Tensor wt = weight.permute({2, 3, 1, 0}).contiguous();
   const at::Tensor xb = pack_spikes(spikes, s, stream);
   at::Tensor mb;

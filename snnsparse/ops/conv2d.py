@@ -86,8 +86,8 @@ def forward(x, weight, bias, mask, stride, padding, dilation, groups, *, count=F
 def pack(weight: torch.Tensor, mask: Optional[torch.Tensor], groups: int = 1, fmt: int = 0, *, stride=(1, 1),
          in_width: int = 0, out_width: int = 0) -> PackedWeight:
     """Pack (weight, mask) once (CPU kernels). fmt 0 chooses as the core op does for a call with this
-    stride and these input/output widths (format 4 needs stride 1 and widths <= 64); 1-4 force one
-    (snnsparse.ops.packed.ConvFormat)."""
+    stride and these input/output widths (format 4 needs stride 1 and widths 1..64; widths 0 = unknown,
+    never format 4); 1-4 force one (snnsparse.ops.packed.ConvFormat)."""
     require_cpp(f"{__name__}.pack")
     with torch.no_grad():
         chosen, tensors = OPS.spike_conv2d_pack(weight.detach(), mask, int(groups), list(stride), int(in_width),

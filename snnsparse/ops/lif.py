@@ -45,11 +45,11 @@ def _backward_for(ns: str):
     return backward
 
 
-def register(ns: str = "snnsparse", lib=torch.library):
+def register(ns: str = "snnsparse"):
     """Fake kernels and autograd of the lif ops of namespace `ns` (see ops.linear.register)."""
-    lib.register_fake(f"{ns}::lif_fwd", _fwd_fake)
-    lib.register_fake(f"{ns}::lif_bwd", _bwd_fake)
-    lib.register_autograd(f"{ns}::lif_fwd", _backward_for(ns), setup_context=_setup)
+    torch.library.register_fake(f"{ns}::lif_fwd", _fwd_fake)
+    torch.library.register_fake(f"{ns}::lif_bwd", _bwd_fake)
+    torch.library.register_autograd(f"{ns}::lif_fwd", _backward_for(ns), setup_context=_setup)
 
 
 def run(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_h=False,

@@ -84,10 +84,11 @@ def _backward_for(ns: str, packed: bool):
     return backward
 
 
-def register_spike_op(op: str, ns: str, fakes, backward_for, setups, lib=torch.library):
+def register_spike_op(op: str, ns: str, fakes, backward_for, setups):
     """Fake kernels and autograd of one spike op (`op` = "spike_linear" / "spike_conv2d") in namespace
     `ns`: fakes = (fwd, bwd, fwd_packed), setups = (fwd, fwd_packed). The packed forward exists for the
     CPU formats only (namespace "snnsparse")."""
+    lib = torch.library
     lib.register_fake(f"{ns}::{op}_fwd", fakes[0])
     lib.register_fake(f"{ns}::{op}_bwd", fakes[1])
     lib.register_autograd(f"{ns}::{op}_fwd", backward_for(ns, False), setup_context=setups[0])

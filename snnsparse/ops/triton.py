@@ -96,23 +96,10 @@ def _launch(kernel):
     return kernel if INTERPRET else torch.library.wrap_triton(kernel)
 
 
-class _Unregistered:
-    """Stand-in for an op this process does not register (no CUDA and no interpreter)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def register_fake(self, fn):
-        return fn
-
-    def register_autograd(self, *args, **kwargs):
-        pass
-
-
 def _define(name: str):
     def deco(fn):
-        if not ENABLED:
-            return _Unregistered(fn)
+        if not ENABLED:  # no CUDA and no interpreter: the op is not registered in this process
+            return fn
         if INTERPRET:
             return torch.library.custom_op(f"{NS}::{name}", mutates_args=())(fn)
         return torch.library.triton_op(f"{NS}::{name}", mutates_args=())(fn)
