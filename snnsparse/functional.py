@@ -104,6 +104,14 @@ def is_binary(x: torch.Tensor) -> bool:
     return bool(((x == 0) | (x == 1)).all())
 
 
+def as_float_input(x, dtype: torch.dtype):
+    """bool / uint8 input (spikes stored compactly, or uint8 pixels) as `dtype` for F.linear / F.conv2d,
+    which refuse mixed dtypes; anything else unchanged."""
+    if isinstance(x, torch.Tensor) and x.dtype in (torch.bool, torch.uint8):
+        return x.to(dtype)
+    return x
+
+
 def _check_tensor(t, name, op):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")

@@ -607,3 +607,87 @@ def test_untraceable_parent_that_indexes_its_sequential(rng):
     assert report["features.1"].action == "bn-folded" and report["features.4"].action == "packed-event"
     with torch.no_grad():
         torch.testing.assert_close(opt(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Review findings: each returned a wrong number without an error before its fix.
+def test_neuron_in_a_block_run_several_times_keeps_its_state(rng):
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = layer.Linear(8, 8, step_mode="m")
+            self.sn = neuron.LIFNode(step_mode="m", tau=2.0)
+
+        def forward(self, x):
+            return self.sn(self.fc(x))
+
+    class Parent(nn.Module):  # untraceable: runs the traced block once per time step
+        def __init__(self):
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x):
+            return torch.cat([self.block(x[t:t + 1]) for t in range(int(x.shape[0]))])
+
+    torch.manual_seed(rng.initial_seed())
+    model = Parent().eval()
+    with torch.no_grad():
+        model.block.fc.weight.mul_(3)
+    x = torch.rand(6, 2, 8, generator=rng)
+    opt = ss.nn.optimize_for_inference(model, x)
+    sjf.reset_net(model)
+    with torch.no_grad():
+        ref = model(x)
+    opt.reset() if hasattr(opt, "reset") else sjf.reset_net(opt.model)
+    torch.testing.assert_close(opt(x), ref)
+
+
+def test_fold_leaves_a_tied_weight_unchanged(rng):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = ss.nn.SpikeConv2d(4, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.b = ss.nn.SpikeConv2d(4, 4, 3, padding=1)
+            self.b.weight = self.a.weight  # shared Parameter
+
+        def forward(self, x):
+            return self.bn(self.a(x)) + self.b(x)
+
+    torch.manual_seed(rng.initial_seed())
+    model = Net()
+    with torch.no_grad():
+        model.bn.running_var.fill_(0.25)
+        model.bn.weight.fill_(3.0)
+    model.eval()
+    x = torch.rand(2, 4, 6, 6, generator=rng)
+    opt = ss.nn.optimize_for_inference(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(opt(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_state_of_another_format_is_refused_and_assign_is_followed(rng):
+    from snnsparse.nn.inference import PackedConv2d
+    from snnsparse.ops import conv2d as CV
+    w = torch.randn(16, 16, 3, 3, generator=rng)
+    m = mask(w.shape, 0.03, rng)
+    a = PackedConv2d(CV.pack(w, m, 1, 2, stride=(1, 1), in_width=8, out_width=8), None, 1, 1, 1)
+    b = PackedConv2d(CV.pack(w, m, 1, 4, stride=(1, 1), in_width=8, out_width=8), None, 1, 1, 1)
+    x = (torch.rand(2, 16, 8, 8, generator=rng) < 0.3).float()
+    ref = torch.nn.functional.conv2d(x, torch.where(m, w, 0.0), None, 1, 1)
+    with pytest.raises(ValueError, match="packing"):
+        b.load_state_dict(a.state_dict())  # same tensor shapes, another format
+    torch.testing.assert_close(b(x), ref, rtol=1e-5, atol=1e-5)
+    sd = {k: v.clone() for k, v in a.state_dict().items()}
+    sd["packed_2"] = sd["packed_2"] * 2  # the values of a compressed packing
+    a.load_state_dict(sd, assign=True)
+    torch.testing.assert_close(a(x), 2 * ref, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_layers_take_bool_and_uint8_input(rng):
+    model = nn.Sequential(nn.Linear(6, 4)).eval()
+    x = torch.rand(3, 6, generator=rng) < 0.5
+    opt = ss.nn.optimize_for_inference(model, x.float())
+    for xx in (x, x.to(torch.uint8)):
+        torch.testing.assert_close(opt(xx), model(xx.float()))
+    assert opt.report().self_check_max_abs_diff is not None and opt.report().self_check_max_abs_diff < 1e-5

@@ -24,6 +24,18 @@ def _bn_of(module: nn.Module):
 
 
 @torch.no_grad()
+def fold_bn(weight: torch.Tensor, bias, bn: nn.modules.batchnorm._BatchNorm):
+    """(weight, bias) of a conv / linear (output channels on dim 0) followed by the inference-mode `bn`,
+    as new tensors (nothing is changed in place): W*s and (b - mean)*s + beta with
+    s = gamma / sqrt(var + eps). The one place this arithmetic lives (fuse_conv_bn, optimize_for_inference)."""
+    scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+    shift = (bn.bias if bn.affine else torch.zeros_like(bn.running_mean)) - bn.running_mean * scale
+    new_weight = weight * scale.view(-1, *([1] * (weight.dim() - 1))).to(weight.dtype)
+    new_bias = shift if bias is None else bias * scale + shift
+    return new_weight.detach(), new_bias.to(weight.dtype).detach()
+
+
+@torch.no_grad()
 def fuse_conv_bn(model: nn.Module) -> nn.Module:
     """Fold every BatchNorm2d that directly follows a SpikeConv2d in an nn.Sequential into the conv
     (for inference: uses the running statistics). The BN becomes nn.Identity. Returns the model."""
@@ -34,12 +46,11 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
             conv, bn = seq[i], _bn_of(seq[i + 1])
             if not isinstance(conv, SpikeConv2d) or bn is None or not bn.track_running_stats:
                 continue
-            scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
-            shift = (bn.bias if bn.affine else torch.zeros_like(bn.running_mean)) - bn.running_mean * scale
-            conv.weight.mul_(scale.view(-1, 1, 1, 1).to(conv.weight.dtype))
+            weight, bias = fold_bn(conv.weight, conv.bias, bn)
+            conv.weight.copy_(weight)
             if conv.bias is None:
-                conv.bias = nn.Parameter(shift.to(conv.weight.dtype))
+                conv.bias = nn.Parameter(bias)
             else:
-                conv.bias.mul_(scale).add_(shift)
+                conv.bias.copy_(bias)
             seq[i + 1] = nn.Identity()
     return model

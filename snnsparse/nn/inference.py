@@ -81,32 +81,62 @@ def _conv_input(x: torch.Tensor, label: str):
 
 
 class _PackedMixin:
-    """Keeps the PackedWeight's tensors as buffers (they follow state_dict and count in memory) and
-    the PackedWeight itself pointing at exactly those tensors."""
+    """Keeps the PackedWeight's tensors as buffers (they follow state_dict and count in memory); the
+    PackedWeight is rebuilt from exactly those buffers on every access, so a state_dict loaded with
+    assign=True or a moved module can never leave it pointing at other tensors. Its format, shape and
+    groups are saved with the state (`_extra_state`) and a state of another packing is refused: two
+    formats can have tensors of identical shapes (compressed rows per input or per output channel when
+    Cin == Cout), and copying one into the other would compute something else without an error."""
 
-    packed: PackedWeight
+    _packed_meta: PackedWeight  # the packing minus its tensors (tensors=())
 
     def _register_packed(self, packed: PackedWeight, bias: Optional[torch.Tensor], kind: str) -> None:
         if packed.kind != kind:
             raise ValueError(f"{type(self).__name__}: packed must be a {kind} PackedWeight, got {packed.kind}")
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.packed = packed
+        self._packed_meta = dataclasses.replace(packed, tensors=())
+        self._n_packed = len(packed.tensors)
         for i, t in enumerate(packed.tensors):
             self.register_buffer(f"packed_{i}", t)
+
+    @property
+    def packed(self) -> PackedWeight:
+        return dataclasses.replace(self._packed_meta,
+                                   tensors=tuple(getattr(self, f"packed_{i}") for i in range(self._n_packed)))
+
+    _DTYPES = (torch.float32, torch.float64)
+
+    def _packing_key(self) -> torch.Tensor:
+        """[kind, format, groups, dtype, *shape] as an int64 tensor (every state_dict value stays a tensor)."""
+        m = self._packed_meta
+        return torch.tensor([0 if m.kind == "linear" else 1, int(m.format), m.groups, self._DTYPES.index(m.dtype),
+                             *m.shape], dtype=torch.int64)
+
+    def get_extra_state(self):
+        return self._packing_key()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checked before any buffer is copied: a refused state must leave the layer as it was.
+        self.set_extra_state(state_dict.get(prefix + "_extra_state"))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def set_extra_state(self, state) -> None:
+        if not (isinstance(state, torch.Tensor) and torch.equal(state, self._packing_key())):
+            raise ValueError(f"{self._label()}: the state_dict holds a packing {state!r}, this layer is packed as "
+                             f"{self._packing_key().tolist()} (kind, format, groups, dtype, shape); packed tensors "
+                             f"of another format would be read as this one. Load the state into a model optimized "
+                             f"the same way.")
 
     def _apply(self, fn, recurse=True):
         # The packed formats are CPU kernel layouts of one dtype: moving or casting them would
         # give tensors the kernels cannot read (or, cast, other values than the ones packed).
-        probe = torch.zeros(1, dtype=self.packed.dtype)
+        probe = torch.zeros(1, dtype=self._packed_meta.dtype)
         out = fn(probe)
         if isinstance(out, torch.Tensor) and (out.device != probe.device or out.dtype != probe.dtype):
             raise RuntimeError(
                 f"{self._label()}: packed for {probe.device} {probe.dtype}, cannot become {out.device} {out.dtype}; "
                 f"move or cast the original model, then call optimize_for_inference again")
-        result = super()._apply(fn, recurse)
-        n = len(self.packed.tensors)
-        self.packed = dataclasses.replace(self.packed, tensors=tuple(getattr(self, f"packed_{i}") for i in range(n)))
-        return result
+        return super()._apply(fn, recurse)
 
     def _event(self, fn, x, *args):
         """fn(x, *args) on the packed kernel; a non-binary x raises NonBinarySpikesError naming this layer."""
@@ -199,7 +229,8 @@ class DenseConv2d(InferenceLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x4, restore = _conv_input(x, self._label())
-        y = F.conv2d(x4, self.dense_weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        y = F.conv2d(SF.as_float_input(x4, self.dense_weight.dtype), self.dense_weight, self.bias, self.stride, self.padding,
+                     self.dilation, self.groups)
         return restore(y)
 
     def extra_repr(self) -> str:
@@ -219,7 +250,7 @@ class DenseLinear(_FoldRankMixin, InferenceLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_rank(x)
-        return F.linear(x, self.dense_weight, self.bias)
+        return F.linear(SF.as_float_input(x, self.dense_weight.dtype), self.dense_weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{list(self.dense_weight.shape)}, bias={self.bias is not None}, fold_rank={self.fold_rank}"

@@ -213,9 +213,7 @@ class _SpikeMixin:
     def _float_input(self, x):
         """bool / uint8 input (spikes, or uint8 pixels) in the weight's dtype for F.linear / F.conv2d,
         which refuse mixed dtypes; the event kernels take them as they are."""
-        if isinstance(x, torch.Tensor) and x.dtype in (torch.bool, torch.uint8):
-            return x.to(self.weight.dtype)
-        return x
+        return SF.as_float_input(x, self.weight.dtype)
 
     def _dense_weight(self):
         return masked_weight(self.weight, self.weight_mask, self.dense_weight_grad)

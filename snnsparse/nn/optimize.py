@@ -27,6 +27,7 @@ What it does, in order:
 from __future__ import annotations
 
 import copy
+import warnings
 import statistics
 import time
 from collections import defaultdict
@@ -44,7 +45,7 @@ from ..ops.reference import masked_weight
 from . import graph as G
 # convert's rules of which classes have a known forward (and so can be replaced), and its hook check.
 from .convert import _decide, _foreign_hooks
-from .fuse import fuse_conv_bn
+from .fuse import fold_bn
 from .inference import (PACKED_LAYERS, DenseConv2d, DenseLinear, PackedConv2d, PackedLinear, PackedPlanesConv2d,
                         bit_planes)
 from .layers import SpikeConv2d
@@ -73,6 +74,7 @@ class OptimizeReport:
     def __init__(self):
         self.rows: List[LayerRecord] = []
         self.notes: List[str] = []
+        self.self_check_max_abs_diff: Optional[float] = None  # optimized vs original on example_inputs
 
     def __iter__(self) -> Iterator[LayerRecord]:
         return iter(self.rows)
@@ -194,8 +196,12 @@ class _Calls(NamedTuple):
     first_input: List[torch.Tensor]   # conv/linear only: its first call's input, to time the packings on
 
 
+class _CallsByModule(dict):
+    output = None
+
+
 def _example_run(model: nn.Module, inputs: tuple) -> Dict[int, _Calls]:
-    calls: Dict[int, _Calls] = {}
+    calls: Dict[int, _Calls] = _CallsByModule()
 
     def record(module, args, out):
         ins = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
@@ -209,7 +215,7 @@ def _example_run(model: nn.Module, inputs: tuple) -> Dict[int, _Calls]:
     _reset_states(model)
     try:
         with torch.no_grad():
-            model(*inputs)
+            calls.output = model(*inputs)  # kept for the self-check of the optimized model
     except Exception as e:
         raise ValueError(f"{WHERE}: the model cannot run example_inputs ({_describe(inputs)}): {G.error_text(e)}. "
                          f"Pass inputs the model takes (e.g. [T, B, C, H, W] for a multi-step SpikingJelly "
@@ -345,6 +351,10 @@ class _Optimizer:
                 sites[id(mods[node])].append(node)
         # A module whose tensors the forward reads directly (get_attr) must keep them: never replaced.
         read_directly = {n.target.rpartition(".")[0] for n in g.nodes if n.op == "get_attr"}
+
+        def reads_into(target: str) -> bool:  # its own tensors or those of a module inside it
+            return any(r == target or r.startswith(target + ".") for r in read_directly)
+
         kinds = self.kinds(g, mods, traced, prefix)
 
         def x_of(node: fx.Node) -> G.Kind:
@@ -369,14 +379,15 @@ class _Optimizer:
                 self.children(m, name)
                 continue
             replaceable = G.is_conv_or_linear(m) or G.neuron_class(m) is not None or G.bn_of(m) is not None
-            if replaceable and node.target in read_directly:
+            replaceable = replaceable or G.chain_items(m) is not None
+            if replaceable and reads_into(node.target):
                 self.row(name, m, "left", reason="the model's forward reads its tensors directly (kept as they are)")
                 continue
             if replaceable and any(len(n.args) != 1 or n.kwargs for n in sites[id(m)]):
                 self.row(name, m, "left", reason="it is called with other arguments than one positional input")
                 continue
             if G.is_conv_or_linear(m):
-                bn, bn_node, blocker = self.bn_after(node, mods, sites, read_directly)
+                bn, bn_node, blocker = self.bn_after(node, mods, sites, reads_into)
                 new, did_fold = self.layer(m, name, x, bn, blocker)
                 if new is not None:
                     replace[id(m)] = new
@@ -387,7 +398,8 @@ class _Optimizer:
                 self.bn_row(name, m)
                 continue
             if G.neuron_class(m) is not None:
-                new = self.neuron(m, name, one_call=len(sites[id(m)]) == 1)
+                # once per forward: one call site AND it ran once (a parent may loop over a traced block)
+                new = self.neuron(m, name, one_call=len(sites[id(m)]) == 1 and self.runs(m) == 1)
                 if new is not None:
                     replace[id(m)] = new
                 continue
@@ -461,7 +473,7 @@ class _Optimizer:
                     todo.append(m)
         return list(seen)
 
-    def bn_after(self, node: fx.Node, mods, sites, read_directly):
+    def bn_after(self, node: fx.Node, mods, sites, reads_into):
         """(BNInfo, its node, why it cannot be folded or None) for the BatchNorm that alone uses this
         conv / linear node's output; (None, None, None) when there is none."""
         users = list(node.users)
@@ -480,7 +492,7 @@ class _Optimizer:
             blocker = "it is called at several places"
         elif len(u.args) != 1 or u.kwargs:
             blocker = "it is called with more arguments than its input"
-        elif u.target in read_directly:
+        elif reads_into(u.target):
             blocker = "the model's forward reads its tensors directly"
         return info, u, blocker
 
@@ -606,32 +618,12 @@ class _Optimizer:
 
     @staticmethod
     def fold(spike: nn.Module, bn: G.BNInfo, shapes):
-        """(weight, bias, fold_rank) with `bn` folded in, by snnsparse.nn.fuse.fuse_conv_bn (the one place
-        the arithmetic lives). A linear layer is folded as the 1x1 conv it equals, with a BatchNorm2d
-        holding the BatchNorm1d's state (same per-channel affine map)."""
+        """(weight, bias, fold_rank) with `bn` folded in, as new tensors (snnsparse.nn.fuse.fold_bn): the
+        layer itself is not changed, so a weight it shares (tied weights) keeps its values."""
+        weight, bias = fold_bn(spike.weight.detach(), None if spike.bias is None else spike.bias.detach(), bn.bn)
         if isinstance(spike, SpikeConv2d):
-            conv, norm = spike, bn.bn
-        else:
-            m, k = spike.weight.shape
-            conv = SpikeConv2d(k, m, 1, bias=spike.bias is not None, device=spike.weight.device,
-                               dtype=spike.weight.dtype)
-            with torch.no_grad():
-                conv.weight.copy_(spike.weight.view(m, k, 1, 1))
-                conv.weight_mask.copy_(spike.weight_mask.view(m, k, 1, 1))
-                if spike.bias is not None:
-                    conv.bias.copy_(spike.bias)
-            b = bn.bn
-            norm = nn.BatchNorm2d(m, eps=b.eps, affine=b.affine, device=b.running_mean.device,
-                                  dtype=b.running_mean.dtype)
-            norm.load_state_dict(b.state_dict())
-        seq = nn.Sequential(conv, norm).eval()
-        fuse_conv_bn(seq)
-        if not isinstance(seq[1], nn.Identity):  # pragma: no cover - fold_blocker checked what fuse needs
-            raise RuntimeError(f"{WHERE}: internal error: fuse_conv_bn did not fold {type(bn.bn).__name__}")
-        if isinstance(spike, SpikeConv2d):
-            return conv.weight.detach(), conv.bias.detach(), None
-        rank = next(len(o) for _, o in shapes if o is not None)
-        return conv.weight.detach().view(spike.weight.shape), conv.bias.detach(), rank
+            return weight, bias, None
+        return weight, bias, next(len(o) for _, o in shapes if o is not None)
 
     @staticmethod
     def pack_blocker(weight: torch.Tensor) -> Optional[str]:
@@ -799,4 +791,29 @@ def optimize_for_inference(model: nn.Module, example_inputs) -> OptimizedModel:
         p.requires_grad_(False)
     result = OptimizedModel(body, optimizer.report)
     _reset_states(result)
+    _self_check(result, optimizer.report, inputs, calls.output)
     return result
+
+
+def _self_check(result: "OptimizedModel", report: OptimizeReport, inputs: tuple, expected) -> None:
+    """Run the optimized model once on example_inputs and compare with the original's output there.
+    A difference beyond fp32 rounding is not silent: a RuntimeWarning says how large it is (a spike that
+    flips where a membrane sits within rounding of its threshold can move an output by more, so it is
+    reported, not refused), and the report keeps the number (`.report().self_check_max_abs_diff`)."""
+    if not isinstance(expected, torch.Tensor):
+        return
+    with torch.no_grad():
+        got = result(*inputs)
+    _reset_states(result)
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        raise RuntimeError(f"{WHERE}: internal error: the optimized model's output on example_inputs has shape "
+                           f"{getattr(got, 'shape', type(got).__name__)}, the original's {tuple(expected.shape)}")
+    diff = float((got.double() - expected.double()).abs().max()) if got.numel() else 0.0
+    report.self_check_max_abs_diff = diff
+    scale = float(expected.double().abs().max()) if expected.numel() else 0.0
+    if not diff <= 1e-4 * max(1.0, scale):  # NaN fails too
+        msg = (f"{WHERE}: on example_inputs the optimized model differs from the original by up to {diff:.3g} "
+               f"(outputs up to {scale:.3g}); beyond fp32 rounding: spikes flipped at a threshold, or a bug. "
+               f"Compare them on your data before deploying.")
+        report.notes.append(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
