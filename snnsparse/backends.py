@@ -141,3 +141,19 @@ def resolve(backend: str, device: torch.device, op: str = "", **shape_info):
         if mod is not None:
             return cand, mod
     raise BackendUnavailable(f"no backend can run on {device}")
+
+
+def check_name(backend, owner: str, *, dense: bool = False) -> str:
+    """Refuse a backend name that no call could ever accept, when the module is built rather than at
+    its first forward. Valid: snnsparse.NAMES, "auto", and (dense=True: Spike* layers and
+    convert) "dense". A known backend that is not available here is not refused: whether it is needs
+    importing it (triton takes seconds), and a model may be built here to run elsewhere; its first
+    forward raises BackendUnavailable with the reason."""
+    valid = tuple(NAMES) + ("auto",) + (("dense",) if dense else ())
+    if not isinstance(backend, str):
+        raise TypeError(f"{owner}: backend must be a str, one of {valid}, got {type(backend).__name__}")
+    if backend not in valid:
+        hint = ("; 'dense' is a SpikeLinear/SpikeConv2d setting (plain torch for those layers), a LIF always "
+                "runs a kernel backend" if backend == "dense" else "")
+        raise ValueError(f"{owner}: backend must be one of {valid}, got {backend!r}{hint}")
+    return backend

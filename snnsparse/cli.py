@@ -138,13 +138,12 @@ def backend_name(text: str) -> str:
     """An snnsparse backend that runs here, or "auto"."""
     from . import backends
 
-    if text == "auto":
-        return text
-    if text not in backends.NAMES:
-        raise argparse.ArgumentTypeError(f"unknown backend {text!r}; choose from auto, {', '.join(backends.NAMES)}")
-    reason = backends.available()[text]
-    if reason is not True:
-        raise argparse.ArgumentTypeError(f"backend {text!r} is unavailable here: {reason}")
+    try:
+        backends.check_name(text, "--backend")
+        if text != "auto":
+            backends.get(text)  # only this backend is probed, with the reason when it cannot run here
+    except (ValueError, TypeError, backends.BackendUnavailable) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
 

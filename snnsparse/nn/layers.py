@@ -37,20 +37,7 @@ from .. import functional as SF
 from ..ops.reference import masked_weight
 
 
-def check_backend_name(backend, owner: str, *, dense: bool) -> str:
-    """Refuse a backend name that no call could ever accept, when the module is built rather than at
-    its first forward. Valid: snnsparse.backends.NAMES, "auto", and (dense=True: Spike* layers and
-    convert) "dense". A known backend that is not available here is not refused: whether it is needs
-    importing it (triton takes seconds), and a model may be built here to run elsewhere; its first
-    forward raises BackendUnavailable with the reason."""
-    valid = tuple(backends.NAMES) + ("auto",) + (("dense",) if dense else ())
-    if not isinstance(backend, str):
-        raise TypeError(f"{owner}: backend must be a str, one of {valid}, got {type(backend).__name__}")
-    if backend not in valid:
-        hint = ("; 'dense' is a SpikeLinear/SpikeConv2d setting (plain torch for those layers), a LIF always "
-                "runs a kernel backend" if backend == "dense" else "")
-        raise ValueError(f"{owner}: backend must be one of {valid}, got {backend!r}{hint}")
-    return backend
+check_backend_name = backends.check_name  # noqa: E305  (one rule; kept under this name for callers)
 
 
 INPUT_KINDS = ("spikes", "analog", "auto")
