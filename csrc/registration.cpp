@@ -4,7 +4,8 @@
 // (snnsparse/ops/cpp.py), as in pytorch/extension-cpp.
 //
 // Conventions shared by all kernels:
-//   spikes are binary (0/1) of the weight's dtype, already flattened over time:
+//   spikes are binary (0/1) of the weight's dtype (the CPU kernels also read bool / uint8 spikes as
+//   they are, one byte per spike; the output has the weight's dtype), already flattened over time:
 //   linear [N, K] with N = T*B rows; conv [N, Cin, H, W].
 //   mask is None (keep all) or bool of the weight's shape.
 //   n_acc is an int64 0-dim tensor: the number of weight accumulations the kernel
@@ -100,6 +101,11 @@ TORCH_LIBRARY(snnsparse, m) {
   m.def("spike_conv2d_fwd_packed(Tensor spikes, Tensor weight, Tensor? bias, Tensor? mask, int format,"
         " Tensor[] packed, int[2] stride, int[2] padding, int[2] dilation, int groups, bool count,"
         " bool dense_weight_grad) -> (Tensor out, Tensor n_acc)");
+  // Inference max-pool (CPU): torch's max_pool2d of x [N, C, H, W] (float32/64, bool or uint8; same
+  // dtype out), without the argmax indices torch's CPU kernel always computes. Of spikes it is the OR
+  // of each window. Values and NaN propagation equal torch's; no autograd (optimize_for_inference only).
+  m.def("max_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode)"
+        " -> Tensor");
   // The CPU kernel variant selected when snnsparse._C was imported: "avx512", "avx2" or "generic"
   // (the widest the CPU runs, or SNNSPARSE_CPU_ISA; csrc/cpu/isa.cpp).
   m.def("cpu_isa() -> str", &cpu_isa);

@@ -324,20 +324,24 @@ def run_targets(reps: int = 9, threads: int = 2, out_dir: Optional[str] = DEFAUL
         x, w, m = _inputs("conv", dict(T=4, B=16, C=C, HW=HW), rate, dens, cpu)
         dense, ours = _calls("conv", x, w, m, "cpp")
         per_call = lambda: ss.functional.spike_conv2d(x, w, None, 1, 1, mask=m, backend="cpp")  # noqa: E731
-        tb, to, tp = timed([dense, ours, per_call], reps=reps)
+        ours_bool = packed_call("conv", x.bool(), w, m)  # the spikes a neuron writes as bytes: 1/4 of the reads
+        tb, to, tp, tbool = timed([dense, ours, per_call, ours_bool], reps=reps)
         add(f"conv {C}@{HW}x{HW} T4 B16 rate {rate} dens {dens}", f">={goal}x", "F.conv2d", tb, to)
         add("  same, functional call (packs per call)", f">={goal}x", "F.conv2d", tb, tp)
+        add("  same, bool spikes (read as bytes)", f">={goal}x", "F.conv2d", tb, tbool)
     x, w, m = _inputs("linear", dict(N=64, K=4096, M=4096), 0.1, 0.1, cpu)
     dense, ours = _calls("linear", x, w, m, "cpp")
     wcsr = (w * m).to_sparse_csr()
     xt = x.t().contiguous()
     csr = lambda: torch.sparse.mm(wcsr, xt)  # noqa: E731
     per_call = lambda: ss.functional.spike_linear(x, w, mask=m, backend="cpp")  # noqa: E731
-    tb, to, tc, tp = timed([dense, ours, csr, per_call], reps=reps)
+    ours_bool = packed_call("linear", x.bool(), w, m)
+    tb, to, tc, tp, tbool = timed([dense, ours, csr, per_call, ours_bool], reps=reps)
     add("linear 4096x4096 N64 rate 0.1 dens 0.1", ">=15x", "F.linear", tb, to)
     add("linear 4096x4096 N64 rate 0.1 dens 0.1", ">=5x", "torch.sparse CSR", tc, to)
     add("  same, functional call (packs per call)", ">=15x", "F.linear", tb, tp)
     add("  same, functional call (packs per call)", ">=5x", "torch.sparse CSR", tc, tp)
+    add("  same, bool spikes (read as bytes)", ">=15x", "F.linear", tb, tbool)
 
     # LIF forward + backward, [8, 64, 16384], vs SpikingJelly 2.0 LIFNode(step_mode="m") (torch backend).
     xl = (torch.randn(8, 64, 16384) * 0.8 + 0.6).requires_grad_()

@@ -155,9 +155,15 @@ def _common(op, spikes, weight, bias, mask, weight_rank):
             raise ValueError(f"{op}: mask must have the weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
         if mask.device != weight.device:
             raise ValueError(f"{op}: mask is on {mask.device} but weight is on {weight.device}")
-    if not spikes.is_floating_point():
-        spikes = spikes.to(weight.dtype)
     return spikes
+
+
+def _spikes_for(impl, x, dtype):
+    """x as backend `impl` takes it: bool / uint8 spikes stay bytes where its kernels read them as they
+    are (BYTE_SPIKES: the cpp kernels, no float copy of the input), else they become `dtype` floats."""
+    if x.is_floating_point() or x.dtype in getattr(impl, "BYTE_SPIKES", ()):
+        return x
+    return x.to(dtype)
 
 
 def _run(op, impl, fn, x, *args, **kwargs):
@@ -233,6 +239,7 @@ def spike_linear(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     m, k = weight.shape
     x = spikes.reshape(math.prod(lead), k)  # not -1: that is ambiguous for 0 elements (K = 0)
     name, impl = backends.resolve(backend, x.device, op, n=x.shape[0], k=k, m=m)
+    x = _spikes_for(impl, x, weight.dtype)
     if x.shape[0] == 0 or k == 0 or m == 0:
         return _empty_result(op, x, weight, bias, (x.shape[0], m), lead, return_count)
     out, n = _run(op, impl, impl.spike_linear, x, weight, bias, mask, count=return_count,
@@ -292,6 +299,7 @@ def spike_conv2d(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     x = spikes.reshape(n_img, cin, h, w)  # not -1: that is ambiguous for 0 elements (Cin = 0, H = 0)
     name, impl = backends.resolve(backend, x.device, op, n=n_img, cin=cin, cout=cout, h=h, w=w,
                                   kh=kh, kw=kw, groups=groups)
+    x = _spikes_for(impl, x, weight.dtype)
     if n_img == 0 or cin == 0 or cout == 0:
         # Cin = 0 gives bias-only outputs of Cout channels, like spike_linear with K = 0 (torch's conv2d
         # returns a [N, 0, Ho, Wo] tensor there, dropping the bias), and Cout = 0 an empty

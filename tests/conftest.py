@@ -1,8 +1,23 @@
 """Shared test helpers: random spikes/masks from fresh seeds, the DESIGN.md grid, float64 checks."""
 import os
+import tempfile
 
-import pytest
-import torch
+# A compile cache of this test run only: inductor's on-disk cache (default /tmp/torchinductor_<user>) is
+# keyed on the traced graph, not on the schema of the custom ops in it, so code compiled by another
+# checkout or an older build of snnsparse._C could be replayed against a changed op (seen: a cached
+# graph calling lif_fwd with arguments another build's schema does not have). Set before torch loads.
+_OWN_INDUCTOR_CACHE = None
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _OWN_INDUCTOR_CACHE = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="snnsparse-test-inductor-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_INDUCTOR_CACHE:
+        import shutil
+        shutil.rmtree(_OWN_INDUCTOR_CACHE, ignore_errors=True)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # DESIGN.md section 7 grid.
 RATES = (0.0, 0.05, 0.5, 1.0)

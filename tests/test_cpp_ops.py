@@ -285,6 +285,16 @@ def _opcheck_samples():
           if (C.cpu_isa() == "avx512") else []),
         ("spike_conv2d_bwd", (go, xc, wc, mc, *geo, True, True, False)),
         ("spike_conv2d_bwd", (go, xc, wc, None, *geo, True, False, False)),
+        # bool / uint8 spikes, read by the kernels as bytes (the weight and bias still get gradients)
+        ("spike_linear_fwd", (x.bool(), rg(w), rg(b), m, True, False)),
+        ("spike_linear_fwd_packed", (x.to(torch.uint8), rg(w), None, m, 2, _pack_linear(w, m, 2), True, True)),
+        ("spike_linear_bwd", (torch.randn(6, 5, dtype=torch.float64), x.to(torch.uint8), w, m, False, True, False)),
+        ("spike_conv2d_fwd", (xc.to(torch.uint8), rg(wc), rg(bc), mc, *geo, True, True)),
+        ("spike_conv2d_fwd_packed", (xc.bool(), rg(wc1), None, mc1, 3, _pack_conv(wc1, mc1, 1, 3), *geo1, True,
+                                     False)),
+        ("spike_conv2d_bwd", (go, xc.bool(), wc, mc, *geo, False, True, True)),
+        ("max_pool2d", (torch.randn(2, 3, 7, 9, generator=g), [3, 3], [2, 2], [1, 1], [1, 1], False)),
+        ("max_pool2d", (xc.bool(), [2, 3], [2, 1], [0, 1], [1, 2], True)),
         ("lif_fwd", (rg(xs), rg(v0), 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True)),
         ("lif_fwd", (xs, v0, 2.0, 0.5, None, False, False, "sigmoid", 4.0, False)),
         ("lif_fwd", (rg(xs), rg(v0), 2.0, 1.0, None, True, True, "atan", 2.0, True)),
@@ -329,8 +339,13 @@ def test_bad_input_refused(rng):
     w = randn((3, 6), rng)
     with pytest.raises(TypeError, match="float32 or float64"):
         OPS.spike_linear_fwd(x.half(), w.half(), None, None, False, False)
-    with pytest.raises(TypeError, match="same dtype"):
+    with pytest.raises(TypeError, match="spikes must be bool, uint8 or the weight's dtype"):
         OPS.spike_linear_fwd(x.double(), w, None, None, False, False)
+    with pytest.raises(TypeError, match="spikes must be bool, uint8 or the weight's dtype"):
+        OPS.spike_linear_fwd(x.to(torch.int8), w, None, None, False, False)
+    with pytest.raises(TypeError, match="spikes must be bool, uint8 or the weight's dtype"):
+        OPS.spike_conv2d_fwd(x.reshape(1, 1, 4, 6).int(), w.reshape(1, 1, 3, 6), None, None, [1, 1], [0, 0], [1, 1],
+                             1, False, False)
     with pytest.raises(TypeError, match="float32 or float64"):
         OPS.spike_linear_fwd(x.int(), w.int(), None, None, False, False)
     with pytest.raises(TypeError, match="mask must be bool"):

@@ -374,6 +374,84 @@ def _check_conv(g, isa):
                                                           [1, 1], 1, False, True, False), f"conv bwd {dt} {bad}")
 
 
+BYTE_DTYPES = (torch.bool, torch.uint8)
+
+
+def _same_on_bytes(run, x, what):
+    """run(spikes) on bool and uint8 copies of float spikes x gives bit-identical results to run(x): the
+    byte kernels are the float ones reading one byte per spike (same events, same summation order)."""
+    expect = run(x)
+    for bdt in BYTE_DTYPES:
+        got = run(x.to(bdt))
+        for a, e in zip(got, expect):
+            assert a.dtype == e.dtype and torch.equal(a, e), f"{what}: {bdt} spikes differ from float spikes"
+
+
+def _check_byte_spikes(g, isa):
+    """bool / uint8 spikes read by every kernel of this variant: all formats, partial 64-wide words
+    (K, H*W, W not multiples of 64 or 32), forward, counts and weight gradient; non-binary bytes refused."""
+    O = torch.ops.snnsparse
+    from snnsparse.ops import conv2d as CV
+    from snnsparse.ops import linear as L
+    for dt in (torch.float32, torch.float64):
+        for N, K, M, rate, dens in ((1, 3, 5, 1.0, 1.0), (70, 129, 33, 0.2, 0.3), (9, 64, 7, 0.5, 0.02),
+                                    (5, 96, 4, 0.0, 0.5)):
+            x = (torch.rand(N, K, generator=g) < rate).to(dt)
+            w, b = torch.randn(M, K, generator=g).to(dt), torch.randn(M, generator=g).to(dt)
+            m = torch.rand(M, K, generator=g) < dens
+            _same_on_bytes(lambda s: O.spike_linear_fwd(s, w, b, m, True, False), x, f"linear {dt} K{K}")
+            for fmt in (1, 2):
+                p = L.pack(w, m, fmt)
+                _same_on_bytes(lambda s: O.spike_linear_fwd_packed(s, w, b, m, fmt, list(p.tensors), True, False), x,
+                               f"linear format {fmt} {dt} K{K}")
+            go = torch.randn(N, M, generator=g).to(dt)
+            for dwg in (False, True):
+                _same_on_bytes(lambda s: O.spike_linear_bwd(go, s, w, m, False, True, dwg)[1:], x,
+                               f"linear grad_w {dt} dwg={dwg}")
+        for ci, co, gr, k, st, pd, dl, hw in CONV_CASES:
+            x = (torch.rand(3, ci, *hw, generator=g) < 0.3).to(dt)
+            w, b = torch.randn(co, ci // gr, *k, generator=g).to(dt), torch.randn(co, generator=g).to(dt)
+            m = torch.rand(w.shape, generator=g) < 0.3
+            m[:, : max(1, ci // gr // 2)] = False  # input channels with no kept synapse (checked, not scanned)
+            geo = (list(st), list(pd), list(dl), gr)
+            wo = O.spike_conv2d_fwd(x, w, b, m, *geo, False, False)[0].shape[-1]
+            fmts = [1, 2] + ([3] if gr == 1 else [])
+            if isa == "avx512" and dt == torch.float32 and tuple(st) == (1, 1) and hw[1] <= 64 and wo <= 64:
+                fmts.append(4)
+            _same_on_bytes(lambda s: O.spike_conv2d_fwd(s, w, b, m, *geo, True, False), x, f"conv {dt} {hw}")
+            for fmt in fmts:
+                p = CV.pack(w, m, gr, fmt, stride=st, in_width=hw[1], out_width=wo)
+                _same_on_bytes(lambda s: O.spike_conv2d_fwd_packed(s, w, b, m, fmt, list(p.tensors), *geo, True,
+                                                                   False), x, f"conv format {fmt} {dt} {hw}")
+            go = torch.randn(O.spike_conv2d_fwd(x, w, b, m, *geo, False, False)[0].shape, generator=g).to(dt)
+            _same_on_bytes(lambda s: O.spike_conv2d_bwd(go, s, w, m, *geo, False, True, False)[1:], x,
+                           f"conv grad_w {dt} {hw}")
+    # a byte other than 0 and 1, in a full 64-spike word and in a partial tail word; a bool tensor
+    # viewed from such bytes is refused the same way
+    for pos in (5, 70, 129):
+        for bad in (2, 255):
+            x = (torch.rand(3, 130, generator=g) < 0.3).to(torch.uint8)
+            x[1, pos] = bad
+            w = torch.randn(4, 130, generator=g)
+            m = torch.rand(4, 130, generator=g) < 0.1
+            for xs in (x, x.view(torch.bool)):
+                _expect_non_binary(lambda: O.spike_linear_fwd(xs, w, None, None, False, False), f"linear u8 {bad}")
+                _expect_non_binary(lambda: O.spike_linear_fwd(xs, w, None, m, False, False), f"linear u8 csr {bad}")
+    x = (torch.rand(2, 4, 9, 40, generator=g) < 0.3).to(torch.uint8)
+    x[1, 2, 4, 37] = 7
+    w = torch.randn(6, 4, 3, 3, generator=g)
+    m = torch.zeros(w.shape, dtype=torch.bool)
+    m[:, 0] = True  # channel 2 has no kept synapse
+    for fmt in (1, 2, 3) + ((4,) if isa == "avx512" else ()):
+        p = CV.pack(w, m, 1, fmt, stride=(1, 1), in_width=40, out_width=40)
+        _expect_non_binary(lambda: O.spike_conv2d_fwd_packed(x, w, None, m, fmt, list(p.tensors), [1, 1], [1, 1],
+                                                             [1, 1], 1, False, False), f"conv u8 format {fmt}")
+    # bytes have no gradient: asking the backward for one is refused, not answered with garbage
+    with pytest.raises(RuntimeError, match="bool / uint8 spikes have no gradient"):
+        O.spike_linear_bwd(torch.ones(3, 4), (torch.rand(3, 130) < 0.5).to(torch.uint8), torch.randn(4, 130), None,
+                           True, False, False)
+
+
 def _check_lif(g):
     from snnsparse.ops import reference as R
     from snnsparse.ops import surrogate as SG
@@ -415,6 +493,7 @@ def _worker(seed):
     g = torch.Generator().manual_seed(seed)
     _check_linear(g, isa)
     _check_conv(g, isa)
+    _check_byte_spikes(g, isa)
     _check_lif(g)
     print(f"OK {isa}")
 

@@ -191,7 +191,8 @@ def test_spiking_resnet18(rng):
     print(report)
     _assert_bn_all_folded(report, 20)  # 17 in the blocks' branches and the stem, 3 in downsample paths
     assert report["conv1"].action == "dense-analog" and "model input" in report["conv1"].reason
-    assert report["fc"].action == "dense-analog" and "avgpool" in report["fc"].reason
+    # layer4's map is 1x1 at 32x32: the average pool's one bin is one pixel, so fc gets spikes
+    assert report["avgpool"].action == "kept-values" and report["fc"].action == "packed-event"
     convs = [r for r in _rows(report, original="Conv2d") if r.name != "conv1"]
     assert len(convs) == 19 and all(r.action == "packed-event" for r in convs)
     assert report["layer2.0.downsample.0"].action == "packed-event"
@@ -249,7 +250,9 @@ def test_spiking_vgg11_bn(rng):
     _assert_bn_all_folded(report, 8)
     assert report["features.0"].action == "dense-analog"
     assert all(r.action == "packed-event" for r in _rows(report, original="Conv2d") if r.name != "features.0")
-    assert report["classifier.0"].action == "dense-analog"  # after the average pool: not spikes
+    # the 1x1 average pool of the 1x1 spike map of a 32x32 image averages one pixel per bin: spikes
+    assert report["avgpool"].action == "kept-values"
+    assert report["classifier.0"].action == "packed-event"
     assert report["classifier.3"].action == "packed-event" and report["classifier.6"].action == "packed-event"
     assert report["classifier.2"].action == "left" and "spikes stay spikes" in report["classifier.2"].reason
     _assert_fires(_compare(model, opt, x)[0])
@@ -691,3 +694,43 @@ def test_dense_layers_take_bool_and_uint8_input(rng):
     for xx in (x, x.to(torch.uint8)):
         torch.testing.assert_close(opt(xx), model(xx.float()))
     assert opt.report().self_check_max_abs_diff is not None and opt.report().self_check_max_abs_diff < 1e-5
+
+
+def test_single_pixel_bins_matches_torch():
+    """The rule against torch itself: an adaptive average pool of a one-hot input has only 0/1 values in
+    its output exactly when every bin covers one element."""
+    from snnsparse.nn.graph import single_pixel_bins
+    seen = set()
+    for n in range(1, 12):
+        for o in range(1, 15):
+            eye = torch.eye(n, dtype=torch.float64).unsqueeze(0)  # [1, n, n]: n one-hot rows
+            y = torch.nn.functional.adaptive_avg_pool1d(eye, o)
+            values_kept = bool(((y == 0) | (y == 1)).all())
+            assert single_pixel_bins((n,), (o,)) == values_kept, (n, o)
+            seen.add(values_kept)
+    assert seen == {True, False}
+    assert single_pixel_bins((1, 1), (7, 7)) and not single_pixel_bins((2, 1), (1, 1))
+
+
+@pytest.mark.parametrize("size,kept", [(8, True), (16, False)])
+def test_average_pool_of_one_pixel_bins_keeps_spikes(rng, size, kept):
+    """VGG's pattern: neuron -> max-pool -> adaptive average pool -> flatten -> linear. At 8x8 the pool
+    sees a 1x1 map (bins of one pixel: spikes, the linear runs packed); at 16x16 a 2x2 map (averages:
+    the linear runs dense). An input of another size than example_inputs' is refused by the pool with
+    the reason, never passed on as spikes."""
+    torch.manual_seed(rng.initial_seed())
+    model = nn.Sequential(layer.Conv2d(3, 8, 3, padding=1), layer.BatchNorm2d(8), neuron.LIFNode(),
+                          layer.MaxPool2d(8), layer.AdaptiveAvgPool2d((3, 3)), layer.Flatten(), layer.Linear(72, 5),
+                          neuron.LIFNode())
+    model = _prepare(model, rng, density=0.5)
+    x = _images(rng, size=size)
+    opt = ss.nn.optimize_for_inference(model, x)
+    report = opt.report()
+    print(report)
+    assert report["4"].action == ("kept-values" if kept else "left")
+    assert report["6"].action == ("packed-event" if kept else "dense-analog")
+    _compare(model, opt, x)
+    if kept:
+        with pytest.raises(ValueError, match="'4' \\(SinglePixelPool\\).*averages several"):
+            opt(_images(rng, size=16))
+

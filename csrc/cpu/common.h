@@ -16,6 +16,8 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels.h"
+
 namespace snnsparse {
 namespace cpu {
 
@@ -35,6 +37,23 @@ inline void check_same_dtype(const at::Tensor& a, const at::Tensor& b, const cha
                              const char* nb) {
   TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), op, ": ", na, " (", a.scalar_type(), ") and ", nb,
                    " (", b.scalar_type(), ") must have the same dtype");
+}
+
+// Spikes are floats of the weight's dtype, or bool / uint8 (read by the kernels as bytes: no float copy).
+inline void check_spikes_dtype(const at::Tensor& x, const at::Tensor& w, const char* op) {
+  const at::ScalarType st = x.scalar_type();
+  TORCH_CHECK_TYPE(st == w.scalar_type() || st == at::kBool || st == at::kByte, op,
+                   ": spikes must be bool, uint8 or the weight's dtype (", w.scalar_type(), "), got ", st);
+}
+
+// f(spike kernels, spike pointer) with the kernels that read x's element type: the float-spike
+// kernels of the weight's dtype T, or the uint8 ones for bool / uint8 spikes (a bool is one byte
+// holding 0 or 1; any other byte is refused by the scan as non-binary). x must be contiguous.
+template <typename T, typename F>
+auto with_spikes(const TypedKernels<T>& kt, const at::Tensor& x, F&& f) {
+  if (x.scalar_type() == at::kBool || x.scalar_type() == at::kByte)
+    return f(kt.u8_spikes, static_cast<const uint8_t*>(x.const_data_ptr()));
+  return f(kt.spikes, x.const_data_ptr<T>());
 }
 
 inline void check_mask(const c10::optional<at::Tensor>& mask, const at::Tensor& weight, const char* op) {

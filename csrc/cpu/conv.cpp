@@ -53,7 +53,7 @@ void check_conv_inputs(const at::Tensor& x, const at::Tensor& w, const c10::opti
   check_cpu(x, op, "spikes");
   check_cpu(w, op, "weight");
   check_float(w, op, "weight");
-  check_same_dtype(x, w, op, "spikes", "weight");
+  check_spikes_dtype(x, w, op);
   if (bias.has_value()) {
     check_cpu(*bias, op, "bias");
     check_same_dtype(*bias, w, op, "bias", "weight");
@@ -71,7 +71,7 @@ void check_conv_inputs(const at::Tensor& x, const at::Tensor& w, const c10::opti
 // Widths of 0 mean "unknown" (a pack() without geometry) or an empty image: never format 4, whose rows
 // are 64-bit words of width >= 1 (a 0 width divided by zero in the kernel).
 bool outrows_ok(at::ScalarType dt, bool stride1, int64_t in_width, int64_t out_width) {
-  return kernels().f32.conv_outrows16 != nullptr && dt == at::kFloat && stride1 && in_width >= 1 &&
+  return kernels().f32.spikes.conv_outrows16 != nullptr && dt == at::kFloat && stride1 && in_width >= 1 &&
          in_width <= 64 && out_width >= 1 && out_width <= 64;
 }
 
@@ -145,14 +145,18 @@ std::tuple<at::Tensor, at::Tensor> conv_fwd_packed(const at::Tensor& spikes, con
                       wq.size(0) == (g.O + kCh - 1) / kCh && wq.size(1) == g.KK && wq.size(2) == g.C &&
                       wq.size(3) == kCh,
                   op, ": bad packed blocked weights (groups must be 1)");
-      nacc = kt.conv_blocks(g, x.data_ptr<scalar_t>(), wq.data_ptr<scalar_t>(), tapnnz.data_ptr<int64_t>(), bp,
-                            out.data_ptr<scalar_t>(), count);
+      nacc = with_spikes(kt, x, [&](const auto& ks, const auto* xp) {
+        return ks.conv_blocks(g, xp, wq.data_ptr<scalar_t>(), tapnnz.data_ptr<int64_t>(), bp, out.data_ptr<scalar_t>(),
+                              count);
+      });
     } else if (format == 1) {
       const at::Tensor wp = packed[0].contiguous();
       TORCH_CHECK(wp.scalar_type() == weight.scalar_type() && wp.numel() == g.C * g.KK * g.Og, op,
                   ": bad packed dense slabs");
-      nacc = kt.conv_dense_slabs(g, x.data_ptr<scalar_t>(), wp.data_ptr<scalar_t>(), tapnnz.data_ptr<int64_t>(), bp,
-                                 out.data_ptr<scalar_t>(), count);
+      nacc = with_spikes(kt, x, [&](const auto& ks, const auto* xp) {
+        return ks.conv_dense_slabs(g, xp, wp.data_ptr<scalar_t>(), tapnnz.data_ptr<int64_t>(), bp,
+                                   out.data_ptr<scalar_t>(), count);
+      });
     } else if (format == 4) {
       const at::Tensor rowptr = packed[0].contiguous(), idx = packed[1].contiguous(), val = packed[2].contiguous();
       TORCH_CHECK(rowptr.scalar_type() == at::kLong && rowptr.numel() == g.O + 1 &&
@@ -162,26 +166,30 @@ std::tuple<at::Tensor, at::Tensor> conv_fwd_packed(const at::Tensor& spikes, con
       TORCH_CHECK(outrows_ok(weight.scalar_type(), g.sh == 1 && g.sw == 1, g.W, g.Wo), op,
                   ": output-channel rows need float32, stride 1, width <= 64 and the avx512 kernels (cpu_isa() = ",
                   kern.name, ")");
-      if (idx.scalar_type() == at::kShort)
-        nacc = kt.conv_outrows16(g, x.data_ptr<scalar_t>(), rowptr.data_ptr<int64_t>(), idx.data_ptr<int16_t>(),
-                                 val.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), count);
-      else
-        nacc = kt.conv_outrows32(g, x.data_ptr<scalar_t>(), rowptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(),
-                                 val.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), count);
+      const bool i16 = idx.scalar_type() == at::kShort;
+      TORCH_CHECK(i16 || idx.scalar_type() == at::kInt, op, ": packed indices must be int16 or int32");
+      nacc = with_spikes(kt, x, [&](const auto& ks, const auto* xp) {
+        if (i16)
+          return ks.conv_outrows16(g, xp, rowptr.data_ptr<int64_t>(), idx.data_ptr<int16_t>(), val.data_ptr<scalar_t>(),
+                                   bp, out.data_ptr<scalar_t>(), count);
+        return ks.conv_outrows32(g, xp, rowptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(), val.data_ptr<scalar_t>(),
+                                 bp, out.data_ptr<scalar_t>(), count);
+      });
     } else {
       const at::Tensor rowptr = packed[0].contiguous(), idx = packed[1].contiguous(), val = packed[2].contiguous();
       TORCH_CHECK(rowptr.scalar_type() == at::kLong && rowptr.numel() == g.C + 1 &&
                       val.scalar_type() == weight.scalar_type() && idx.numel() == val.numel() &&
                       rowptr[g.C].item<int64_t>() == val.numel(),
                   op, ": bad packed compressed rows");
-      if (idx.scalar_type() == at::kShort) {
-        nacc = kt.conv_csr16(g, x.data_ptr<scalar_t>(), rowptr.data_ptr<int64_t>(), idx.data_ptr<int16_t>(),
-                             val.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), count);
-      } else {
-        TORCH_CHECK(idx.scalar_type() == at::kInt, op, ": packed indices must be int16 or int32");
-        nacc = kt.conv_csr32(g, x.data_ptr<scalar_t>(), rowptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(),
-                             val.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), count);
-      }
+      const bool i16 = idx.scalar_type() == at::kShort;
+      TORCH_CHECK(i16 || idx.scalar_type() == at::kInt, op, ": packed indices must be int16 or int32");
+      nacc = with_spikes(kt, x, [&](const auto& ks, const auto* xp) {
+        if (i16)
+          return ks.conv_csr16(g, xp, rowptr.data_ptr<int64_t>(), idx.data_ptr<int16_t>(), val.data_ptr<scalar_t>(), bp,
+                               out.data_ptr<scalar_t>(), count);
+        return ks.conv_csr32(g, xp, rowptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(), val.data_ptr<scalar_t>(), bp,
+                             out.data_ptr<scalar_t>(), count);
+      });
     }
   });
   return {out, scalar_count(count ? nacc : 0)};
@@ -253,6 +261,7 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_out, const at
               op, ": grad_out must be [", g.N, ", ", g.O, ", ", g.Ho, ", ", g.Wo, "], got ", grad_out.sizes());
   at::Tensor grad_in, grad_w;
   if (need_input_grad) {
+    TORCH_CHECK(spikes.is_floating_point(), op, ": bool / uint8 spikes have no gradient (need_input_grad must be false)");
     // Dense grad_out: the transposed conv with the masked weight (oneDNN).
     at::Tensor wm = masked_weight(weight, mask);
     grad_in = std::get<0>(at::convolution_backward(grad_out.contiguous(), spikes.contiguous(), wm, c10::nullopt,
@@ -268,7 +277,9 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_out, const at
     at::Tensor x = spikes.contiguous();
     const Kernels& kern = kernels();
     AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "spike_conv2d_bwd", [&] {
-      kern.of<scalar_t>().conv_grad_weight(g, x.data_ptr<scalar_t>(), gcl.data_ptr<scalar_t>(), gwp.data_ptr<scalar_t>());
+      with_spikes(kern.of<scalar_t>(), x, [&](const auto& ks, const auto* xp) {
+        ks.conv_grad_weight(g, xp, gcl.data_ptr<scalar_t>(), gwp.data_ptr<scalar_t>());
+      });
     });
     grad_w = gwp.reshape({g.G, g.Cg, g.KK, g.Og}).permute({0, 3, 1, 2}).reshape({g.O, g.Cg, g.kh, g.kw}).contiguous();
     if (mask.has_value() && !dense_weight_grad) grad_w.masked_fill_(mask->logical_not(), 0);

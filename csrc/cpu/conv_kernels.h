@@ -45,8 +45,8 @@ void transpose_to_nchw(const scalar_t* src, scalar_t* dst, int64_t P, int64_t O)
     }
 }
 
-template <typename scalar_t>
-int64_t conv_fwd_dense(const ConvGeom& g, const scalar_t* x, const scalar_t* wp, const int64_t* tapnnz,
+template <typename scalar_t, typename spike_t>
+int64_t conv_fwd_dense(const ConvGeom& g, const spike_t* x, const scalar_t* wp, const int64_t* tapnnz,
                        const scalar_t* bias, scalar_t* out, bool count) {
   const int64_t HW = g.H * g.W, P = g.Ho * g.Wo, nw = (HW + 63) / 64;
   std::vector<int64_t> counts(g.N, 0);
@@ -121,8 +121,8 @@ __attribute__((always_inline)) inline void for_each_tap_events(const ConvGeom& g
   }
 }
 
-template <typename scalar_t>
-int64_t conv_fwd_blocked(const ConvGeom& g, const scalar_t* x, const scalar_t* wq, const int64_t* tapnnz,
+template <typename scalar_t, typename spike_t>
+int64_t conv_fwd_blocked(const ConvGeom& g, const spike_t* x, const scalar_t* wq, const int64_t* tapnnz,
                          const scalar_t* bias, scalar_t* out, bool count) {
   const int64_t HW = g.H * g.W, P = g.Ho * g.Wo, nw = (HW + 63) / 64, nch = (g.O + kCh - 1) / kCh;
   const int64_t C = g.C;
@@ -242,7 +242,7 @@ int64_t conv_fwd_blocked(const ConvGeom& g, const scalar_t* x, const scalar_t* w
 
 // ---- compressed rows per OUTPUT channel, spike-row masks (stride 1, W <= 64, float32, AVX-512 only) ----
 // Only the avx512 variant has it: the masked adds of 16-pixel groups selected by a 16-bit slice of
-// a row mask are what make it pay; kernels().f32.conv_outrows16 is nullptr in the other variants and
+// a row mask are what make it pay; kernels().f32.spikes.conv_outrows16 is nullptr in the other variants and
 // conv.cpp's outrows_ok (hence the automatic format choice and the pack op) asks exactly that.
 // Packed [rowptr (Cout+1), idx = ci_local*kh*kw + tap, val, tapnnz]: the CSR of the
 // masked weight viewed as [Cout, Cin/g*kh*kw]. Per frame, every input row (n, ci, y) becomes one
@@ -256,8 +256,8 @@ int64_t conv_fwd_blocked(const ConvGeom& g, const scalar_t* x, const scalar_t* w
 // scatter into NCHW 41.8 ms; input-channel-major masked read-modify-write 28.9 ms; this: see
 // bench/RESULTS.md.
 #if SNNSPARSE_ISA_LEVEL >= 2
-template <typename idx_t>
-int64_t conv_fwd_outrows_f32(const ConvGeom& g, const float* x, const int64_t* rowptr, const idx_t* idx,
+template <typename idx_t, typename spike_t>
+int64_t conv_fwd_outrows_f32(const ConvGeom& g, const spike_t* x, const int64_t* rowptr, const idx_t* idx,
                              const float* val, const float* bias, float* out, bool count) {
   const int64_t HW = g.H * g.W, P = g.Ho * g.Wo;
   const int64_t nv = (g.Wo + 15) / 16;
@@ -284,7 +284,7 @@ int64_t conv_fwd_outrows_f32(const ConvGeom& g, const float* x, const int64_t* r
     std::vector<uint64_t> pw((HW + 63) / 64);
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t ci = 0; ci < g.C; ++ci) {
-        const float* plane = x + (n * g.C + ci) * HW;
+        const spike_t* plane = x + (n * g.C + ci) * HW;
         uint64_t* r = rows.data() + ci * RH + pad;
         if (64 % g.W == 0 && HW % 64 == 0) {
           // whole-plane scan (full 64-float words), then split words into rows
@@ -333,8 +333,8 @@ int64_t conv_fwd_outrows_f32(const ConvGeom& g, const float* x, const int64_t* r
 }
 #endif
 
-template <typename scalar_t, typename idx_t>
-int64_t conv_fwd_csr(const ConvGeom& g, const scalar_t* x, const int64_t* rowptr, const idx_t* idx,
+template <typename scalar_t, typename idx_t, typename spike_t>
+int64_t conv_fwd_csr(const ConvGeom& g, const spike_t* x, const int64_t* rowptr, const idx_t* idx,
                      const scalar_t* val, const scalar_t* bias, scalar_t* out, bool count) {
   const int64_t HW = g.H * g.W, P = g.Ho * g.Wo, nw = (HW + 63) / 64;
   const int64_t nnz = rowptr[g.C];
@@ -398,8 +398,8 @@ int64_t conv_fwd_csr(const ConvGeom& g, const scalar_t* x, const int64_t* rowptr
 
 // Event-driven weight gradient in slab layout: gwp[ci, tap, :] += grad_out_cl[n, oy, ox, group(ci)]
 // for every fired (n, ci, y, x). Parallel over blocks of input channels (each owns its slabs).
-template <typename scalar_t>
-void conv_grad_weight(const ConvGeom& g, const scalar_t* xp, const scalar_t* gp, scalar_t* wpp) {
+template <typename scalar_t, typename spike_t>
+void conv_grad_weight(const ConvGeom& g, const spike_t* xp, const scalar_t* gp, scalar_t* wpp) {
   const int64_t HW = g.H * g.W, nw = (HW + 63) / 64;
   // Blocks of input channels: a block's gradient slabs (<= ~256 KiB) and one frame of grad_out
   // stay in L2 while every frame is walked.

@@ -42,24 +42,32 @@ namespace {
 #include "cpu/conv_kernels.h"
 #include "cpu/lif_kernels.h"
 
+template <typename T, typename S>
+constexpr SpikeKernels<T, S> spike_kernels() {
+  SpikeKernels<T, S> k{};
+  k.linear_dense_rows = &linear_dense_rows<T, S>;
+  k.linear_csr16 = &linear_csr<T, uint16_t, S>;
+  k.linear_csr32 = &linear_csr<T, int32_t, S>;
+  k.linear_grad_weight_t = &linear_grad_weight_t<T, S>;
+  k.conv_dense_slabs = &conv_fwd_dense<T, S>;
+  k.conv_blocks = &conv_fwd_blocked<T, S>;
+  k.conv_csr16 = &conv_fwd_csr<T, int16_t, S>;
+  k.conv_csr32 = &conv_fwd_csr<T, int32_t, S>;
+#if SNNSPARSE_ISA_LEVEL >= 2
+  if constexpr (std::is_same<T, float>::value) {
+    k.conv_outrows16 = &conv_fwd_outrows_f32<int16_t, S>;
+    k.conv_outrows32 = &conv_fwd_outrows_f32<int32_t, S>;
+  }
+#endif
+  k.conv_grad_weight = &conv_grad_weight<T, S>;
+  return k;
+}
+
 template <typename T>
 constexpr TypedKernels<T> typed_kernels() {
   TypedKernels<T> k{};
-  k.linear_dense_rows = &linear_dense_rows<T>;
-  k.linear_csr16 = &linear_csr<T, uint16_t>;
-  k.linear_csr32 = &linear_csr<T, int32_t>;
-  k.linear_grad_weight_t = &linear_grad_weight_t<T>;
-  k.conv_dense_slabs = &conv_fwd_dense<T>;
-  k.conv_blocks = &conv_fwd_blocked<T>;
-  k.conv_csr16 = &conv_fwd_csr<T, int16_t>;
-  k.conv_csr32 = &conv_fwd_csr<T, int32_t>;
-#if SNNSPARSE_ISA_LEVEL >= 2
-  if constexpr (std::is_same<T, float>::value) {
-    k.conv_outrows16 = &conv_fwd_outrows_f32<int16_t>;
-    k.conv_outrows32 = &conv_fwd_outrows_f32<int32_t>;
-  }
-#endif
-  k.conv_grad_weight = &conv_grad_weight<T>;
+  k.spikes = spike_kernels<T, T>();
+  k.u8_spikes = spike_kernels<T, uint8_t>();
   k.lif_fwd = &lif_fwd<T>;
   k.lif_bwd = &lif_bwd<T>;
   return k;

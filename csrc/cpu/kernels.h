@@ -56,37 +56,46 @@ struct LifBwdArgs {
   Surrogate surrogate;
 };
 
-// Kernels of one dtype. Every kernel returning int64_t returns the number of weight accumulations
-// it executed when `count` is true (0 otherwise). Spikes are scanned (and refused when non-binary:
-// ValueError) inside the kernels. Layouts are those of the packed formats (linear.cpp / conv.cpp).
-template <typename T>
-struct TypedKernels {
+// Kernels that read spikes: T is the weight's dtype, S the spikes' element type (T itself for float
+// spikes, uint8_t for bool / uint8 spikes, which are read as they are: no float copy of the input).
+// Every kernel returning int64_t returns the number of weight accumulations it executed when `count`
+// is true (0 otherwise). Spikes are scanned (and refused when non-binary: ValueError) inside the
+// kernels. Layouts are those of the packed formats (linear.cpp / conv.cpp).
+template <typename T, typename S>
+struct SpikeKernels {
   // linear, spikes x [N, K], out [N, M]
-  int64_t (*linear_dense_rows)(const T* x, int64_t N, int64_t K, int64_t M, const T* wt, const T* bias,
+  int64_t (*linear_dense_rows)(const S* x, int64_t N, int64_t K, int64_t M, const T* wt, const T* bias,
                                const int64_t* colnnz, bool count, T* out);
-  int64_t (*linear_csr16)(const T* x, int64_t N, int64_t K, int64_t M, const int64_t* rowptr, const uint16_t* idx,
+  int64_t (*linear_csr16)(const S* x, int64_t N, int64_t K, int64_t M, const int64_t* rowptr, const uint16_t* idx,
                           const T* val, const T* bias, const int64_t* colnnz, bool count, T* out);
-  int64_t (*linear_csr32)(const T* x, int64_t N, int64_t K, int64_t M, const int64_t* rowptr, const int32_t* idx,
+  int64_t (*linear_csr32)(const S* x, int64_t N, int64_t K, int64_t M, const int64_t* rowptr, const int32_t* idx,
                           const T* val, const T* bias, const int64_t* colnnz, bool count, T* out);
   // gwT [K, M] += grad_out[n, :] for every fired (n, k)
-  void (*linear_grad_weight_t)(const T* x, const T* g, T* gwt, int64_t N, int64_t K, int64_t M);
+  void (*linear_grad_weight_t)(const S* x, const T* g, T* gwt, int64_t N, int64_t K, int64_t M);
   // conv, spikes [N, C, H, W], out [N, O, Ho, Wo]
-  int64_t (*conv_dense_slabs)(const ConvGeom& g, const T* x, const T* wp, const int64_t* tapnnz, const T* bias,
+  int64_t (*conv_dense_slabs)(const ConvGeom& g, const S* x, const T* wp, const int64_t* tapnnz, const T* bias,
                               T* out, bool count);
-  int64_t (*conv_blocks)(const ConvGeom& g, const T* x, const T* wq, const int64_t* tapnnz, const T* bias, T* out,
+  int64_t (*conv_blocks)(const ConvGeom& g, const S* x, const T* wq, const int64_t* tapnnz, const T* bias, T* out,
                          bool count);
-  int64_t (*conv_csr16)(const ConvGeom& g, const T* x, const int64_t* rowptr, const int16_t* idx, const T* val,
+  int64_t (*conv_csr16)(const ConvGeom& g, const S* x, const int64_t* rowptr, const int16_t* idx, const T* val,
                         const T* bias, T* out, bool count);
-  int64_t (*conv_csr32)(const ConvGeom& g, const T* x, const int64_t* rowptr, const int32_t* idx, const T* val,
+  int64_t (*conv_csr32)(const ConvGeom& g, const S* x, const int64_t* rowptr, const int32_t* idx, const T* val,
                         const T* bias, T* out, bool count);
   // Output-channel rows (format 4): nullptr where the variant has no such kernel (all but avx512
   // float32); conv.cpp's outrows_ok asks exactly this.
-  int64_t (*conv_outrows16)(const ConvGeom& g, const T* x, const int64_t* rowptr, const int16_t* idx, const T* val,
+  int64_t (*conv_outrows16)(const ConvGeom& g, const S* x, const int64_t* rowptr, const int16_t* idx, const T* val,
                             const T* bias, T* out, bool count);
-  int64_t (*conv_outrows32)(const ConvGeom& g, const T* x, const int64_t* rowptr, const int32_t* idx, const T* val,
+  int64_t (*conv_outrows32)(const ConvGeom& g, const S* x, const int64_t* rowptr, const int32_t* idx, const T* val,
                             const T* bias, T* out, bool count);
   // gwp [C, kh*kw, O/groups] += grad_out_cl[n, oy, ox, group(ci)] for every fired (n, ci, y, x)
-  void (*conv_grad_weight)(const ConvGeom& g, const T* x, const T* gcl, T* gwp);
+  void (*conv_grad_weight)(const ConvGeom& g, const S* x, const T* gcl, T* gwp);
+};
+
+// Kernels of one dtype.
+template <typename T>
+struct TypedKernels {
+  SpikeKernels<T, T> spikes;           // float spikes of the weight's dtype
+  SpikeKernels<T, uint8_t> u8_spikes;  // bool / uint8 spikes
   void (*lif_fwd)(const LifFwdArgs<T>& a);
   void (*lif_bwd)(const LifBwdArgs<T>& a);
 };

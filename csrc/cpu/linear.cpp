@@ -19,7 +19,7 @@ void check_linear_inputs(const at::Tensor& x, const at::Tensor& w, const c10::op
   check_cpu(x, op, "spikes");
   check_cpu(w, op, "weight");
   check_float(w, op, "weight");
-  check_same_dtype(x, w, op, "spikes", "weight");
+  check_spikes_dtype(x, w, op);
   TORCH_CHECK(w.dim() == 2, op, ": weight must be [M, K], got ", w.sizes());
   TORCH_CHECK(x.dim() == 2 && x.size(1) == w.size(1), op, ": spikes must be [N, ", w.size(1), "], got ",
               x.sizes());
@@ -73,26 +73,28 @@ std::tuple<at::Tensor, at::Tensor> linear_fwd_packed(const at::Tensor& spikes, c
     const at::Tensor colnnz = packed.back().contiguous();
     TORCH_CHECK(colnnz.numel() == K && colnnz.scalar_type() == at::kLong, op, ": bad packed colnnz");
     const int64_t* cn = colnnz.data_ptr<int64_t>();
-    const scalar_t* xp = x.data_ptr<scalar_t>();
     if (format == 1) {
       const at::Tensor wt = packed[0].contiguous();
       TORCH_CHECK(wt.scalar_type() == weight.scalar_type() && wt.dim() == 2 && wt.size(0) == K && wt.size(1) == M,
                   op, ": packed dense rows must be [K, M] of the weight's dtype");
-      nacc = kt.linear_dense_rows(xp, N, K, M, wt.data_ptr<scalar_t>(), bp, cn, count, out.data_ptr<scalar_t>());
+      nacc = with_spikes(kt, x, [&](const auto& ks, const auto* xp) {
+        return ks.linear_dense_rows(xp, N, K, M, wt.data_ptr<scalar_t>(), bp, cn, count, out.data_ptr<scalar_t>());
+      });
     } else {
       const at::Tensor rowptr = packed[0].contiguous(), idx = packed[1].contiguous(), val = packed[2].contiguous();
       TORCH_CHECK(rowptr.scalar_type() == at::kLong && rowptr.numel() == M + 1 && val.scalar_type() == weight.scalar_type()
                       && idx.numel() == val.numel() && rowptr[M].item<int64_t>() == val.numel(),
                   op, ": bad packed compressed rows");
-      if (idx.scalar_type() == at::kShort) {
-        TORCH_CHECK(K <= 65536, op, ": int16 indices need K <= 65536");
-        nacc = kt.linear_csr16(xp, N, K, M, rowptr.data_ptr<int64_t>(), (const uint16_t*)idx.data_ptr<int16_t>(),
+      const bool i16 = idx.scalar_type() == at::kShort;
+      TORCH_CHECK(i16 || idx.scalar_type() == at::kInt, op, ": packed indices must be int16 or int32");
+      TORCH_CHECK(!i16 || K <= 65536, op, ": int16 indices need K <= 65536");
+      nacc = with_spikes(kt, x, [&](const auto& ks, const auto* xp) {
+        if (i16)
+          return ks.linear_csr16(xp, N, K, M, rowptr.data_ptr<int64_t>(), (const uint16_t*)idx.data_ptr<int16_t>(),
+                                 val.data_ptr<scalar_t>(), bp, cn, count, out.data_ptr<scalar_t>());
+        return ks.linear_csr32(xp, N, K, M, rowptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(),
                                val.data_ptr<scalar_t>(), bp, cn, count, out.data_ptr<scalar_t>());
-      } else {
-        TORCH_CHECK(idx.scalar_type() == at::kInt, op, ": packed indices must be int16 or int32");
-        nacc = kt.linear_csr32(xp, N, K, M, rowptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(),
-                               val.data_ptr<scalar_t>(), bp, cn, count, out.data_ptr<scalar_t>());
-      }
+      });
     }
   });
   if (N == 0 && bias.has_value()) out.copy_(b.expand({N, M}));
@@ -140,6 +142,7 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd(const at::Tensor& grad_out, const 
   at::Tensor grad_in, grad_w;
   at::Tensor g = grad_out.contiguous();
   if (need_input_grad) {
+    TORCH_CHECK(spikes.is_floating_point(), op, ": bool / uint8 spikes have no gradient (need_input_grad must be false)");
     // grad_in = grad_out @ (W*M): dense grad_out, so this is one GEMM (MKL).
     grad_in = at::mm(g, masked_weight(weight, mask));
   } else {
@@ -151,8 +154,9 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd(const at::Tensor& grad_out, const 
     at::Tensor x = spikes.contiguous();
     const Kernels& kern = kernels();
     AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "spike_linear_bwd", [&] {
-      kern.of<scalar_t>().linear_grad_weight_t(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), gwt.data_ptr<scalar_t>(),
-                                               N, K, M);
+      with_spikes(kern.of<scalar_t>(), x, [&](const auto& ks, const auto* xp) {
+        ks.linear_grad_weight_t(xp, g.data_ptr<scalar_t>(), gwt.data_ptr<scalar_t>(), N, K, M);
+      });
     });
     grad_w = gwt.t().contiguous();
     if (mask.has_value() && !dense_weight_grad) grad_w.masked_fill_(mask->logical_not(), 0);

@@ -16,9 +16,10 @@
 
 constexpr int64_t kBlk = 64;  // spike rows per bitset word
 
-// XB[blk * K + k]: bit r set when spikes[blk*64 + r, k] != 0.
-template <typename scalar_t>
-std::vector<uint64_t> column_bits(const scalar_t* x, int64_t N, int64_t K) {
+// XB[blk * K + k]: bit r set when spikes[blk*64 + r, k] != 0 (spike_t: float spikes, or uint8_t for
+// bool / uint8 ones).
+template <typename spike_t>
+std::vector<uint64_t> column_bits(const spike_t* x, int64_t N, int64_t K) {
   const int64_t nblk = (N + kBlk - 1) / kBlk;
   std::vector<uint64_t> xb(nblk * K, 0);
   const int64_t kw = (K + 63) / 64;
@@ -218,8 +219,8 @@ void csr_rows(const std::vector<uint64_t>& xb, const int64_t* rowptr, const idx_
 }
 
 // ---- table entries ----
-template <typename scalar_t>
-int64_t linear_dense_rows(const scalar_t* x, int64_t N, int64_t K, int64_t M, const scalar_t* wt,
+template <typename scalar_t, typename spike_t>
+int64_t linear_dense_rows(const spike_t* x, int64_t N, int64_t K, int64_t M, const scalar_t* wt,
                           const scalar_t* bias, const int64_t* colnnz, bool count, scalar_t* out) {
   if (N == 0) return 0;
   const std::vector<uint64_t> xb = column_bits(x, N, K);
@@ -227,8 +228,8 @@ int64_t linear_dense_rows(const scalar_t* x, int64_t N, int64_t K, int64_t M, co
   return count ? count_acc(xb, (N + kBlk - 1) / kBlk, K, colnnz) : 0;
 }
 
-template <typename scalar_t, typename idx_t>
-int64_t linear_csr(const scalar_t* x, int64_t N, int64_t K, int64_t M, const int64_t* rowptr, const idx_t* idx,
+template <typename scalar_t, typename idx_t, typename spike_t>
+int64_t linear_csr(const spike_t* x, int64_t N, int64_t K, int64_t M, const int64_t* rowptr, const idx_t* idx,
                    const scalar_t* val, const scalar_t* bias, const int64_t* colnnz, bool count, scalar_t* out) {
   if (N == 0) return 0;
   const std::vector<uint64_t> xb = column_bits(x, N, K);
@@ -238,8 +239,8 @@ int64_t linear_csr(const scalar_t* x, int64_t N, int64_t K, int64_t M, const int
 
 // Event-driven weight gradient, transposed: gwT[k, :] += grad_out[n, :] for every fired (n, k).
 // Parallel over k: each k row is owned by one thread.
-template <typename scalar_t>
-void linear_grad_weight_t(const scalar_t* x, const scalar_t* gp, scalar_t* dst, int64_t N, int64_t K, int64_t M) {
+template <typename scalar_t, typename spike_t>
+void linear_grad_weight_t(const spike_t* x, const scalar_t* gp, scalar_t* dst, int64_t N, int64_t K, int64_t M) {
   if (N == 0) return;
   const std::vector<uint64_t> xb = column_bits(x, N, K);
   const int64_t nblk = (N + kBlk - 1) / kBlk;

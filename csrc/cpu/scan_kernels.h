@@ -14,7 +14,8 @@ template <typename scalar_t>
   non_binary_error(0.5);  // unreachable
 }
 
-// Bits of the nonzero entries of p[0..n): bit i of word i/64 is set when p[i] != 0.
+// Bits of the nonzero entries of p[0..n): bit i of word i/64 is set when p[i] != 0. scalar_t is
+// the weight's float type (float spikes) or uint8_t (bool / uint8 spikes, read without a float copy).
 // words must hold (n + 63) / 64 entries. Spikes are binary, so "nonzero" is "fired"; any value
 // other than 0 and 1 (NaN included) raises ValueError, at the cost of one more compare per
 // vector, so callers need not make a separate validation pass over the spikes.
@@ -25,6 +26,16 @@ inline void nonzero_bits(const scalar_t* p, int64_t n, uint64_t* words) {
     const int64_t base = w * 64;
     const int64_t lim = std::min<int64_t>(64, n - base);
 #if SNNSPARSE_ISA_LEVEL >= 2
+    if constexpr (std::is_same<scalar_t, uint8_t>::value) {
+      // bool / uint8 spikes: one 64-byte masked load per word, the fired bits are the word itself
+      // (vptestmb) and a byte above 1 is non-binary (one unsigned compare).
+      const __mmask64 lane = lim >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << lim) - 1);
+      const __m512i v = _mm512_maskz_loadu_epi8(lane, p + base);
+      const __mmask64 bad = _mm512_cmpgt_epu8_mask(v, _mm512_set1_epi8(1));
+      if (__builtin_expect(bad != 0, 0)) non_binary_in(p + base, lim);
+      words[w] = (uint64_t)_mm512_test_epi8_mask(v, v);
+      continue;
+    }
     if constexpr (std::is_same<scalar_t, float>::value) {
       // Full and partial words alike: masked loads never touch memory past p + n.
       const __m512 z = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
@@ -43,6 +54,21 @@ inline void nonzero_bits(const scalar_t* p, int64_t n, uint64_t* words) {
       continue;
     }
 #elif SNNSPARSE_ISA_LEVEL == 1
+    if constexpr (std::is_same<scalar_t, uint8_t>::value) {
+      if (lim == 64) {  // a full word: two 32-byte loads; a partial word takes the scalar loop below
+        const __m256i z = _mm256_setzero_si256(), one = _mm256_set1_epi8(1);
+        const __m256i lo = _mm256_loadu_si256((const __m256i*)(p + base));
+        const __m256i hi = _mm256_loadu_si256((const __m256i*)(p + base + 32));
+        // max(v, 1) == 1 exactly when v is 0 or 1
+        const __m256i ok = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_max_epu8(lo, one), one),
+                                            _mm256_cmpeq_epi8(_mm256_max_epu8(hi, one), one));
+        if (__builtin_expect(_mm256_movemask_epi8(ok) != -1, 0)) non_binary_in(p + base, lim);
+        const uint64_t zlo = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(lo, z));
+        const uint64_t zhi = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(hi, z));
+        words[w] = ~(zlo | (zhi << 32));
+        continue;
+      }
+    }
     if constexpr (std::is_same<scalar_t, float>::value) {
       // 8 lanes per compare; movemask packs the 8 "fired" lanes into bits. A partial word uses
       // vmaskmovps, which (like the AVX-512 masked load) never touches memory past p + n.

@@ -20,7 +20,7 @@ import importlib
 import operator
 import sys
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.fx as fx
@@ -126,7 +126,11 @@ def emits_spikes(module: nn.Module) -> bool:
 def keeps_values(module: nn.Module) -> bool:
     """True when the module's output holds only values of its input (max-pool, flatten, identity,
     eval-mode dropout; SpikingJelly's wrappers of them)."""
+    from .inference import InferenceMaxPool2d, SinglePixelPool  # lazy: inference imports this module
+
     t = type(module)
+    if t in (InferenceMaxPool2d, SinglePixelPool):  # the optimizer's own (a container optimized in place)
+        return True
     sj = spikingjelly()
     if t in _TORCH_KEEP_VALUES or t in _sj_types(sj, "layer", ("MaxPool1d", "MaxPool2d", "MaxPool3d", "Flatten",
                                                                 "Dropout", "Dropout2d")):
@@ -220,16 +224,59 @@ def is_leaf(module: nn.Module) -> bool:
     return False
 
 
-def module_kind(module: nn.Module, name: str, x: Kind) -> Kind:
-    """The kind of a leaf module's output given the kind of its input."""
+def max_pool2d_steps(module: nn.Module) -> Optional[str]:
+    """"s" for nn.MaxPool2d and SpikingJelly's single-step layer.MaxPool2d, "m" for its multi-step one
+    (exact classes, no return_indices): the pools InferenceMaxPool2d replaces; else None."""
+    if getattr(module, "return_indices", True):
+        return None
+    if type(module) is nn.MaxPool2d:
+        return "s"
+    if type(module) in _sj_types(spikingjelly(), "layer", ("MaxPool2d",)):
+        mode = getattr(module, "step_mode", None)
+        return mode if mode in ("s", "m") else None
+    return None
+
+
+_ADAPTIVE_AVG_DIMS = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}
+
+
+def adaptive_avg_dims(module: nn.Module) -> int:
+    """The number of pooled dims of an adaptive average pool (torch's, or SpikingJelly's layer wrapper of
+    it, exact classes), else 0."""
+    t = type(module)
+    if t in _ADAPTIVE_AVG_DIMS:
+        return _ADAPTIVE_AVG_DIMS[t]
+    for name, dims in (("AdaptiveAvgPool1d", 1), ("AdaptiveAvgPool2d", 2), ("AdaptiveAvgPool3d", 3)):
+        if t in _sj_types(spikingjelly(), "layer", (name,)):
+            return dims
+    return 0
+
+
+def single_pixel_bins(in_sizes: Sequence[int], out_sizes: Sequence[int]) -> bool:
+    """True when every bin of an adaptive pool from in_sizes to out_sizes covers exactly one input
+    element (torch's bins: [floor(i*n/o), ceil((i+1)*n/o))): the output then holds only input values,
+    e.g. VGG's 7x7 average pool of a 1x1 spike map, or a pool to the size it already has."""
+    if len(in_sizes) != len(out_sizes):
+        return False
+    for n, o in zip(in_sizes, out_sizes):
+        if n < 1 or o < 1:
+            return False
+        if any(-((-(i + 1) * n) // o) - (i * n) // o != 1 for i in range(o)):
+            return False
+    return True
+
+
+def module_kind(module: nn.Module, name: str, x: Kind, keeps: Set[int] = frozenset()) -> Kind:
+    """The kind of a leaf module's output given the kind of its input. `keeps`: ids of modules known to
+    keep their input's values at the sizes the model runs (adaptive pools of one-element bins)."""
     if emits_spikes(module):
         return Kind(Level.SPIKES, f"output of neuron {name!r}")
-    if keeps_values(module):
+    if keeps_values(module) or id(module) in keeps:
         return x
     items = chain_items(module)
     if items is not None:
         for item in items:
-            x = module_kind(item.module, f"{name}.{item.suffix}" if name else item.suffix, x)
+            x = module_kind(item.module, f"{name}.{item.suffix}" if name else item.suffix, x, keeps)
         return x
     return analog(f"output of {name!r} ({type(module).__name__})")
 

@@ -32,7 +32,9 @@ from .. import functional as SF
 from ..ops import conv2d as _conv2d
 from ..ops import cpp as _cpp
 from ..ops import linear as _linear
+from ..ops import pool as _pool
 from ..ops.packed import ConvFormat, PackedWeight
+from .graph import single_pixel_bins
 
 # Output-channel rows (format 4) serve only rows of <= 64 pixels (one 64-bit word per row, csrc/cpu/conv.cpp
 # outrows_ok); a packing chosen from example_inputs of small images cannot run wider ones.
@@ -301,3 +303,66 @@ class PackedPlanesConv2d(PackedConv2d):
         if self.bias is not None:
             out.add_(self.bias.view(1, -1, 1, 1))
         return restore(out)
+
+
+class SinglePixelPool(InferenceLayer):
+    """An adaptive average pool that, at the sizes the model was optimized for, averages bins of one
+    input element each (VGG's 7x7 pool of the 1x1 spike map of a 32x32 image, or a pool to the size it
+    already has): its output holds only input values, so the layer after it gets spikes and runs packed.
+    Another input size is checked on every call: where a bin would average several elements (values
+    that are no longer spikes) it is refused with the reason, never passed on to a packed layer."""
+
+    def __init__(self, pool: nn.Module, dims: int, *, name: str = "", why: str = ""):
+        super().__init__(name, why)
+        self.pool = pool
+        self.dims = dims
+
+    def _out_sizes(self, in_sizes):
+        out = self.pool.output_size
+        out = (out,) * self.dims if isinstance(out, int) or out is None else tuple(out)
+        return tuple(n if o is None else int(o) for n, o in zip(in_sizes, out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        in_sizes = tuple(x.shape[-self.dims:])
+        if not single_pixel_bins(in_sizes, self._out_sizes(in_sizes)):
+            raise ValueError(
+                f"{self._label()}: optimize_for_inference kept spikes through this pool because at the sizes of "
+                f"example_inputs each of its bins covers one input element; an input of spatial size {in_sizes} "
+                f"(output {self._out_sizes(in_sizes)}) averages several, and the packed layer after it takes "
+                f"spikes only. Optimize the model with example_inputs of the size it will run on.")
+        return self.pool(x)
+
+
+class InferenceMaxPool2d(InferenceLayer):
+    """nn.MaxPool2d / SpikingJelly's layer.MaxPool2d (return_indices=False) on snnsparse::max_pool2d: the
+    same values without the argmax indices torch's CPU kernel always computes (the stem max-pool of a
+    spiking ResNet was 14% of its optimized time). Takes float, bool and uint8 spikes alike. Anything the
+    kernel does not take (another device or dtype, an input that wants a gradient) runs torch's
+    F.max_pool2d, which gives the same values. multi_step: SpikingJelly's multi-step wrapper, which folds
+    [T, B, ...] into [T*B, ...] around the pool."""
+
+    def __init__(self, pool: nn.Module, *, multi_step: bool = False, name: str = "", why: str = ""):
+        super().__init__(name, why)
+        self.kernel_size, self.stride = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
+        self.padding, self.dilation = _pair(pool.padding), _pair(pool.dilation)
+        self.ceil_mode, self.multi_step = bool(pool.ceil_mode), multi_step
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        args = (self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        fast = (x.device.type == "cpu" and x.dtype in _pool.DTYPES and x.dim() in (3, 4)
+                and not (torch.is_grad_enabled() and x.requires_grad) and _cpp.unavailable_reason() is None)
+        if not fast:
+            return F.max_pool2d(x, *args[:4], ceil_mode=self.ceil_mode)
+        x4 = x if x.dim() == 4 else x.unsqueeze(0)
+        y = _pool.max_pool2d(x4, *args)
+        return y if x.dim() == 4 else y.squeeze(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.multi_step:
+            return self._pool(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        return self._pool(x)
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}, multi_step={self.multi_step}")
+

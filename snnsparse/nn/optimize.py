@@ -47,12 +47,12 @@ from . import graph as G
 from .convert import _decide, _foreign_hooks
 from .fuse import fold_bn
 from .inference import (PACKED_LAYERS, DenseConv2d, DenseLinear, PackedConv2d, PackedLinear, PackedPlanesConv2d,
-                        bit_planes)
+                        InferenceMaxPool2d, SinglePixelPool, bit_planes)
 from .layers import SpikeConv2d
 from .lif import LIF
 
 WHERE = "optimize_for_inference"
-ACTIONS = ("packed-event", "dense-analog", "bn-folded", "neuron-fused", "left")
+ACTIONS = ("packed-event", "dense-analog", "bn-folded", "neuron-fused", "kept-values", "left")
 _PACKABLE_DTYPES = (torch.float32, torch.float64)
 
 
@@ -290,6 +290,27 @@ class _Optimizer:
         self.calls = calls
         self.report = OptimizeReport()
         self.bn_outcome: Dict[int, Tuple[str, str]] = {}  # id(BatchNorm) -> (action, reason), set by its conv
+        # Adaptive average pools whose bins held one element each in every call of the example run
+        # (their output is their input's values: spikes stay spikes).
+        self.single_pixel = {key for key, c in calls.items() if self._single_pixel_pool(c)}
+
+    @staticmethod
+    def _single_pixel_pool(c: _Calls) -> bool:
+        dims = G.adaptive_avg_dims(c.module)
+        return bool(dims) and bool(c.shapes) and all(
+            ins and out is not None and G.single_pixel_bins(ins[0][-dims:], out[-dims:]) for ins, out in c.shapes)
+
+    def max_pool(self, module: nn.Module, name: str) -> nn.Module:
+        why = ("max-pool without the argmax indices torch's CPU kernel computes (snnsparse::max_pool2d; same "
+               "values, spikes stay spikes)")
+        self.row(name, module, "kept-values", reason=why)
+        return InferenceMaxPool2d(module, multi_step=G.max_pool2d_steps(module) == "m", name=name, why=why)
+
+    def single_pixel_pool(self, module: nn.Module, name: str) -> nn.Module:
+        why = ("each bin of this adaptive average pool covers one input element at the sizes of example_inputs: "
+               "its output is its input's values (spikes stay spikes); checked on every call")
+        self.row(name, module, "kept-values", reason=why)
+        return SinglePixelPool(module, G.adaptive_avg_dims(module), name=name, why=why)
 
     def runs(self, module: nn.Module) -> int:
         """How many times the module ran in the example forward."""
@@ -380,6 +401,7 @@ class _Optimizer:
                 continue
             replaceable = G.is_conv_or_linear(m) or G.neuron_class(m) is not None or G.bn_of(m) is not None
             replaceable = replaceable or G.chain_items(m) is not None
+            replaceable = replaceable or G.max_pool2d_steps(m) is not None or id(m) in self.single_pixel
             if replaceable and reads_into(node.target):
                 self.row(name, m, "left", reason="the model's forward reads its tensors directly (kept as they are)")
                 continue
@@ -405,6 +427,12 @@ class _Optimizer:
                 continue
             if G.chain_items(m) is not None:
                 self.chain(m, name, x)
+                continue
+            if id(m) in self.single_pixel:
+                replace[id(m)] = self.single_pixel_pool(m, name)
+                continue
+            if G.max_pool2d_steps(m) is not None:
+                replace[id(m)] = self.max_pool(m, name)
                 continue
             self.other(m, name)
 
@@ -436,7 +464,7 @@ class _Optimizer:
                     if node.target in traced.opaque or x is None:
                         kinds[node] = G.analog(f"output of {name!r} ({type(mods[node]).__name__})")
                     else:
-                        kinds[node] = G.module_kind(mods[node], name, x)
+                        kinds[node] = G.module_kind(mods[node], name, x, self.single_pixel)
                 elif node.op in ("call_function", "call_method"):
                     kinds[node] = G.op_kind(node, kinds)
                 if node in forced:
@@ -539,15 +567,19 @@ class _Optimizer:
                         setattr(it.parent, it.key, new)
                 elif G.chain_items(m) is not None:
                     self.chain(m, cname, x)
-                elif G.keeps_values(m):  # max-pool, flatten, ...: runs as it is, spikes stay spikes
+                elif G.max_pool2d_steps(m) is not None:
+                    setattr(it.parent, it.key, self.max_pool(m, cname))
+                elif G.keeps_values(m):  # flatten, identity, ...: runs as it is, spikes stay spikes
                     self.other(m, cname)
+                elif id(m) in self.single_pixel:
+                    setattr(it.parent, it.key, self.single_pixel_pool(m, cname))
                 elif not G.is_leaf(m):  # a block of its own: optimized as a model whose input is analog
                     new = self.optimize(m, cname)
                     if new is not m:
                         setattr(it.parent, it.key, new)
                 else:
                     self.other(m, cname)
-                x = G.module_kind(m, cname, x)
+                x = G.module_kind(m, cname, x, self.single_pixel)
             i += 1
         return x
 

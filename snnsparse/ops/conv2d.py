@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .linear import _nacc_fake, register_spike_op, save_spike_ctx, spike_backward
+from .linear import _nacc_fake, check_spike_dtype, register_spike_op, save_spike_ctx, spike_backward
 from .packed import PackedWeight
 from .registry import require_cpp
 
@@ -24,9 +24,9 @@ def output_size(h: int, w: int, kernel: Sequence[int], stride, padding, dilation
 
 
 def _fwd_fake(spikes, weight, bias, mask, stride, padding, dilation, groups, count, dense_weight_grad):
-    torch._check(spikes.dtype == weight.dtype, lambda: "spikes and weight must have the same dtype")
+    check_spike_dtype(spikes, weight)
     ho, wo = output_size(spikes.shape[2], spikes.shape[3], weight.shape[2:], stride, padding, dilation)
-    return spikes.new_empty((spikes.shape[0], weight.shape[0], ho, wo)), _nacc_fake(spikes)
+    return weight.new_empty((spikes.shape[0], weight.shape[0], ho, wo)), _nacc_fake(spikes)
 
 
 def _fwd_packed_fake(spikes, weight, bias, mask, fmt, packed, stride, padding, dilation, groups, count,

@@ -32,6 +32,9 @@ _LOW = (torch.float16, torch.bfloat16)
 # The kernels refuse non-binary spikes themselves while bit-packing them (same pass), so
 # snnsparse.functional skips its own check for this backend.
 CHECKS_BINARY = True
+# bool / uint8 spikes go to the kernels as they are (read as bytes), so snnsparse.functional does not
+# convert them to floats for this backend.
+BYTE_SPIKES = _linear.BYTE_SPIKES
 
 
 def unavailable_reason() -> Optional[str]:
@@ -61,21 +64,26 @@ def _up(t):
     return None if t is None else t.float()
 
 
+def _spikes(x, dtype):
+    """Spikes as the kernels read them: bool / uint8 as they are (no float copy), floats in `dtype`."""
+    return x if x.dtype in _linear.BYTE_SPIKES else x.to(dtype)
+
+
 def spike_linear(x, weight, bias, mask, *, count=False, dense_weight_grad=False):
     if weight.dtype in _LOW:
-        out, n = spike_linear(x.float(), weight.float(), _up(bias), mask, count=count,
+        out, n = spike_linear(_spikes(x, torch.float32), weight.float(), _up(bias), mask, count=count,
                               dense_weight_grad=dense_weight_grad)
         return out.to(weight.dtype), n
-    return _linear.forward(x.to(weight.dtype), weight, bias, mask, count=count, dense_weight_grad=dense_weight_grad)
+    return _linear.forward(_spikes(x, weight.dtype), weight, bias, mask, count=count, dense_weight_grad=dense_weight_grad)
 
 
 def spike_conv2d(x, weight, bias, mask, stride, padding, dilation, groups, *, count=False,
                  dense_weight_grad=False):
     if weight.dtype in _LOW:
-        out, n = spike_conv2d(x.float(), weight.float(), _up(bias), mask, stride, padding, dilation, groups,
+        out, n = spike_conv2d(_spikes(x, torch.float32), weight.float(), _up(bias), mask, stride, padding, dilation, groups,
                               count=count, dense_weight_grad=dense_weight_grad)
         return out.to(weight.dtype), n
-    return _conv2d.forward(x.to(weight.dtype), weight, bias, mask, stride, padding, dilation, groups, count=count,
+    return _conv2d.forward(_spikes(x, weight.dtype), weight, bias, mask, stride, padding, dilation, groups, count=count,
                            dense_weight_grad=dense_weight_grad)
 
 

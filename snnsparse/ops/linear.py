@@ -23,9 +23,20 @@ def _nacc_fake(like):
     return like.new_empty((), dtype=torch.int64)
 
 
+# Spike dtypes the kernels read as they are (one byte per spike, no float copy), besides the weight's own.
+BYTE_SPIKES = (torch.bool, torch.uint8)
+
+
+def check_spike_dtype(spikes, weight):
+    """The spike ops' dtype rule (every namespace, fake and kernel alike): spikes are bool, uint8 or of the
+    weight's dtype; the output has the weight's dtype."""
+    torch._check(spikes.dtype == weight.dtype or spikes.dtype in BYTE_SPIKES,
+                 lambda: f"spikes must be bool, uint8 or the weight's dtype {weight.dtype}, got {spikes.dtype}")
+
+
 def _fwd_fake(spikes, weight, bias, mask, count, dense_weight_grad):
-    torch._check(spikes.dtype == weight.dtype, lambda: "spikes and weight must have the same dtype")
-    return spikes.new_empty((spikes.shape[0], weight.shape[0])), _nacc_fake(spikes)
+    check_spike_dtype(spikes, weight)
+    return weight.new_empty((spikes.shape[0], weight.shape[0])), _nacc_fake(spikes)
 
 
 def _fwd_packed_fake(spikes, weight, bias, mask, fmt, packed, count, dense_weight_grad):
