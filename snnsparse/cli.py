@@ -53,6 +53,7 @@ def _number_type(convert, check, **bounds):
 
 
 positive_int = _number_type(int, check_int, lo=1)
+non_negative_int = _number_type(int, check_int, lo=0)
 any_int = _number_type(int, check_int)
 positive_float = _number_type(float, check_real, lo=0, lo_open=True)
 nonnegative_float = _number_type(float, check_real, lo=0)
@@ -168,6 +169,12 @@ def _energy_args(p):
     return energy_main
 
 
+def _optimize_args(p):
+    from .nn.optimize_cli import add_optimize_args, optimize_main
+    add_optimize_args(p)
+    return optimize_main
+
+
 def _prune_args(p):
     from .recipes import add_prune_args, prune_main
     add_prune_args(p)
@@ -179,6 +186,8 @@ COMMANDS = {
     "bench": ("kernel sweeps: speedup vs spike rate and weight density per backend (CSV + PNG)", _bench_args),
     "energy": ("per-layer SOP / energy table of a model and a PNG bar chart", _energy_args),
     "prune": ("run a paper's pruning recipe on your own data (MNIST / CIFAR-10 directory)", _prune_args),
+    "optimize": ("optimize_for_inference on a saved model: the per-layer report, optional timing and save",
+                 _optimize_args),
 }
 
 

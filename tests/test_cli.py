@@ -18,11 +18,11 @@ def _run(*args):
 def test_help_lists_commands():
     r = _run("--help")
     assert r.returncode == 0
-    for name in ("demo", "bench", "energy", "prune"):
+    for name in ("demo", "bench", "energy", "prune", "optimize"):
         assert name in r.stdout
 
 
-@pytest.mark.parametrize("name", ["demo", "bench", "energy", "prune"])
+@pytest.mark.parametrize("name", ["demo", "bench", "energy", "prune", "optimize"])
 def test_each_command_has_help(name):
     r = _run(name, "--help")
     assert r.returncode == 0, r.stderr
@@ -220,3 +220,36 @@ def test_output_path_checks(tmp_path):
                         (cli.existing_file, tmp_path), (cli.existing_dir, tmp_path / "f")):
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(str(path)))):
             check(str(path))
+
+
+OPTIMIZE_ERRORS = [
+    (["--reps", "-1"], "--reps"),
+    (["--threads", "x"], "--threads"),
+    (["--save", "{tmp}/missing_dir/opt.pt"], "--save"),
+    (["{dict_pt}", "--input-shape", "1,2"], "model"),
+    (["{dict_pt}"], "--input-shape"),
+    (["--spike-rate", "0.5"], "--spike-rate"),
+]
+
+
+@pytest.mark.parametrize("args,option", OPTIMIZE_ERRORS)
+def test_optimize_bad_arguments(capsys, paths, args, option):
+    _usage_error(capsys, ["optimize"] + [a.format(**paths) for a in args], option)
+
+
+def test_optimize_prints_the_report_and_saves_the_model(tmp_path, capsys):
+    """The command runs optimize_for_inference on the demo model: the report's rows, a timing line, and
+    a saved model that loads and gives the optimized model's outputs."""
+    from snnsparse.energy.cli import demo_model
+    out = tmp_path / "opt.pt"
+    assert cli.main(["optimize", "--reps", "1", "--save", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "packed-event" in text and "neuron-fused" in text and re.search(r"optimized [0-9.]+ ms", text)
+    fast = torch.load(out, weights_only=False)
+    model, x = demo_model(density=0.5, seed=0)
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "reset") and m is not model:
+                m.reset()
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-4)
+

@@ -59,10 +59,10 @@ def _shape(text: str):
     return dims
 
 
-def add_energy_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of `snnsparse energy` (values checked while parsing, see snnsparse.cli)."""
-    from ..cli import (any_int, backend_name, existing_file, nonnegative_float, positive_int, probability,
-                       writable_file)
+def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The model and input arguments shared by `snnsparse energy` and `snnsparse optimize`: MODEL,
+    --input-shape / --input, --spike-rate, --density and --seed of the demo model (model_and_input)."""
+    from ..cli import any_int, existing_file, probability
     parser.add_argument("model", nargs="?", default=None, type=existing_file,
                         help="a whole model saved with torch.save(model, path) (trusted files only: it is "
                              "unpickled); default: a small built-in demo spiking CNN")
@@ -74,6 +74,43 @@ def add_energy_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="a tensor saved with torch.save to use as input")
     parser.add_argument("--spike-rate", type=probability, default=None, metavar="P",
                         help="make the random input binary spikes with P(1) = P instead of pixels")
+    parser.add_argument("--density", type=probability, default=0.5,
+                        help="mask density of the demo model (default 0.5)")
+    parser.add_argument("--seed", type=any_int, default=0, help="seed of the demo model and random inputs")
+    return parser
+
+
+def model_and_input(args: argparse.Namespace):
+    """(model, input, description of the model) from add_model_args' arguments; bad combinations raise
+    snnsparse.cli.UsageError naming the argument, before any model is loaded."""
+    from ..cli import UsageError
+    if args.model is not None and args.input is None and args.input_shape is None:
+        raise UsageError("--input-shape", "a model file needs --input-shape T,B,C,H,W (or --input tensor.pt)")
+    if args.spike_rate is not None and args.input_shape is None:  # else it would be silently ignored
+        raise UsageError("--spike-rate", "makes the random input of --input-shape; give --input-shape too")
+    x = _load_input(args.input) if args.input is not None else None
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.model is None:
+        model, demo_x = demo_model(density=args.density, seed=args.seed)
+        source = f"built-in demo spiking CNN (mask density {args.density}, seed {args.seed})"
+    else:
+        model = _load_model(args.model)
+        source = args.model
+        demo_x = None
+    if x is None:
+        if args.input_shape is not None:
+            x = torch.rand(args.input_shape, generator=gen)
+            if args.spike_rate is not None:
+                x = (x < args.spike_rate).float()
+        else:
+            x = demo_x
+    return model, x, source
+
+
+def add_energy_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of `snnsparse energy` (values checked while parsing, see snnsparse.cli)."""
+    from ..cli import backend_name, nonnegative_float, positive_int, writable_file
+    add_model_args(parser)
     parser.add_argument("--timesteps", type=positive_int, default=None, metavar="T",
                         help="T for the ANN-equivalent energy (default: inferred from the model's time-major data)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fp32",
@@ -86,9 +123,6 @@ def add_energy_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="ANN equivalent: the unpruned layers (dense) or the same pruned weights (masked)")
     parser.add_argument("--backend", type=backend_name, default=None,
                         help="snnsparse backend for the run (default: auto)")
-    parser.add_argument("--density", type=probability, default=0.5,
-                        help="mask density of the demo model (default 0.5)")
-    parser.add_argument("--seed", type=any_int, default=0, help="seed of the demo model and random inputs")
     # default None, not "energy.png": argparse would check a string default even under --no-plot
     parser.add_argument("--plot", type=writable_file, default=None, metavar="PNG",
                         help=f"bar chart path (default {DEFAULT_PLOT})")
@@ -138,26 +172,7 @@ def energy_main(args: argparse.Namespace) -> int:
             writable_file(plot_path)
         except argparse.ArgumentTypeError as e:
             raise UsageError("--plot", e) from None
-    if args.model is not None and args.input is None and args.input_shape is None:
-        raise UsageError("--input-shape", "a model file needs --input-shape T,B,C,H,W (or --input tensor.pt)")
-    if args.spike_rate is not None and args.input_shape is None:  # else it would be silently ignored
-        raise UsageError("--spike-rate", "makes the random input of --input-shape; give --input-shape too")
-    x = _load_input(args.input) if args.input is not None else None
-    gen = torch.Generator().manual_seed(args.seed)
-    if args.model is None:
-        model, demo_x = demo_model(density=args.density, seed=args.seed)
-        source = f"built-in demo spiking CNN (mask density {args.density}, seed {args.seed})"
-    else:
-        model = _load_model(args.model)
-        source = args.model
-        demo_x = None
-    if x is None:
-        if args.input_shape is not None:
-            x = torch.rand(args.input_shape, generator=gen)
-            if args.spike_rate is not None:
-                x = (x < args.spike_rate).float()
-        else:
-            x = demo_x
+    model, x, source = model_and_input(args)
     try:
         report = count(model, x, preset=args.preset, e_ac=args.e_ac, e_mac=args.e_mac, timesteps=args.timesteps,
                        ann=args.ann, backend=args.backend)
