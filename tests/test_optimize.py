@@ -283,8 +283,8 @@ def test_plif_cifar10net(rng, step_mode):
     report = opt.report()
     print(report)
     _assert_bn_all_folded(report, 6)
-    assert all(r.action == "left" and "no fused kernel yet" in r.reason
-               for r in _rows(report, original="ParametricLIFNode"))
+    plif_rows = _rows(report, original="ParametricLIFNode")
+    assert plif_rows and all(r.action == "neuron-fused" and "ss.nn.ParametricLIF" in r.reason for r in plif_rows)
     assert report["conv_fc.22"].action == "packed-event" and report["conv_fc.25"].action == "packed-event"
     assert report["conv_fc.21"].action == "left"  # eval-mode dropout: spikes stay spikes
     _assert_fires(_compare(model, opt, x, step_mode)[0])
