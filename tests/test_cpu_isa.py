@@ -394,7 +394,7 @@ def _check_lif(g):
                     s2, v2, h2 = O.lif_fwd(x, v0, 1.7, 0.9, v_reset, decay, detach, sg, alpha, False)
                     assert torch.equal(s2, sr) and torch.equal(v2, vr) and h2.numel() == 0
                     gs, gv, gh = torch.randn_like(s), torch.randn_like(v), torch.randn_like(h)
-                    gx, gv0 = O.lif_bwd(gs, gv, gh, h, 1.7, 0.9, v_reset, decay, detach, sg, alpha)
+                    gx, gv0, _ = O.lif_bwd(gs, gv, gh, h, 1.7, 0.9, v_reset, decay, detach, sg, alpha)
                     with _one_thread():
                         xr, v0r = x.double().requires_grad_(), v0.double().requires_grad_()
                         sr, vr, hr = R.lif(xr, v0r, 1.7, 0.9, v_reset, decay, detach, sg, alpha, return_h=True)

@@ -272,6 +272,38 @@ def test_emu_lif_grad_h_and_threshold_ties(emu, rng):
     torch.testing.assert_close(gx, xr.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("charge,decay", [("if", True), ("plif", True), ("plif", False)])
+def test_emu_neuron_charges(emu, rng, dtype, charge, decay):
+    """IF / ParametricLIF charges of the CUDA kernels: forward bit-identical to the reference (fp32/fp64; the
+    fp16/bf16 rounding replay too), gradients of x, v0 and k (the per-neuron sums + host sum) vs autograd."""
+    t, n = 5, 300  # two blocks of 256 threads
+    resets = (0.0, None, -0.3) if dtype in (torch.float32, torch.float64) else (0.0, None)
+    for v_reset, detach, name in itertools.product(resets, (False, True), ("sigmoid", "atan", "erf")):
+        x = (torch.randn((t, n), generator=rng) * 1.5 + 0.5).to(dtype)
+        v0 = (torch.randn((n,), generator=rng) * 0.3).to(dtype)
+        k = torch.sigmoid(torch.randn((), generator=rng)).to(dtype) if charge == "plif" else None
+        s, vl, h = emu_lif_fwd(emu, x, v0, 0.0, 1.0, v_reset, decay, charge, k)
+        xr, v0r = x.clone().requires_grad_(), v0.clone().requires_grad_()
+        kr = None if k is None else k.clone().requires_grad_()
+        sr, vlr, hr = reference.lif(xr, v0r, 0.0, 1.0, v_reset, decay, detach, name, 2.0, return_h=True,
+                                    charge=charge, k=kr)
+        what = f"{charge} {dtype} v_reset={v_reset} decay={decay} detach={detach} {name}"
+        assert torch.equal(s, sr.detach()), what
+        assert torch.equal(h, hr.detach()) and torch.equal(vl, vlr.detach()), what
+        gs = torch.randn((t, n), generator=rng).to(dtype)
+        gvl = torch.randn((n,), generator=rng).to(dtype)
+        torch.autograd.backward([sr, vlr], [gs, gvl])
+        gx, gv0, gk = emu_lif_bwd(emu, gs, gvl, None, h, 0.0, 1.0, v_reset, decay, detach, name, 2.0, charge, k,
+                                  x if k is not None else None, v0 if k is not None else None)
+        rtol, atol = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-5, 1e-5), torch.float16: (1e-2, 1e-2),
+                      torch.bfloat16: (5e-2, 5e-2)}[dtype]
+        pairs = [(gx, xr.grad), (gv0, v0r.grad)] + ([(gk, kr.grad)] if k is not None else [])
+        for got, want in pairs:
+            scale = max(1.0, want.abs().max().item()) * (math.sqrt(n) if got.dim() == 0 else 1.0)
+            torch.testing.assert_close(got, want, rtol=rtol * 10, atol=atol * scale, msg=what)
+
+
 # ================================================================================================
 # Part 2: the registered CUDA ops on a GPU
 # ================================================================================================
@@ -563,6 +595,11 @@ def _opcheck_cases(gen):
         (ops.lif_fwd.default, (xs, v0, 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True)),
         (ops.lif_bwd.default, (torch.ones_like(h), None, torch.ones_like(h), h, 2.0, 1.0, None, False, True, "atan",
                                  2.0)),
+        (ops.lif_fwd.default, (xs, v0, 0.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True, "if", None)),
+        (ops.lif_fwd.default, (xs, v0, 0.0, 1.0, None, False, False, "atan", 2.0, True, "plif",
+                               _to(torch.tensor(0.4)).requires_grad_())),
+        (ops.lif_bwd.default, (torch.ones_like(h), torch.ones_like(v0), None, h, 0.0, 1.0, -0.1, True, False, "erf",
+                               2.0, "plif", _to(torch.tensor(0.4)), xs.detach(), v0)),
     ]
 
 

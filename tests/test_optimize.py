@@ -74,7 +74,7 @@ def _images(rng, c=3, size=32):
 # ------------------------------------------------------------------------------------------------
 # Running and comparing.
 def _is_neuron(m):
-    return isinstance(m, (neuron.BaseNode, ss.nn.LIF))
+    return isinstance(m, (neuron.BaseNode, ss.nn.FusedNeuron))
 
 
 def _run(model, x, step_mode):

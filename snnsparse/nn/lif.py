@@ -24,8 +24,11 @@ class FusedNeuron(nn.Module):
     stateful=True carries v from one call to the next until reset() (SpikingJelly's behaviour).
     step_mode="s": one time step per call, input [N, ...], always stateful (SpikingJelly's
     single-step mode; reset() between sequences).
-    After a call, `v` holds V[T-1] (detached); with record_h=True, `h_seq` holds the pre-fire
-    membrane potential [T, ...] (used by the criticality pruner).
+    After a call, `v` holds V[T-1]; with record_h=True, `h_seq` holds the pre-fire membrane potential
+    [T, ...] (used by the criticality pruner). A stateful neuron keeps v attached to the autograd graph,
+    as SpikingJelly's does, so that a sequence fed step by step (step_mode="s") back-propagates through
+    time exactly like SpikingJelly's; reset() (or functional.reset_net) between sequences, or detach v to
+    truncate. A stateless one stores it detached.
     """
 
     CHARGE = ""        # the lif op's charge ("lif", "if", "plif")
@@ -98,7 +101,7 @@ class FusedNeuron(nn.Module):
                                    v_reset=self.v_reset, decay_input=self.decay_input,
                                    detach_reset=self.detach_reset, surrogate=self.surrogate, alpha=self.alpha,
                                    backend=self.backend, return_h=self.record_h, **self._charge_kwargs())
-        self.v = v.detach()
+        self.v = v if self.stateful else v.detach()
         self.h_seq = h
         return s
 
