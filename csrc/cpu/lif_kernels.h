@@ -1,4 +1,5 @@
-// SIMD kernels of the fused multi-step LIF (csrc/cpu/lif.cpp has the ops and their checks).
+// SIMD kernels of the fused multi-step neuron: LIF, IF and ParametricLIF charges (csrc/cpu/lif.cpp has the
+// ops and their checks; the charges' equations are in csrc/registration.cpp).
 // Part of the ISA-compiled kernel source: included only by isa_variant.h, inside namespace
 // snnsparse::cpu::<variant> and its `#pragma GCC target`; include no header here.
 //
