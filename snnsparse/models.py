@@ -65,6 +65,12 @@ class SpikingCNN(nn.Module):
         head.append(SpikeLinear(feat, classes))
         self.classifier = nn.Sequential(*head)
 
+    # For optimize_for_inference, which cannot trace forward (it branches on x.dim()): forward is
+    # classifier(features(x)).mean(0) (the direct encoding runs features' first layers once per image,
+    # which changes no layer's input kind), so features' output kind is classifier's input kind.
+    # tests/test_optimize.py checks the claim against forward.
+    snnsparse_pipeline = ("features", "classifier")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.features
         if x.dim() == 4:

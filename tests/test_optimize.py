@@ -457,9 +457,25 @@ def test_snnsparse_model_untraceable_root(rng):
     assert any("fx could not trace '<model>'" in n for n in report.notes)
     _assert_bn_all_folded(report, 2)
     assert report["features.0"].action == "dense-analog" and report["features.4"].action == "packed-event"
-    assert report["classifier.1"].action == "dense-analog"  # its parent was not traced: input taken as analog
+    # SpikingCNN declares forward = classifier(features(x)): features' spikes reach the classifier
+    assert report["classifier.1"].action == "packed-event" and "features.6" in report["classifier.1"].reason
     assert report["classifier.3"].action == "packed-event"
     _compare(model, opt, x)
+
+
+def test_spiking_cnn_pipeline_claim(rng):
+    """The claim SpikingCNN makes to optimize_for_inference (snnsparse_pipeline): its forward is
+    classifier(features(x)).mean(0), for time-major input and (direct encoding) for images."""
+    model = _random_bn(ss.models.SpikingCNN(in_channels=2, image_size=8, channels=(6, "M", 8), classes=3, t=T,
+                                            hidden=10), rng).eval()
+    assert type(model).snnsparse_pipeline == ("features", "classifier")
+    for x in (torch.rand(T, B, 2, 8, 8, generator=rng) * 3, torch.rand(B, 2, 8, 8, generator=rng) * 3):
+        with torch.no_grad():
+            sjf.reset_net(model)
+            out = model(x)
+            sjf.reset_net(model)
+            xs = x if x.dim() == 5 else x.unsqueeze(0).expand(T, *x.shape)
+            torch.testing.assert_close(out, model.classifier(model.features(xs)).mean(0), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------

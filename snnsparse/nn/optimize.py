@@ -336,7 +336,22 @@ class _Optimizer:
         return self.graph(module, traced, name)
 
     def children(self, module: nn.Module, name: str) -> None:
+        # A module that declares its forward a pipeline of its children (snnsparse_pipeline: each one's
+        # output is the next one's input, e.g. ss.models.SpikingCNN) passes kinds from one to the next.
+        pipeline = getattr(type(module), "snnsparse_pipeline", ())
+        x = G.analog(f"the input of {name or '<model>'!r} (not traced)")
+        for key in pipeline:
+            child, cname = module._modules[key], _join_name(name, key)
+            if type(child) is nn.Sequential:
+                x = self.chain(child, cname, x, items=G.expand_sequential(child), keep_positions=True)
+            else:
+                new = self.optimize(child, cname)
+                if new is not child:
+                    setattr(module, key, new)
+                x = G.analog(f"output of {cname!r} ({type(child).__name__})")
         for key, child in list(module._modules.items()):
+            if key in pipeline:
+                continue
             if type(child) is nn.Sequential:
                 # The untraced parent may index it (features[i], len, slices): it stays an nn.Sequential,
                 # its items optimized in order, in place (snnsparse.models.SpikingCNN does exactly that).
