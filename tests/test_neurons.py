@@ -276,6 +276,8 @@ def test_module_validation():
         ss.nn.ParametricLIF(backend="nope")
     with pytest.raises(TypeError, match="stateful"):
         ss.nn.IF(stateful="yes")
+    with pytest.raises(TypeError, match="base class"):
+        ss.nn.FusedNeuron()
     with pytest.raises(TypeError, match="expected SpikingJelly's IFNode"):
         ss.nn.IF.from_spikingjelly(neuron.LIFNode())
     with pytest.raises(ValueError, match="surrogate PiecewiseLeakyReLU is not supported"):

@@ -40,6 +40,8 @@ class FusedNeuron(nn.Module):
                  step_mode: str = "m"):
         super().__init__()
         name = type(self).__name__
+        if not self.CHARGE:
+            raise TypeError("FusedNeuron is the base class of ss.nn.LIF, IF and ParametricLIF; build one of those")
         if step_mode not in ("m", "s"):
             raise ValueError(f"{name}: step_mode must be 'm' or 's', got {step_mode!r}")
         check_backend_name(backend, name, dense=False)
