@@ -81,8 +81,12 @@ TORCH_LIBRARY(snnsparse, m) {
   //   "plif" (ParametricLIFNode)  decay_input: V + (X - (V - vr)) * k;    else V - (V - vr) * k + X
   // k is required for "plif" (a 0-dim tensor of x_seq's dtype and device: sigmoid(w), the module's
   // learnable parameter) and must be None otherwise; tau is read only by "lif" (> 1).
+  // spike_dtype: None (spikes of x_seq's dtype) or bool / uint8: spikes written one byte each, for the
+  // event kernels that read bytes (csrc/cpu: no float spike tensor between layers of an optimized model);
+  // byte spikes have no gradient (inference only).
   m.def("lif_fwd(Tensor x_seq, Tensor v0, float tau, float v_threshold, float? v_reset, bool decay_input,"
-        " bool detach_reset, str surrogate, float alpha, bool save_h, str charge=\"lif\", Tensor? k=None)"
+        " bool detach_reset, str surrogate, float alpha, bool save_h, str charge=\"lif\", Tensor? k=None,"
+        " ScalarType? spike_dtype=None)"
         " -> (Tensor spikes, Tensor v_last, Tensor h_seq)");
   // Gradients of x_seq, v0 and k from those of spikes, v_last and h_seq (None: zero). grad_k is the
   // 0-dim gradient of k when x_seq and v0 (the forward's inputs, from which V[t-1] is recomputed) are

@@ -358,7 +358,7 @@ def check_plif_w(w, where: str = "plif", device=None) -> None:
 
 def neuron_with_h(x_seq, v0=None, *, charge="lif", tau=2.0, w=None, v_threshold=1.0, v_reset=0.0,
                   decay_input=True, detach_reset=False, surrogate="sigmoid", alpha=None, backend="auto",
-                  return_h=False):
+                  return_h=False, spike_dtype=None):
     """The one path of every fused neuron (lif, if_neuron, plif and the ss.nn modules): validate, pick the
     backend, run the lif op with `charge` ("lif": tau; "if"; "plif": k = sigmoid(w), differentiable in w).
     Returns (spike_seq [T, ...], v_last [...], h_seq [T, ...] or None unless return_h)."""
@@ -384,7 +384,7 @@ def neuron_with_h(x_seq, v0=None, *, charge="lif", tau=2.0, w=None, v_threshold=
         v = v0.reshape(-1)
     name, impl = backends.resolve(backend, x.device, "lif", t=t, n=x.shape[1])
     s, v_last, h = impl.lif(x, v, tau, v_threshold, v_reset, bool(decay_input), bool(detach_reset),
-                            surrogate, alpha, return_h, charge=charge, k=k)
+                            surrogate, alpha, return_h, charge=charge, k=k, spike_dtype=spike_dtype)
     return s.reshape(shape), v_last.reshape(shape[1:]), (None if h is None else h.reshape(shape))
 
 

@@ -136,3 +136,38 @@ def test_layers_and_optimized_model_take_bool_spikes(rng):
     with torch.no_grad():
         assert torch.equal(opt(xc.bool()), opt(xc))
         assert_close64(opt(xc.to(torch.uint8)), model(xc))
+
+
+@pytest.mark.parametrize("backend", _cpu_backends())
+@pytest.mark.parametrize("charge", ["lif", "if", "plif"])
+@pytest.mark.parametrize("bdt", BYTES)
+def test_neuron_writes_byte_spikes(rng, backend, charge, bdt):
+    """spike_dtype bool / uint8: the same spikes as floats, and the same v, on every backend."""
+    x = torch.randn(4, 3, 67, generator=rng) * 1.5 + 0.5
+    kw = dict(tau=2.0) if charge == "lif" else {}
+    if charge == "plif":
+        kw["w"] = torch.tensor(-0.3)
+    with torch.no_grad():
+        s, v, _ = SF.neuron_with_h(x, charge=charge, backend=backend, **kw)
+        sb, vb, _ = SF.neuron_with_h(x, charge=charge, backend=backend, spike_dtype=bdt, **kw)
+    assert sb.dtype == bdt and torch.equal(sb.to(s.dtype), s) and torch.equal(vb, v)
+    assert 0 < int(s.sum()) < s.numel()
+
+
+@needs_cpp
+def test_byte_neuron_spikes_refused_where_a_gradient_is_wanted(rng):
+    x = torch.randn(3, 10, generator=rng, requires_grad=True)
+    with pytest.raises(RuntimeError, match="bytes, which carry no gradient"):
+        SF.neuron_with_h(x, spike_dtype=torch.uint8, backend="cpp")
+    with pytest.raises(ValueError, match="save_h must be false"):
+        torch.ops.snnsparse.lif_fwd(x.detach(), torch.zeros(10), 2.0, 1.0, 0.0, True, False, "atan", 2.0, True, "lif",
+                                    None, torch.uint8)
+    with pytest.raises(TypeError, match="spike_dtype must be None, x_seq's dtype, bool or uint8"):
+        torch.ops.snnsparse.lif_fwd(x.detach(), torch.zeros(10), 2.0, 1.0, 0.0, True, False, "atan", 2.0, False,
+                                    "lif", None, torch.int32)
+    y = torch.ops.snnsparse.lif_fwd(x.detach(), torch.zeros(10), 2.0, 1.0, 0.0, True, False, "atan", 2.0, False,
+                                    "lif", None, torch.uint8)
+    torch.library.opcheck(torch.ops.snnsparse.lif_fwd.default,
+                          (x.detach(), torch.zeros(10), 2.0, 1.0, 0.0, True, False, "atan", 2.0, False, "lif", None,
+                           torch.uint8))
+    assert y[0].dtype == torch.uint8 and y[2].numel() == 0

@@ -751,3 +751,50 @@ def test_average_pool_of_one_pixel_bins_keeps_spikes(rng, size, kept):
         with pytest.raises(ValueError, match="'4' \\(SinglePixelPool\\).*averages several"):
             opt(_images(rng, size=16))
 
+
+class _ResBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1, self.sn1 = layer.Conv2d(c, c, 3, padding=1), layer.BatchNorm2d(c), neuron.LIFNode()
+        self.conv2, self.bn2, self.sn2 = layer.Conv2d(c, c, 3, padding=1), layer.BatchNorm2d(c), neuron.LIFNode()
+
+    def forward(self, x):
+        return self.sn2(self.bn2(self.conv2(self.sn1(self.bn1(self.conv1(x))))) + x)
+
+
+class _ByteNet(nn.Module):
+    """stem -> sn0 -> residual block (sn0's spikes also read by the add) -> max-pool -> flatten -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0, self.sn0 = layer.Conv2d(3, 8, 3, padding=1), layer.BatchNorm2d(8), neuron.LIFNode()
+        self.block = _ResBlock(8)
+        self.pool, self.flat, self.fc = layer.MaxPool2d(2), layer.Flatten(), layer.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(self.flat(self.pool(self.block(self.sn0(self.bn0(self.stem(x)))))))
+
+
+def test_spikes_as_bytes_only_where_every_reader_takes_them(rng):
+    """A neuron writes uint8 spikes only when all its readers are packed / dense inference layers (through
+    flatten, dropout, the optimizer's max-pool); a neuron read by a residual add keeps floats. Outputs
+    equal the original's."""
+    torch.manual_seed(rng.initial_seed())
+    model = _prepare(_ByteNet(), rng, density=0.3)
+    x = _images(rng, size=8)
+    opt = ss.nn.optimize_for_inference(model, x)
+    report = opt.report()
+    print(report)
+    dtypes = {n: m.spike_dtype for n, m in opt.model.named_modules() if isinstance(m, ss.nn.FusedNeuron)}
+    assert dtypes == {"sn0": None, "block.sn1": torch.uint8, "block.sn2": torch.uint8}, dtypes
+    assert "uint8" in report["block.sn1"].reason and "uint8" not in report["sn0"].reason
+    _compare(model, opt, x)
+    # a container: the LIF before the packed conv writes bytes, the last one (the output) floats
+    seq = _prepare(nn.Sequential(layer.Conv2d(3, 8, 3, padding=1), layer.BatchNorm2d(8), neuron.LIFNode(),
+                                 layer.MaxPool2d(2), layer.Dropout(0.5), layer.Conv2d(8, 8, 3, padding=1),
+                                 layer.BatchNorm2d(8), neuron.LIFNode()), rng, density=0.3)
+    opt = ss.nn.optimize_for_inference(seq, x)
+    dtypes = [m.spike_dtype for m in opt.modules() if isinstance(m, ss.nn.FusedNeuron)]
+    assert dtypes == [torch.uint8, None], dtypes
+    _compare(seq, opt, x)
+

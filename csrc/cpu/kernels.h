@@ -37,7 +37,8 @@ template <typename T>
 struct LifFwdArgs {
   const T* x;      // [Tn, N]
   const T* v0;     // [N]
-  T* s;            // [Tn, N] spikes
+  T* s;            // [Tn, N] spikes, or nullptr when written as bytes (s8)
+  uint8_t* s8;     // [Tn, N] spikes as bytes (bool / uint8 spike_dtype), or nullptr
   T* vlast;        // [N]
   T* h;            // [Tn, N] pre-fire potential, or nullptr (not saved)
   int64_t Tn, N;

@@ -37,6 +37,17 @@ void check_lif(const at::Tensor& x, const at::Tensor& v0, const char* op) {
   TORCH_CHECK(v0.dim() == 1 && v0.size(0) == x.size(1), op, ": v0 must be [", x.size(1), "], got ", v0.sizes());
 }
 
+// true when the spikes are written as bytes (spike_dtype bool / uint8); spike_dtype None or x's dtype:
+// floats. Byte spikes carry no gradient, so they come without h_seq (the backward's input).
+bool check_spike_dtype(const c10::optional<at::ScalarType>& spike_dtype, const at::Tensor& x, bool save_h,
+                       const char* op) {
+  if (!spike_dtype.has_value() || *spike_dtype == x.scalar_type()) return false;
+  TORCH_CHECK_TYPE(*spike_dtype == at::kBool || *spike_dtype == at::kByte, op,
+                   ": spike_dtype must be None, x_seq's dtype, bool or uint8, got ", *spike_dtype);
+  TORCH_CHECK_VALUE(!save_h, op, ": bool / uint8 spikes have no gradient, so save_h must be false");
+  return true;
+}
+
 // The charge's constant in double (tau for "lif", k for "plif", 0 for "if"), after the checks every
 // backend makes: tau > 1 for "lif"; k a 0-dim tensor of `like`'s dtype on the CPU for "plif" and None
 // otherwise.
@@ -65,7 +76,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd(const at::Tensor& x_seq, 
                                                        double v_threshold, c10::optional<double> v_reset,
                                                        bool decay_input, bool detach_reset,
                                                        c10::string_view surrogate, double alpha, bool save_h,
-                                                       c10::string_view charge, const c10::optional<at::Tensor>& k) {
+                                                       c10::string_view charge, const c10::optional<at::Tensor>& k,
+                                                       c10::optional<at::ScalarType> spike_dtype) {
   const char* op = "snnsparse::lif_fwd";
   parse_surrogate(std::string(surrogate));  // refused here, not first at backward
   (void)detach_reset, (void)alpha;          // read by the autograd (backward) only
@@ -74,7 +86,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd(const at::Tensor& x_seq, 
   const double c = charge_constant(ch, tau, k, x_seq, op);
   const int64_t Tn = x_seq.size(0), N = x_seq.size(1);
   at::Tensor x = x_seq.contiguous(), v = v0.contiguous();
-  at::Tensor s = empty_output(x.sizes(), x.options());
+  const bool bytes = check_spike_dtype(spike_dtype, x, save_h, op);
+  at::Tensor s = empty_output(x.sizes(), bytes ? x.options().dtype(*spike_dtype) : x.options());
   at::Tensor vlast = at::empty_like(v);
   at::Tensor h = save_h ? empty_output(x.sizes(), x.options()) : at::empty({0}, x.options());
   const bool hard = v_reset.has_value();
@@ -84,7 +97,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd(const at::Tensor& x_seq, 
     LifFwdArgs<T> a;
     a.x = x.data_ptr<T>();
     a.v0 = v.data_ptr<T>();
-    a.s = s.data_ptr<T>();
+    a.s = bytes ? nullptr : s.data_ptr<T>();
+    a.s8 = bytes ? static_cast<uint8_t*>(s.data_ptr()) : nullptr;
     a.vlast = vlast.data_ptr<T>();
     a.h = save_h ? h.data_ptr<T>() : nullptr;
     a.Tn = Tn;

@@ -108,23 +108,24 @@ inline T reset_v(T h, T vth, T vr) {
   return kHard ? (fire ? vr + T(0) * h : h) : (fire ? h - vth : h);
 }
 
-template <typename T, Charge kC, bool kDecay, bool kHard, bool kSaveH>
-void lif_fwd_kernel(const T* x, const T* v0, T* s, T* vlast, T* hs, int64_t Tn, int64_t N, T c, T vth, T vr) {
+// S: the spikes' element type (T, or uint8_t for bool / uint8 spikes: a quarter of the stores of float32).
+template <typename T, Charge kC, bool kDecay, bool kHard, bool kSaveH, typename S = T>
+void lif_fwd_kernel(const T* x, const T* v0, S* s, T* vlast, T* hs, int64_t Tn, int64_t N, T c, T vth, T vr) {
   at::parallel_for(0, N, kLifBlock, [&](int64_t i0, int64_t i1) {
     alignas(64) T v[kLifBlock];
-    alignas(64) T sb[kLifBlock];
+    alignas(64) S sb[kLifBlock];
     alignas(64) T hb[kLifBlock];
     for (int64_t b0 = i0; b0 < i1; b0 += kLifBlock) {
       const int64_t nb = std::min(kLifBlock, i1 - b0);
       for (int64_t i = 0; i < nb; ++i) v[i] = v0[b0 + i];
       for (int64_t t = 0; t < Tn; ++t) {
         const T* __restrict__ xt = x + t * N + b0;
-        T* __restrict__ st = sb;
+        S* __restrict__ st = sb;
         T* __restrict__ ht = hb;
 #pragma omp simd
         for (int64_t i = 0; i < nb; ++i) {
           const T h = charge_h<kC, kDecay>(v[i], xt[i], c, vr);
-          st[i] = h >= vth ? T(1) : T(0);
+          st[i] = h >= vth ? S(1) : S(0);
           if (kSaveH) ht[i] = h;
           v[i] = reset_v<kHard>(h, vth, vr);
         }
@@ -216,8 +217,15 @@ void lif_bwd_kernel(const LifBwdArgs<T>& a) {
 template <typename T>
 void lif_fwd(const LifFwdArgs<T>& a) {
   auto run = [&](auto ch, auto d, auto hd, auto sv) {
-    lif_fwd_kernel<T, decltype(ch)::value, decltype(d)::value, decltype(hd)::value, decltype(sv)::value>(
-        a.x, a.v0, a.s, a.vlast, a.h, a.Tn, a.N, a.c, a.vth, a.vr);
+    constexpr Charge kC = decltype(ch)::value;
+    constexpr bool kD = decltype(d)::value, kH = decltype(hd)::value, kS = decltype(sv)::value;
+    if constexpr (!kS) {  // byte spikes are for inference: never with h_seq (the backward's input)
+      if (a.s8) {
+        lif_fwd_kernel<T, kC, kD, kH, false, uint8_t>(a.x, a.v0, a.s8, a.vlast, nullptr, a.Tn, a.N, a.c, a.vth, a.vr);
+        return;
+      }
+    }
+    lif_fwd_kernel<T, kC, kD, kH, kS>(a.x, a.v0, a.s, a.vlast, a.h, a.Tn, a.N, a.c, a.vth, a.vr);
   };
   using Y = std::true_type;
   using F = std::false_type;

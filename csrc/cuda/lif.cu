@@ -88,8 +88,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cuda(const at::Tensor& x_
                                                             bool decay_input, bool detach_reset,
                                                             c10::string_view surrogate, double alpha, bool save_h,
                                                             c10::string_view charge,
-                                                            const std::optional<at::Tensor>& k_in) {
+                                                            const std::optional<at::Tensor>& k_in,
+                                                            std::optional<at::ScalarType> spike_dtype) {
   const char* op = "lif_fwd";
+  // bool / uint8 spikes (spike_dtype): the float spikes converted after the kernel; the event kernels that
+  // read bytes are the CPU's, so this only keeps the schema's contract on CUDA tensors.
+  const bool bytes = spike_dtype.has_value() && *spike_dtype != x_in.scalar_type();
+  if (bytes) {
+    TORCH_CHECK_TYPE(*spike_dtype == at::kBool || *spike_dtype == at::kByte, op,
+                     ": spike_dtype must be None, x_seq's dtype, bool or uint8, got ", *spike_dtype);
+    TORCH_CHECK_VALUE(!save_h, op, ": bool / uint8 spikes have no gradient, so save_h must be false");
+    auto out = lif_fwd_cuda(x_in, v0_in, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha,
+                            save_h, charge, k_in, std::nullopt);
+    return {std::get<0>(out).to(*spike_dtype), std::get<1>(out), std::get<2>(out)};
+  }
   surrogate_id(surrogate);         // refused here, not first at backward
   (void)detach_reset, (void)alpha;  // read by the autograd (backward) only
   check_seq(op, x_in, "x_seq");

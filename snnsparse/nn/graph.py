@@ -225,6 +225,17 @@ def is_leaf(module: nn.Module) -> bool:
     return False
 
 
+def byte_passthrough(module: nn.Module) -> bool:
+    """Modules that pass bool / uint8 spikes on unchanged in value and dtype (exact classes): flatten,
+    identity, eval-mode dropout (SpikingJelly's wrappers of them) and the optimizer's max-pool."""
+    from .inference import InferenceMaxPool2d  # lazy: inference imports this module
+
+    t = type(module)
+    if t in (InferenceMaxPool2d, nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d):
+        return True
+    return t in _sj_types(spikingjelly(), "layer", ("Flatten", "Dropout", "Dropout2d"))
+
+
 def max_pool2d_steps(module: nn.Module) -> Optional[str]:
     """"s" for nn.MaxPool2d and SpikingJelly's single-step layer.MaxPool2d, "m" for its multi-step one
     (exact classes, no return_indices): the pools InferenceMaxPool2d replaces; else None."""

@@ -95,6 +95,11 @@ class FusedNeuron(nn.Module):
             return self._forward_seq(x.unsqueeze(0))[0]
         return self._forward_seq(x)
 
+    # None: spikes of the input's dtype. torch.uint8 / torch.bool: spikes written one byte each, which the
+    # cpp event kernels read as they are (set by optimize_for_inference on its inference-only copy where
+    # every reader of this neuron takes bytes; no gradient).
+    spike_dtype: Optional[torch.dtype] = None
+
     def _forward_seq(self, x_seq: torch.Tensor) -> torch.Tensor:
         v0 = None
         if self.stateful and self.v is not None and self.v.shape == x_seq.shape[1:]:
@@ -102,7 +107,8 @@ class FusedNeuron(nn.Module):
         s, v, h = SF.neuron_with_h(x_seq, v0, charge=self.CHARGE, v_threshold=self.v_threshold,
                                    v_reset=self.v_reset, decay_input=self.decay_input,
                                    detach_reset=self.detach_reset, surrogate=self.surrogate, alpha=self.alpha,
-                                   backend=self.backend, return_h=self.record_h, **self._charge_kwargs())
+                                   backend=self.backend, return_h=self.record_h, spike_dtype=self.spike_dtype,
+                                   **self._charge_kwargs())
         self.v = v if self.stateful else v.detach()
         self.h_seq = h
         return s
@@ -113,7 +119,8 @@ class FusedNeuron(nn.Module):
     def extra_repr(self):
         return (f"{self._repr_charge()}v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
                 f"detach_reset={self.detach_reset}, surrogate={self.surrogate!r}, alpha={self.alpha}, "
-                f"backend={self.backend!r}, step_mode={self.step_mode!r}")
+                f"backend={self.backend!r}, step_mode={self.step_mode!r}"
+                + (f", spike_dtype={self.spike_dtype}" if self.spike_dtype is not None else ""))
 
 
 class LIF(FusedNeuron):

@@ -452,6 +452,7 @@ class _Optimizer:
                 continue
             self.other(m, name)
 
+        self.byte_spikes_in_graph(g, mods, sites, replace, prefix)
         for node, m in mods.items():  # every call site (a module may be called under several names)
             if id(m) in replace:
                 root.set_submodule(node.target, replace[id(m)])
@@ -460,6 +461,59 @@ class _Optimizer:
             g.erase_node(bn_node)
         g.lint()
         return fx.GraphModule(root, g, class_name=type(root).__name__)
+
+    # -- spikes as bytes between layers ---------------------------------------------------------------
+    # A fused neuron whose every reader takes bool / uint8 spikes (the packed and dense inference layers,
+    # through flatten / identity / dropout / the optimizer's max-pool) writes its spikes as uint8: a quarter
+    # of the stores of float32, and the event kernels scan a quarter of the bytes. Any other reader (a
+    # residual add, the model's output, a function call, a module we do not know) keeps float spikes.
+    _BYTE_READERS = (PackedConv2d, PackedLinear, DenseConv2d, DenseLinear)
+
+    def _bytes_to(self, module: Optional[nn.Module]) -> Optional[bool]:
+        """True: reads bytes; None: passes them on (ask its readers; None is a folded BatchNorm removed
+        from its container); False: neither."""
+        if module is None:
+            return None
+        if type(module) in self._BYTE_READERS:
+            return True
+        return None if G.byte_passthrough(module) else False
+
+    def _byte_neuron(self, new: nn.Module, name: str) -> None:
+        new.spike_dtype = torch.uint8
+        self.report.rows[:] = [r._replace(reason=r.reason + "; spikes written as uint8 (every reader takes bytes)")
+                               if r.name == name and r.action == "neuron-fused" else r for r in self.report.rows]
+
+    def byte_spikes_in_graph(self, g: fx.Graph, mods, sites, replace, prefix: str) -> None:
+        def readers_take_bytes(node: fx.Node) -> bool:
+            if not node.users:
+                return False
+            for user in node.users:
+                if user.op != "call_module" or len(sites[id(mods[user])]) != 1:
+                    return False
+                m = replace.get(id(mods[user]), mods[user])
+                ok = self._bytes_to(m)
+                if ok is False or (ok is None and not readers_take_bytes(user)):
+                    return False
+            return True
+
+        for node, m in mods.items():
+            new = replace.get(id(m), m)  # an ss.nn neuron of the model stays (in the optimized copy)
+            if (isinstance(new, FusedNeuron) and len(sites[id(m)]) == 1 and self.runs(m) == 1
+                    and readers_take_bytes(node)):
+                self._byte_neuron(new, _join_name(prefix, node.target))
+
+    def byte_spikes_in_chain(self, items, name: str) -> None:
+        """The same for the items of a container (readers: the items after the neuron, in order)."""
+        current = [it.parent._modules.get(it.key) for it in items]
+        for i, it in enumerate(items):
+            new = current[i]
+            if not isinstance(new, FusedNeuron) or self.runs(it.module) != 1:
+                continue
+            j = i + 1
+            while j < len(items) and self._bytes_to(current[j]) is None:
+                j += 1
+            if j < len(items) and self._bytes_to(current[j]) is True:
+                self._byte_neuron(new, _join_name(name, it.suffix))
 
     def kinds(self, g: fx.Graph, mods, traced: G.Traced, prefix: str) -> Dict[fx.Node, G.Kind]:
         """The kind of every node. A node written in place (add_, inplace=True modules) makes its whole
@@ -597,6 +651,7 @@ class _Optimizer:
                     self.other(m, cname)
                 x = G.module_kind(m, cname, x, self.single_pixel)
             i += 1
+        self.byte_spikes_in_chain(items, name)
         return x
 
     # -- conv / linear ---------------------------------------------------------------------------

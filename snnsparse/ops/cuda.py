@@ -114,6 +114,6 @@ def spike_conv2d(x, weight, bias, mask, stride, padding, dilation, groups, *, co
 
 
 def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_h=False,
-        charge="lif", k=None):
+        charge="lif", k=None, spike_dtype=None):
     return _lif.run(x_seq, v0.to(x_seq.dtype), tau, v_threshold, v_reset, decay_input, detach_reset, surrogate,
-                    alpha, return_h, charge=charge, k=k)
+                    alpha, return_h, charge=charge, k=k, spike_dtype=spike_dtype)

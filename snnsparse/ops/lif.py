@@ -3,7 +3,7 @@ snnsparse::, kernels in csrc/cpu/lif.cpp and csrc/cuda/lif.cu; snnsparse_triton:
 snnsparse/ops/triton.py): one fake, one autograd, and the call every backend makes.
 
     lif_fwd(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, save_h,
-            charge="lif", k=None) -> (spikes, v_last, h_seq)
+            charge="lif", k=None, spike_dtype=None) -> (spikes, v_last, h_seq)
     lif_bwd(grad_spikes, grad_v_last?, grad_h?, h_seq, tau, v_threshold, v_reset, decay_input,
             detach_reset, surrogate, alpha, charge="lif", k=None, x_seq=None, v0=None)
         -> (grad_x, grad_v0, grad_k)
@@ -62,10 +62,27 @@ def check_k_grad_inputs(op: str, charge: str, x_seq, v0, h_seq: torch.Tensor) ->
     return True
 
 
+BYTE_SPIKES = (torch.bool, torch.uint8)
+
+
+def byte_spikes(op: str, spike_dtype, like: torch.Tensor, save_h: bool) -> bool:
+    """True when lif_fwd writes its spikes as bytes (spike_dtype bool / uint8), after the checks every
+    backend makes (csrc/cpu/lif.cpp makes the same): None or x_seq's dtype means floats; byte spikes
+    carry no gradient, so they come without h_seq."""
+    if spike_dtype is None or spike_dtype == like.dtype:
+        return False
+    if spike_dtype not in BYTE_SPIKES:
+        raise TypeError(f"{op}: spike_dtype must be None, x_seq's dtype, bool or uint8, got {spike_dtype}")
+    if save_h:
+        raise ValueError(f"{op}: bool / uint8 spikes have no gradient, so save_h must be false")
+    return True
+
+
 def _fwd_fake(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, save_h,
-              charge="lif", k=None):
+              charge="lif", k=None, spike_dtype=None):
     h = torch.empty_like(x_seq) if save_h else x_seq.new_empty((0,))
-    return torch.empty_like(x_seq), torch.empty_like(v0), h
+    bytes_ = byte_spikes("lif_fwd", spike_dtype, x_seq, save_h)
+    return torch.empty_like(x_seq, dtype=spike_dtype if bytes_ else x_seq.dtype), torch.empty_like(v0), h
 
 
 def _bwd_fake(grad_spikes, grad_v_last, grad_h, h_seq, tau, v_threshold, v_reset, decay_input, detach_reset,
@@ -78,7 +95,7 @@ def _setup(ctx, inputs, output):
     # Unused output gradients (v_last, h_seq) arrive as None instead of materialised zeros:
     # measured 27 ms of zero fills per step on [8, 64, 16384] otherwise.
     ctx.set_materialize_grads(False)
-    x_seq, v0, tau, vth, vreset, decay, detach, sur, alpha, save_h, charge, k = inputs
+    x_seq, v0, tau, vth, vreset, decay, detach, sur, alpha, save_h, charge, k, spike_dtype = inputs
     ctx.params = (tau, vth, vreset, decay, detach, sur, alpha, charge)
     # The gradient of k recomputes V[t-1] from h_seq and reads x_seq and v0 (saved by reference: no copy).
     ctx.save_for_backward(output[2], *((k, x_seq, v0) if charge == "plif" else ()))
@@ -97,7 +114,7 @@ def _backward_for(ns: str):
         want_k = k is not None and ctx.needs_input_grad[_K_INPUT]
         gx, gv0, gk = getattr(torch.ops, ns).lif_bwd(grad_s, grad_v, grad_h, h, *ctx.params, k,
                                                      x_seq if want_k else None, v0 if want_k else None)
-        return (gx, gv0) + (None,) * 9 + ((gk if want_k else None),)
+        return (gx, gv0) + (None,) * 9 + ((gk if want_k else None), None)
     return backward
 
 
@@ -109,16 +126,21 @@ def register(ns: str = "snnsparse"):
 
 
 def run(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_h=False,
-        ns: str = "snnsparse", charge: str = "lif", k=None):
+        ns: str = "snnsparse", charge: str = "lif", k=None, spike_dtype=None):
     """(spikes [T, N], v_last [N], h_seq [T, N] or None) on the kernels of namespace `ns`; h_seq is kept
     when asked for or when a gradient will be needed (the backward reads it). k: charge "plif"'s
-    constant (any 0-dim floating tensor; cast to x_seq's dtype here, differentiably)."""
+    constant (any 0-dim floating tensor; cast to x_seq's dtype here, differentiably). spike_dtype
+    bool / uint8: spikes written as bytes (inference: refused where a gradient or h_seq is wanted)."""
     if k is not None:
         k = k.to(x_seq.dtype)
     needs_grad = torch.is_grad_enabled() and (x_seq.requires_grad or v0.requires_grad
                                               or (k is not None and k.requires_grad))
+    if spike_dtype in BYTE_SPIKES and (needs_grad or return_h):
+        raise RuntimeError(f"{ns}::lif_fwd: spike_dtype={spike_dtype} writes spikes as bytes, which carry no "
+                           f"gradient and come without h_seq; run it under torch.no_grad() (inference) or keep "
+                           f"float spikes")
     s, v, h = getattr(torch.ops, ns).lif_fwd(x_seq, v0, float(tau), float(v_threshold),
                                              None if v_reset is None else float(v_reset), bool(decay_input),
                                              bool(detach_reset), surrogate, float(alpha),
-                                             bool(return_h or needs_grad), charge, k)
+                                             bool(return_h or needs_grad), charge, k, spike_dtype)
     return s, v, (h if return_h else None)

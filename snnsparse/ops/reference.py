@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import surrogate
+from .lif import byte_spikes
 
 
 def supports(device: torch.device):
@@ -83,9 +84,16 @@ def lif_charge(x, v, tau: float, decay_input: bool, v_reset, charge: str = "lif"
 
 
 def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_name, alpha,
-        return_h=False, charge="lif", k=None):
+        return_h=False, charge="lif", k=None, spike_dtype=None):
     """Multi-step neuron loop, x_seq [T, ...], v0 [...]: (spikes [T, ...], v_last, h_seq or None).
-    charge "lif" (tau), "if" or "plif" (k: a 0-dim tensor, cast to x_seq's dtype; its gradient by autograd)."""
+    charge "lif" (tau), "if" or "plif" (k: a 0-dim tensor, cast to x_seq's dtype; its gradient by autograd).
+    spike_dtype bool / uint8: the spikes as bytes (no gradient)."""
+    if spike_dtype is not None and spike_dtype != x_seq.dtype:
+        byte_spikes("reference lif", spike_dtype, x_seq, bool(return_h))
+        with torch.no_grad():
+            s, v, h = lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_name, alpha,
+                          False, charge, k)
+        return s.to(spike_dtype), v, h
     if k is not None:
         k = k.to(x_seq.dtype)
     v = v0

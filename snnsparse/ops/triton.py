@@ -385,10 +385,15 @@ def spike_conv2d_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tens
 @_define("lif_fwd")
 def lif_fwd(x_seq: torch.Tensor, v0: torch.Tensor, tau: float, v_threshold: float, v_reset: Optional[float],
             decay_input: bool, detach_reset: bool, surrogate: str, alpha: float,
-            save_h: bool, charge: str = "lif",
-            k: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            save_h: bool, charge: str = "lif", k: Optional[torch.Tensor] = None,
+            spike_dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x_seq [T, N], v0 [N] -> spikes [T, N], v_last [N], h_seq [T, N] (empty [0] unless save_h).
-    charge "lif" | "if" | "plif" (k: 0-dim, x_seq's dtype; see csrc/registration.cpp)."""
+    charge "lif" | "if" | "plif" (k: 0-dim, x_seq's dtype; see csrc/registration.cpp). spike_dtype bool /
+    uint8: the spikes converted to bytes after the kernel (the byte-reading event kernels are the CPU's)."""
+    if _lif_glue.byte_spikes("snnsparse_triton::lif_fwd", spike_dtype, x_seq, save_h):
+        s, v_last, h = lif_fwd(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha,
+                               save_h, charge, k)
+        return s.to(spike_dtype), v_last, h
     _check_dtypes("lif", x_seq=x_seq, v0=v0, k=k)
     ch = _lif_glue.check_charge("snnsparse_triton::lif_fwd", charge, tau, k, x_seq)
     t, n = x_seq.shape
@@ -470,9 +475,9 @@ def spike_conv2d(x, weight, bias, mask, stride, padding, dilation, groups, *, co
 
 
 def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_h=False,
-        charge="lif", k=None):
+        charge="lif", k=None, spike_dtype=None):
     return _lif_glue.run(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha,
-                         return_h, ns=NS, charge=charge, k=k)
+                         return_h, ns=NS, charge=charge, k=k, spike_dtype=spike_dtype)
 
 
 def lif_packed(x_seq: torch.Tensor, v0: torch.Tensor, tau: float = 2.0, v_threshold: float = 1.0,
