@@ -26,6 +26,7 @@ from .. import _ext
 from . import conv2d as _conv2d
 from . import linear as _linear
 from . import lif as _lif
+from . import matmul as _matmul
 from .registry import ensure_registered
 
 _LOW = (torch.float16, torch.bfloat16)
@@ -87,3 +88,10 @@ def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surroga
         return s.to(dt), v.to(dt), (None if h is None else h.to(dt))
     return _lif.run(x_seq, v0.to(x_seq.dtype), tau, v_threshold, v_reset, decay_input, detach_reset, surrogate,
                     alpha, return_h)
+
+
+def spike_matmul(a, b, binary, *, count=False):
+    if a.dtype in _LOW:
+        out, n = _matmul.forward(a.float(), b.float(), binary, count=count)
+        return out.to(a.dtype), n
+    return _matmul.forward(a, b, binary, count=count)
