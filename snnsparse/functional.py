@@ -448,15 +448,20 @@ def spike_matmul(a: torch.Tensor, b: torch.Tensor, *, binary: str = "auto", back
     dtype = _matmul_dtype(op, a, b, binary)
     (m, k), n = a.shape[-2:], b.shape[-1]
     bt = math.prod(batch)
+    name, impl = backends.resolve(backend, a.device, op, bt=bt, m=m, k=k, n=n)
+    # Binary operands stored compactly (bool/uint8) stay so for backends whose kernels read them
+    # (COMPACT_SPIKES: 1/4 of the fp32 bytes); everything else becomes the result dtype.
+    keep = getattr(impl, "COMPACT_SPIKES", False)
+    a = a if keep and binary in ("both", "a") and a.dtype in (torch.bool, torch.uint8) else a.to(dtype)
+    b = b if keep and binary in ("both", "b") and b.dtype in (torch.bool, torch.uint8) else b.to(dtype)
     # not reshape(-1, ...): ambiguous for 0 elements; expand + reshape copies only where a batch broadcasts
-    a3 = a.to(dtype).expand(*batch, m, k).reshape(bt, m, k)
-    b3 = b.to(dtype).expand(*batch, k, n).reshape(bt, k, n)
-    name, impl = backends.resolve(backend, a3.device, op, bt=bt, m=m, k=k, n=n)
+    a3 = a.expand(*batch, m, k).reshape(bt, m, k)
+    b3 = b.expand(*batch, k, n).reshape(bt, k, n)
     named = [(a3, "a")] * (binary in ("both", "a")) + [(b3, "b")] * (binary in ("both", "b"))
     if bt == 0 or m == 0 or k == 0 or n == 0:
         for t, nm in named:
             _check_operand_binary(t, nm, op)
-        return _result(torch.matmul(a3, b3).reshape(*batch, m, n), None, return_count)
+        return _result(torch.matmul(a3.to(dtype), b3.to(dtype)).reshape(*batch, m, n), None, return_count)
     if not getattr(impl, "CHECKS_BINARY", False):
         for t, nm in named:
             _check_operand_binary(t, nm, op)

@@ -63,8 +63,12 @@ constexpr TypedKernels<T> typed_kernels() {
   k.conv_grad_weight = &conv_grad_weight<T>;
   k.lif_fwd = &lif_fwd<T>;
   k.lif_bwd = &lif_bwd<T>;
-  k.matmul_bb = &matmul_bb<T>;
-  k.matmul_sd = &matmul_sd<T>;
+  k.matmul_bb = &matmul_bb<T, T>;
+  k.matmul_bb_u8 = &matmul_bb<uint8_t, T>;
+  k.matmul_sd = &matmul_sd<T, T>;
+  k.matmul_sd_u8 = &matmul_sd<uint8_t, T>;
+  k.matmul_ds = &matmul_ds<T, T>;
+  k.matmul_ds_u8 = &matmul_ds<uint8_t, T>;
   return k;
 }
 

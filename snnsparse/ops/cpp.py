@@ -33,6 +33,8 @@ _LOW = (torch.float16, torch.bfloat16)
 # The kernels refuse non-binary spikes themselves while bit-packing them (same pass), so
 # snnsparse.functional skips its own check for this backend.
 CHECKS_BINARY = True
+# spike_matmul's kernels read binary operands stored as bool/uint8 directly (snnsparse.functional keeps them).
+COMPACT_SPIKES = True
 
 
 def unavailable_reason() -> Optional[str]:
@@ -91,7 +93,8 @@ def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surroga
 
 
 def spike_matmul(a, b, binary, *, count=False):
-    if a.dtype in _LOW:
-        out, n = _matmul.forward(a.float(), b.float(), binary, count=count)
-        return out.to(a.dtype), n
+    low = next((t.dtype for t in (a, b) if t.dtype in _LOW), None)
+    if low is not None:
+        out, n = _matmul.forward(*(t.float() if t.dtype in _LOW else t for t in (a, b)), binary, count=count)
+        return out.to(low), n
     return _matmul.forward(a, b, binary, count=count)

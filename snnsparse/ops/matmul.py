@@ -7,7 +7,9 @@ backend makes.
 
 `binary` names the operands that are spikes (all values 0 or 1): "both" (AND + popcount on bit-packed rows
 of a and columns of b), "a" or "b" (event-driven accumulation over the spikes of that operand; the other one
-holds any values). The kernels refuse a named operand that is not binary. n_acc (int64, 0-dim) is the number
+holds any values). The kernels refuse a named operand that is not binary. Dtypes: a floating operand gives
+the result dtype; a binary operand may instead be compact spikes, bool or uint8, where the kernels read them
+(the cpp backend: COMPACT_SPIKES); with both compact the result is float32. n_acc (int64, 0-dim) is the number
 of additions executed (reference.spike_matmul_count), 0 unless count.
 
 Gradient: the exact gradient of the product, dL/da = g @ b^T and dL/db = a^T @ g, for every operand. For a
@@ -23,11 +25,18 @@ import torch
 BINARY = ("both", "a", "b")
 
 
+def out_dtype(a, b) -> torch.dtype:
+    """The result dtype: that of the floating operand(s); float32 when both are compact spikes (bool/uint8)."""
+    for t in (a, b):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
 def _fwd_fake(a, b, binary, count):
-    torch._check(a.dtype == b.dtype, lambda: "spike_matmul: a and b must have the same dtype")
     torch._check(a.dim() == 3 and b.dim() == 3, lambda: "spike_matmul: a and b must be [Bt, M, K] and [Bt, K, N]")
     torch._check(binary in BINARY, lambda: f"spike_matmul: binary must be one of {BINARY}, got {binary!r}")
-    return a.new_empty((a.shape[0], a.shape[1], b.shape[2])), a.new_empty((), dtype=torch.int64)
+    return a.new_empty((a.shape[0], a.shape[1], b.shape[2]), dtype=out_dtype(a, b)), a.new_empty((), dtype=torch.int64)
 
 
 def _setup(ctx, inputs, output):
