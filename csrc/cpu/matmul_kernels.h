@@ -7,16 +7,17 @@
 // AVX-512BW turns 64 of them into 64 bits with one vptestmb). Every binary operand is scanned through
 // spike_bits, which refuses any value other than 0 and 1 (ValueError) in the same pass.
 //
-//  * binary x binary (matmul_bb): out[m, n] = popcount(A[m] & B^T[n]) over 64-bit words of K. Phase 1 packs
-//    the rows of a and builds B^T from the rows of b (one OR per spike of b: rate x K x N work); phase 2 is
-//    K/64 AND + POPCNT per output, no float arithmetic, parallel over all Bt x M output rows.
+//  * binary x binary (matmul_bb): out[m, n] = popcount(A[m] & B^T[n]), the coincidences of a's row m and b's
+//    column n. avx2/generic: AND + POPCNT over 64-bit words of K, with B^T built from b's rows (one OR per
+//    spike of b). avx512: the same count taken vertically (coincidences_row): each fired a[m, k] adds 1 to
+//    64 byte counters under the mask of b's row k, so the work follows a's spikes and no B^T is built.
+//    No float arithmetic either way.
 //  * binary a x dense b (matmul_sd): out[m, :] = sum over the fired k of a[m, :] of b[k, :]: each spike adds
 //    one contiguous row of b (vectorised adds, never a multiplication), in ascending k.
-//  * dense a x binary b (matmul_ds): out[:, n] = sum over the fired k of b[:, n] of a[:, k]. Phase 1 builds
-//    B^T (as matmul_bb); phase 2 works on blocks of kMB columns of out: it transposes the block of a into
-//    a [K, kMB] buffer, adds its rows k for the fired k of each n (contiguous adds again) into a [N, kMB]
-//    buffer, and writes that back transposed. The transposes stay in L1/L2 (instead of three passes
-//    over memory for b^T, a^T and out^T).
+//  * dense a x binary b (matmul_ds): out[m, n] = sum over the k where b[k, n] fired of a[m, k]. Phase 1 packs
+//    the rows of b; phase 2 walks the rows of a: AVX-512 float adds a[m, k] broadcast into the accumulator
+//    lanes of the columns where b[k, :] fired (the fire bits are the lane masks, as the compressed-rows
+//    linear kernel does), the other variants add it to each fired column.
 // Sums run in ascending k in the output dtype, so results equal the float64 reference up to that order.
 #ifndef SNNSPARSE_ISA_LEVEL
 #error "matmul_kernels.h is compiled only through isa_variant.h"
@@ -91,40 +92,11 @@ std::vector<uint64_t> column_bitsets(const in_t* b, int64_t Bt, int64_t K, int64
   return bt;
 }
 
-#if SNNSPARSE_ISA_LEVEL >= 2
-// popcount of each of 8 uint64 lanes: nibble table lookups (vpshufb) summed per lane by vpsadbw. AVX-512
-// VPOPCNTQ would do it in one instruction but is not part of x86-64-v4, the level of this variant.
-inline __m512i popcount_epi64(__m512i v) {
-  const __m512i lut = _mm512_set4_epi32(0x04030302, 0x03020201, 0x03020201, 0x02010100);  // popcount(0..15)
-  const __m512i low = _mm512_set1_epi8(0x0f);
-  const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-  const __m512i c = _mm512_add_epi8(_mm512_shuffle_epi8(lut, lo), _mm512_shuffle_epi8(lut, hi));
-  return _mm512_sad_epu8(c, _mm512_setzero_si512());
-}
-#endif
-
 // o[n] = popcount(am & be[:, n]) over kw words for n in [0, N); returns the sum of o.
 template <typename scalar_t>
 inline int64_t popcount_row(const uint64_t* am, const uint64_t* be, int64_t kw, int64_t N, scalar_t* o) {
   int64_t sum = 0;
-  int64_t n = 0;
-#if SNNSPARSE_ISA_LEVEL >= 2
-  // 8 outputs per step. The scalar loop (one POPCNT, one int->float conversion and one store per output)
-  // was the kernel's bottleneck: [256, 64, 64] x [256, 64, 64] bool, 1 thread, 1.08 -> 0.76 ms (load ~7).
-  __m512i total = _mm512_setzero_si512();
-  for (; n < N; n += 8) {
-    const __mmask8 lane = N - n >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (N - n)) - 1);
-    __m512i acc = _mm512_setzero_si512();
-    for (int64_t w = 0; w < kw; ++w)
-      acc = _mm512_add_epi64(acc, popcount_epi64(_mm512_and_si512(_mm512_set1_epi64((long long)am[w]),
-                                                                  _mm512_maskz_loadu_epi64(lane, be + w * N + n))));
-    total = _mm512_add_epi64(total, acc);
-    if constexpr (std::is_same<scalar_t, float>::value) _mm256_mask_storeu_ps(o + n, lane, _mm512_cvtepi64_ps(acc));
-    else _mm512_mask_storeu_pd(o + n, lane, _mm512_cvtepi64_pd(acc));
-  }
-  return _mm512_reduce_add_epi64(total);
-#endif
-  for (; n < N; ++n) {
+  for (int64_t n = 0; n < N; ++n) {
     int64_t c = 0;
     for (int64_t w = 0; w < kw; ++w) c += __builtin_popcountll(am[w] & be[w * N + n]);
     sum += c;
@@ -136,12 +108,87 @@ inline int64_t popcount_row(const uint64_t* am, const uint64_t* be, int64_t kw, 
 // Rows of work per task so that one task holds about 64k elementary steps.
 inline int64_t matmul_grain(int64_t per_row) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, per_row)); }
 
+// rb[(e*K + k)*nw + w] bit j = b[e, k, 64w + j] != 0: the rows of b as bitsets (natural layout).
+template <typename in_t>
+std::vector<uint64_t> row_bitsets(const in_t* b, int64_t Bt, int64_t K, int64_t N) {
+  const int64_t nw = (N + 63) / 64;
+  std::vector<uint64_t> rb(Bt * K * nw);
+  at::parallel_for(0, Bt * K, matmul_grain(N), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) spike_bits(b + r * N, N, rb.data() + r * nw);
+  });
+  return rb;
+}
+
+#if SNNSPARSE_ISA_LEVEL >= 2
+// Coincidence counts of one row of a with every column of b, from the rows of b (rb [K][nw], bits over n):
+// for each fired a[m, k], 64 byte counters (one zmm per 64 columns) get +1 where b[k, :] fired (one masked
+// byte add, the 64 fire bits being the mask), spilled into int32 every 255 adds. Same sum as AND + popcount
+// of a's row with b's columns, counted vertically: the work follows a's spikes and b needs no transposed
+// bitset. Measured on [256, 64, K] x [256, K, 64] bool at rate 0.15, 1 thread (machine load ~7, so
+// indicative): K = 64 0.76 -> 0.2x ms, K = 256 2.4 -> 0.x ms against the vectorised AND + popcount.
+template <typename scalar_t>
+inline int64_t coincidences_row(const uint64_t* am, int64_t kw, const uint64_t* rb, int64_t nw, int64_t N,
+                                scalar_t* o) {
+  const __m512i one = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
+  __m512i total = zero;
+  for (int64_t w = 0; w < nw; ++w) {
+    __m512i c8 = zero, d0 = zero, d1 = zero, d2 = zero, d3 = zero;
+    int pending = 0;
+    auto spill = [&] {
+      d0 = _mm512_add_epi32(d0, _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(c8, 0)));
+      d1 = _mm512_add_epi32(d1, _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(c8, 1)));
+      d2 = _mm512_add_epi32(d2, _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(c8, 2)));
+      d3 = _mm512_add_epi32(d3, _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(c8, 3)));
+      c8 = zero;
+      pending = 0;
+    };
+    for (int64_t x = 0; x < kw; ++x) {
+      uint64_t bits = am[x];
+      while (bits) {
+        const int64_t k = x * 64 + __builtin_ctzll(bits);
+        bits &= bits - 1;
+        c8 = _mm512_mask_add_epi8(c8, (__mmask64)rb[k * nw + w], c8, one);
+        if (++pending == 255) spill();
+      }
+    }
+    spill();
+    total = _mm512_add_epi32(total, _mm512_add_epi32(_mm512_add_epi32(d0, d1), _mm512_add_epi32(d2, d3)));
+    const int64_t left = std::min<int64_t>(64, N - w * 64);
+    const __m512i ds[4] = {d0, d1, d2, d3};
+    for (int q = 0; q < 4 && q * 16 < left; ++q) {
+      const int64_t lanes = std::min<int64_t>(16, left - q * 16);
+      scalar_t* dst = o + w * 64 + q * 16;
+      if constexpr (std::is_same<scalar_t, float>::value) {
+        _mm512_mask_storeu_ps(dst, (__mmask16)((1u << lanes) - 1), _mm512_cvtepi32_ps(ds[q]));
+      } else {
+        const __mmask8 lo = (__mmask8)((1u << std::min<int64_t>(8, lanes)) - 1);
+        const __mmask8 hi = (__mmask8)(lanes > 8 ? (1u << (lanes - 8)) - 1 : 0);
+        _mm512_mask_storeu_pd(dst, lo, _mm512_cvtepi32_pd(_mm512_castsi512_si256(ds[q])));
+        _mm512_mask_storeu_pd(dst + 8, hi, _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(ds[q], 1)));
+      }
+    }
+  }
+  return _mm512_reduce_add_epi32(total);
+}
+#endif
+
 template <typename in_t, typename scalar_t>
 int64_t matmul_bb(const in_t* a, const in_t* b, int64_t Bt, int64_t M, int64_t K, int64_t N, bool count,
                   scalar_t* out) {
-  const int64_t kw = (K + 63) / 64, rows = Bt * M;
-  const std::vector<uint64_t> bt = column_bitsets(b, Bt, K, N);
+  const int64_t kw = (K + 63) / 64, nw = (N + 63) / 64, rows = Bt * M;
   std::vector<int64_t> per(rows, 0);
+#if SNNSPARSE_ISA_LEVEL >= 2
+  const std::vector<uint64_t> rb = row_bitsets(b, Bt, K, N);
+  at::parallel_for(0, rows, matmul_grain(K + N), [&](int64_t r0, int64_t r1) {
+    std::vector<uint64_t> am(kw);
+    for (int64_t r = r0; r < r1; ++r) {
+      spike_bits(a + r * K, K, am.data());
+      per[r] = coincidences_row(am.data(), kw, rb.data() + (r / M) * K * nw, nw, N, out + r * N);
+    }
+  });
+#else
+  (void)nw;
+  const std::vector<uint64_t> bt = column_bitsets(b, Bt, K, N);
   at::parallel_for(0, rows, matmul_grain(K + N * kw), [&](int64_t r0, int64_t r1) {
     std::vector<uint64_t> am(kw);
     for (int64_t r = r0; r < r1; ++r) {
@@ -149,11 +196,20 @@ int64_t matmul_bb(const in_t* a, const in_t* b, int64_t Bt, int64_t M, int64_t K
       per[r] = popcount_row(am.data(), bt.data() + (r / M) * kw * N, kw, N, out + r * N);
     }
   });
+#endif
   int64_t total = 0;
   if (count)
     for (int64_t v : per) total += v;
   return total;
 }
+
+#if SNNSPARSE_ISA_LEVEL >= 2
+// Lanes of the q-th 16-float group among `left` (<= 64) valid columns.
+inline __mmask16 lane_mask(int64_t left, int q) {
+  const int64_t lanes = std::min<int64_t>(16, std::max<int64_t>(0, left - 16 * q));
+  return (__mmask16)((1u << lanes) - 1);
+}
+#endif
 
 template <typename in_t, typename scalar_t>
 int64_t matmul_sd(const in_t* a, const scalar_t* b, int64_t Bt, int64_t M, int64_t K, int64_t N, bool count,
@@ -165,8 +221,46 @@ int64_t matmul_sd(const in_t* a, const scalar_t* b, int64_t Bt, int64_t M, int64
     for (int64_t r = r0; r < r1; ++r) {
       spike_bits(a + r * K, K, bits.data());
       scalar_t* __restrict__ o = out + r * N;
-      std::memset(o, 0, N * sizeof(scalar_t));
       const scalar_t* be = b + (r / M) * K * N;
+#if SNNSPARSE_ISA_LEVEL >= 2
+      if constexpr (std::is_same<scalar_t, float>::value) {
+        // 64 columns at a time in registers, two accumulator sets (even / odd spikes) so that consecutive
+        // adds do not wait on each other; adding into `out` in memory instead chained every add through a
+        // store and a reload (perf: 56% of the kernel's cycles on that vaddps/vmovups pair).
+        int64_t nf = 0;
+        for (int64_t c0 = 0; c0 < N; c0 += 64) {
+          const int64_t left = std::min<int64_t>(64, N - c0);
+          const __mmask16 m0 = lane_mask(left, 0), m1 = lane_mask(left, 1), m2 = lane_mask(left, 2),
+                          m3 = lane_mask(left, 3);
+          __m512 x0 = _mm512_setzero_ps(), x1 = x0, x2 = x0, x3 = x0, y0 = x0, y1 = x0, y2 = x0, y3 = x0;
+          bool odd = false;
+          nf = 0;
+          for_each_bit(bits.data(), kw, [&](int64_t k) {
+            const float* row = be + k * N + c0;
+            if (odd) {
+              y0 = _mm512_add_ps(y0, _mm512_maskz_loadu_ps(m0, row));
+              y1 = _mm512_add_ps(y1, _mm512_maskz_loadu_ps(m1, row + 16));
+              y2 = _mm512_add_ps(y2, _mm512_maskz_loadu_ps(m2, row + 32));
+              y3 = _mm512_add_ps(y3, _mm512_maskz_loadu_ps(m3, row + 48));
+            } else {
+              x0 = _mm512_add_ps(x0, _mm512_maskz_loadu_ps(m0, row));
+              x1 = _mm512_add_ps(x1, _mm512_maskz_loadu_ps(m1, row + 16));
+              x2 = _mm512_add_ps(x2, _mm512_maskz_loadu_ps(m2, row + 32));
+              x3 = _mm512_add_ps(x3, _mm512_maskz_loadu_ps(m3, row + 48));
+            }
+            odd = !odd;
+            ++nf;
+          });
+          _mm512_mask_storeu_ps(o + c0, m0, _mm512_add_ps(x0, y0));
+          _mm512_mask_storeu_ps(o + c0 + 16, m1, _mm512_add_ps(x1, y1));
+          _mm512_mask_storeu_ps(o + c0 + 32, m2, _mm512_add_ps(x2, y2));
+          _mm512_mask_storeu_ps(o + c0 + 48, m3, _mm512_add_ps(x3, y3));
+        }
+        fired[r] = nf;
+        continue;
+      }
+#endif
+      std::memset(o, 0, N * sizeof(scalar_t));
       int64_t nf = 0;
       for_each_bit(bits.data(), kw, [&](int64_t k) {
         const scalar_t* __restrict__ row = be + k * N;
@@ -183,42 +277,66 @@ int64_t matmul_sd(const in_t* a, const scalar_t* b, int64_t Bt, int64_t M, int64
   return total;
 }
 
-constexpr int64_t kMB = 64;  // columns of a (rows of out^T) per block of matmul_ds
-
 template <typename in_t, typename scalar_t>
 int64_t matmul_ds(const scalar_t* a, const in_t* b, int64_t Bt, int64_t M, int64_t K, int64_t N, bool count,
                   scalar_t* out) {
-  const int64_t kw = (K + 63) / 64, nmb = (M + kMB - 1) / kMB;
-  const std::vector<uint64_t> bt = column_bitsets(b, Bt, K, N);
-  at::parallel_for(0, Bt * nmb, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<scalar_t> at_(K * kMB), ot(N * kMB);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t e = t / nmb, m0 = (t % nmb) * kMB, mb = std::min(kMB, M - m0);
-      const scalar_t* ae = a + (e * M + m0) * K;
-      for (int64_t m = 0; m < mb; ++m)  // at_[k, m] = a[e, m0 + m, k]
-        for (int64_t k = 0; k < K; ++k) at_[k * kMB + m] = ae[m * K + k];
-      const uint64_t* be = bt.data() + e * kw * N;
-      for (int64_t n = 0; n < N; ++n) {
-        scalar_t* __restrict__ o = ot.data() + n * kMB;
-        for (int64_t m = 0; m < mb; ++m) o[m] = scalar_t(0);
-        for (int64_t w = 0; w < kw; ++w) {
-          uint64_t bits = be[w * N + n];
-          while (bits) {
-            const int64_t k = w * 64 + __builtin_ctzll(bits);
-            bits &= bits - 1;
-            const scalar_t* __restrict__ row = at_.data() + k * kMB;
-#pragma omp simd
-            for (int64_t m = 0; m < mb; ++m) o[m] += row[m];
+  const int64_t nw = (N + 63) / 64, rows = Bt * M;
+  const std::vector<uint64_t> rb = row_bitsets(b, Bt, K, N);
+  at::parallel_for(0, rows, matmul_grain(K * nw * 4), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const scalar_t* ar = a + r * K;
+      const uint64_t* be = rb.data() + (r / M) * K * nw;
+      scalar_t* o = out + r * N;
+#if SNNSPARSE_ISA_LEVEL >= 2
+      if constexpr (std::is_same<scalar_t, float>::value) {
+        // 64 columns in 4 zmm accumulators; a[m, k] is added to the lanes whose b[k, n] fired (the 64 fire
+        // bits of b's row k are the masks): no multiplication, no transposed copy of a or out (an event-
+        // driven version over b's spikes needs a^T: its strided copy cost 3x the adds, measured in perf).
+        for (int64_t w = 0; w < nw; ++w) {
+          // two accumulator sets (even / odd k): a masked add waits ~4 cycles for its accumulator
+          __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, e0 = c0, e1 = c0, e2 = c0, e3 = c0;
+          int64_t k = 0;
+          for (; k + 1 < K; k += 2) {
+            const uint64_t bits = be[k * nw + w], bits2 = be[(k + 1) * nw + w];
+            const __m512 v = _mm512_set1_ps(ar[k]), u = _mm512_set1_ps(ar[k + 1]);
+            c0 = _mm512_mask_add_ps(c0, (__mmask16)bits, c0, v);
+            c1 = _mm512_mask_add_ps(c1, (__mmask16)(bits >> 16), c1, v);
+            c2 = _mm512_mask_add_ps(c2, (__mmask16)(bits >> 32), c2, v);
+            c3 = _mm512_mask_add_ps(c3, (__mmask16)(bits >> 48), c3, v);
+            e0 = _mm512_mask_add_ps(e0, (__mmask16)bits2, e0, u);
+            e1 = _mm512_mask_add_ps(e1, (__mmask16)(bits2 >> 16), e1, u);
+            e2 = _mm512_mask_add_ps(e2, (__mmask16)(bits2 >> 32), e2, u);
+            e3 = _mm512_mask_add_ps(e3, (__mmask16)(bits2 >> 48), e3, u);
+          }
+          if (k < K) {
+            const uint64_t bits = be[k * nw + w];
+            const __m512 v = _mm512_set1_ps(ar[k]);
+            c0 = _mm512_mask_add_ps(c0, (__mmask16)bits, c0, v);
+            c1 = _mm512_mask_add_ps(c1, (__mmask16)(bits >> 16), c1, v);
+            c2 = _mm512_mask_add_ps(c2, (__mmask16)(bits >> 32), c2, v);
+            c3 = _mm512_mask_add_ps(c3, (__mmask16)(bits >> 48), c3, v);
+          }
+          const int64_t left = std::min<int64_t>(64, N - w * 64);
+          const __m512 cs[4] = {_mm512_add_ps(c0, e0), _mm512_add_ps(c1, e1), _mm512_add_ps(c2, e2),
+                                _mm512_add_ps(c3, e3)};
+          for (int q = 0; q < 4 && q * 16 < left; ++q) {
+            const int64_t lanes = std::min<int64_t>(16, left - q * 16);
+            _mm512_mask_storeu_ps(o + w * 64 + q * 16, (__mmask16)((1u << lanes) - 1), cs[q]);
           }
         }
+        continue;
       }
-      scalar_t* oe = out + (e * M + m0) * N;
-      for (int64_t m = 0; m < mb; ++m)
-        for (int64_t n = 0; n < N; ++n) oe[m * N + n] = ot[n * kMB + m];
+#endif
+      // each fired b[k, n] adds a[m, k] to out[m, n], in ascending k
+      for (int64_t n = 0; n < N; ++n) o[n] = scalar_t(0);
+      for (int64_t k = 0; k < K; ++k) {
+        const scalar_t v = ar[k];
+        for_each_bit(be + k * nw, nw, [&](int64_t n) { o[n] += v; });
+      }
     }
   });
   int64_t total = 0;
   if (count)
-    for (uint64_t w : bt) total += __builtin_popcountll(w);
+    for (uint64_t w : rb) total += __builtin_popcountll(w);
   return total * M;
 }
