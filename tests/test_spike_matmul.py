@@ -301,3 +301,35 @@ def test_emu_cuda_matmul(emu, rng, dtype):
         assert cnt == _count64(a, b, mode), what
         out2, cnt2 = _emu_matmul(emu, a, b, mode, count=False)
         assert torch.equal(out2, out) and cnt2 == 0, what
+
+
+# ------------------------------------------------------------------------------------------------ on a GPU
+def _gpu_backends():
+    if not torch.cuda.is_available():
+        return []
+    return [name for name in ("cuda", "triton") if ss.backends.available().get(name) is True]
+
+
+@pytest.mark.skipif(not _gpu_backends(), reason="no CUDA device with the cuda or triton backend")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_gpu_backends(rng, dtype):
+    """The registered CUDA and Triton ops on a GPU: forward, count and gradients vs float64, every mode."""
+    tol = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 1e-2, torch.bfloat16: 2e-2}[dtype]
+    for backend, mode, (m, k, n), rate in itertools.product(_gpu_backends(), MODES, SIZES, RATES):
+        a, b = _operands(rng, mode, (2, 3), m, k, n, rate, dtype, dtype)
+        a, b = a.cuda().requires_grad_(), b.cuda().requires_grad_()
+        out, cnt = ss.functional.spike_matmul(a, b, binary=mode, backend=backend, return_count=True)
+        a64, b64 = (t.detach().cpu().double().requires_grad_() for t in (a, b))
+        ref = a64 @ b64
+        what = f"{backend} {mode} {(m, k, n)} rate={rate}"
+        torch.testing.assert_close(out.cpu().double(), ref, rtol=tol, atol=tol * max(1.0, ref.abs().max().item()),
+                                   msg=what)
+        assert cnt == _count64(a64.detach(), b64.detach(), mode), what
+        g = torch.randn(ref.shape, generator=rng)
+        out.backward(g.to("cuda", dtype))
+        ref.backward(g.double())
+        for got, want in ((a.grad, a64.grad), (b.grad, b64.grad)):
+            torch.testing.assert_close(got.cpu().double(), want, rtol=tol, atol=tol * max(1.0, want.abs().max().item()),
+                                       msg=what)
+        torch.library.opcheck(getattr(torch.ops, "snnsparse" if backend == "cuda" else "snnsparse_triton")
+                              .spike_matmul_fwd, (a.detach(), b.detach(), mode, True))

@@ -7,7 +7,9 @@ backend makes.
 
 `binary` names the operands that are spikes (all values 0 or 1): "both" (AND + popcount on bit-packed rows
 of a and columns of b), "a" or "b" (event-driven accumulation over the spikes of that operand; the other one
-holds any values). The kernels refuse a named operand that is not binary. Dtypes: a floating operand gives
+holds any values). The CPU kernels refuse a named operand that is not binary, in the pass that packs it; the
+CUDA and Triton kernels count any nonzero value as a spike, so snnsparse.functional checks their binary
+operands before the call (as it does for the other spike ops on those backends). Dtypes: a floating operand gives
 the result dtype; a binary operand may instead be compact spikes, bool or uint8, where the kernels read them
 (the cpp backend: COMPACT_SPIKES); with both compact the result is float32. n_acc (int64, 0-dim) is the number
 of additions executed (reference.spike_matmul_count), 0 unless count.
