@@ -72,8 +72,8 @@ inline void spike_bits(const in_t* p, int64_t n, uint64_t* words) {
   else nonzero_bits(p, n, words);
 }
 
-// bt[(e*kw + k/64)*N + n] bit k%64 = b[e, k, n] != 0 for every entry e (phase 1 of matmul_bb / matmul_ds):
-// word-major, so that one word of 8 consecutive columns is one vector load.
+// bt[(e*kw + k/64)*N + n] bit k%64 = b[e, k, n] != 0 for every entry e: B^T for the AND + popcount of
+// matmul_bb on avx2 / generic, word-major (one word of consecutive columns is contiguous).
 template <typename in_t>
 std::vector<uint64_t> column_bitsets(const in_t* b, int64_t Bt, int64_t K, int64_t N) {
   const int64_t kw = (K + 63) / 64, nw = (N + 63) / 64;
@@ -92,7 +92,7 @@ std::vector<uint64_t> column_bitsets(const in_t* b, int64_t Bt, int64_t K, int64
   return bt;
 }
 
-// o[n] = popcount(am & be[:, n]) over kw words for n in [0, N); returns the sum of o.
+// o[n] = popcount(am & be[:, n]) over kw words for n in [0, N); returns the sum of o (avx2 / generic).
 template <typename scalar_t>
 inline int64_t popcount_row(const uint64_t* am, const uint64_t* be, int64_t kw, int64_t N, scalar_t* o) {
   int64_t sum = 0;
@@ -124,8 +124,9 @@ std::vector<uint64_t> row_bitsets(const in_t* b, int64_t Bt, int64_t K, int64_t 
 // for each fired a[m, k], 64 byte counters (one zmm per 64 columns) get +1 where b[k, :] fired (one masked
 // byte add, the 64 fire bits being the mask), spilled into int32 every 255 adds. Same sum as AND + popcount
 // of a's row with b's columns, counted vertically: the work follows a's spikes and b needs no transposed
-// bitset. Measured on [256, 64, K] x [256, K, 64] bool at rate 0.15, 1 thread (machine load ~7, so
-// indicative): K = 64 0.76 -> 0.2x ms, K = 256 2.4 -> 0.x ms against the vectorised AND + popcount.
+// bitset. Measured on [256, 64, K] x [256, K, 64] bool at rate 0.15, 1 thread, against AND + popcount with
+// B^T and an AVX-512 nibble-table popcount (vpshufb + vpsadbw, 8 outputs per step): K = 64 0.76 -> 0.53 ms,
+// K = 256 2.44 -> 1.66 ms (machine load ~7 on 2 cores: indicative only).
 template <typename scalar_t>
 inline int64_t coincidences_row(const uint64_t* am, int64_t kw, const uint64_t* rb, int64_t nw, int64_t N,
                                 scalar_t* o) {
@@ -147,7 +148,7 @@ inline int64_t coincidences_row(const uint64_t* am, int64_t kw, const uint64_t* 
       while (bits) {
         const int64_t k = x * 64 + __builtin_ctzll(bits);
         bits &= bits - 1;
-        c8 = _mm512_mask_add_epi8(c8, (__mmask64)rb[k * nw + w], c8, one);
+        c8 = _mm512_mask_add_epi8(c8, _load_mask64((__mmask64*)(rb + k * nw + w)), c8, one);
         if (++pending == 255) spill();
       }
     }
@@ -290,31 +291,38 @@ int64_t matmul_ds(const scalar_t* a, const in_t* b, int64_t Bt, int64_t M, int64
 #if SNNSPARSE_ISA_LEVEL >= 2
       if constexpr (std::is_same<scalar_t, float>::value) {
         // 64 columns in 4 zmm accumulators; a[m, k] is added to the lanes whose b[k, n] fired (the 64 fire
-        // bits of b's row k are the masks): no multiplication, no transposed copy of a or out (an event-
-        // driven version over b's spikes needs a^T: its strided copy cost 3x the adds, measured in perf).
+        // bits of b's row k are the masks): no multiplication, no transposed copy of a or out. This costs
+        // M*K*N/16 masked adds whatever the spike rate, as many vector ops as a dense GEMM's FMAs; the event-
+        // driven alternative (adds of a^T's rows per spike of b) needs a^T, and its strided scalar transposes
+        // took most of the kernel's time in perf (1 thread, [256,64,256] x bool [256,256,64], load ~7:
+        // 33 ms with them, 6-13 ms this way). An in-register 16x16 transpose would make it event-driven:
+        // not done.
         for (int64_t w = 0; w < nw; ++w) {
-          // two accumulator sets (even / odd k): a masked add waits ~4 cycles for its accumulator
+          // Two accumulator sets (even / odd k): a masked add waits ~4 cycles for its accumulator. The masks
+          // are read as 16-bit pieces straight from the bitset (kmovw from memory, a load port), not shifted
+          // out of a 64-bit register and moved to k registers, as in linear_kernels.h's csr_row_f32.
           __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, e0 = c0, e1 = c0, e2 = c0, e3 = c0;
           int64_t k = 0;
           for (; k + 1 < K; k += 2) {
-            const uint64_t bits = be[k * nw + w], bits2 = be[(k + 1) * nw + w];
+            __mmask16* mb = (__mmask16*)(be + k * nw + w);
+            __mmask16* mc = (__mmask16*)(be + (k + 1) * nw + w);
             const __m512 v = _mm512_set1_ps(ar[k]), u = _mm512_set1_ps(ar[k + 1]);
-            c0 = _mm512_mask_add_ps(c0, (__mmask16)bits, c0, v);
-            c1 = _mm512_mask_add_ps(c1, (__mmask16)(bits >> 16), c1, v);
-            c2 = _mm512_mask_add_ps(c2, (__mmask16)(bits >> 32), c2, v);
-            c3 = _mm512_mask_add_ps(c3, (__mmask16)(bits >> 48), c3, v);
-            e0 = _mm512_mask_add_ps(e0, (__mmask16)bits2, e0, u);
-            e1 = _mm512_mask_add_ps(e1, (__mmask16)(bits2 >> 16), e1, u);
-            e2 = _mm512_mask_add_ps(e2, (__mmask16)(bits2 >> 32), e2, u);
-            e3 = _mm512_mask_add_ps(e3, (__mmask16)(bits2 >> 48), e3, u);
+            c0 = _mm512_mask_add_ps(c0, _load_mask16(mb), c0, v);
+            c1 = _mm512_mask_add_ps(c1, _load_mask16(mb + 1), c1, v);
+            c2 = _mm512_mask_add_ps(c2, _load_mask16(mb + 2), c2, v);
+            c3 = _mm512_mask_add_ps(c3, _load_mask16(mb + 3), c3, v);
+            e0 = _mm512_mask_add_ps(e0, _load_mask16(mc), e0, u);
+            e1 = _mm512_mask_add_ps(e1, _load_mask16(mc + 1), e1, u);
+            e2 = _mm512_mask_add_ps(e2, _load_mask16(mc + 2), e2, u);
+            e3 = _mm512_mask_add_ps(e3, _load_mask16(mc + 3), e3, u);
           }
           if (k < K) {
-            const uint64_t bits = be[k * nw + w];
+            __mmask16* mb = (__mmask16*)(be + k * nw + w);
             const __m512 v = _mm512_set1_ps(ar[k]);
-            c0 = _mm512_mask_add_ps(c0, (__mmask16)bits, c0, v);
-            c1 = _mm512_mask_add_ps(c1, (__mmask16)(bits >> 16), c1, v);
-            c2 = _mm512_mask_add_ps(c2, (__mmask16)(bits >> 32), c2, v);
-            c3 = _mm512_mask_add_ps(c3, (__mmask16)(bits >> 48), c3, v);
+            c0 = _mm512_mask_add_ps(c0, _load_mask16(mb), c0, v);
+            c1 = _mm512_mask_add_ps(c1, _load_mask16(mb + 1), c1, v);
+            c2 = _mm512_mask_add_ps(c2, _load_mask16(mb + 2), c2, v);
+            c3 = _mm512_mask_add_ps(c3, _load_mask16(mb + 3), c3, v);
           }
           const int64_t left = std::min<int64_t>(64, N - w * 64);
           const __m512 cs[4] = {_mm512_add_ps(c0, e0), _mm512_add_ps(c1, e1), _mm512_add_ps(c2, e2),
