@@ -419,7 +419,9 @@ def _check_matmul(g):
         ref = a.double() @ b.double()
         for aa, bb in ((a, b), (a.bool() if mode != "b" else a, b.bool() if mode != "a" else b)):
             y, cnt = O.spike_matmul_fwd(aa, bb, mode, True)
-            _close(y, ref, f"matmul {mode} {dt} {(bt, m, k, n)} rate {rate} {aa.dtype}")
+            # fp32 sums of up to 300 values: rounding grows with the sums' magnitude
+            _close(y, ref, f"matmul {mode} {dt} {(bt, m, k, n)} rate {rate} {aa.dtype}",
+                   atol=1e-5 * max(1.0, ref.abs().max().item()))
             want = {"both": ref.sum(), "a": (a != 0).sum() * n, "b": (b != 0).sum() * m}[mode]
             assert int(cnt) == int(want), (mode, dt, int(cnt), int(want))
         bad = sp(bt, m, k) if mode != "b" else sp(bt, k, n)

@@ -72,24 +72,33 @@ inline void spike_bits(const in_t* p, int64_t n, uint64_t* words) {
   else nonzero_bits(p, n, words);
 }
 
-// bt[(e*kw + k/64)*N + n] bit k%64 = b[e, k, n] != 0 for every entry e: B^T for the AND + popcount of
-// matmul_bb on avx2 / generic, word-major (one word of consecutive columns is contiguous).
+// bt[(k/64)*N + n] bit k%64 = b[k, n] != 0 for one entry b [K, N]: B^T for the AND + popcount of matmul_bb on
+// avx2 / generic, word-major (one word of consecutive columns is contiguous). brow: nw scratch words.
 template <typename in_t>
-std::vector<uint64_t> column_bitsets(const in_t* b, int64_t Bt, int64_t K, int64_t N) {
+inline void pack_columns(const in_t* b, int64_t K, int64_t N, uint64_t* bt, uint64_t* brow) {
   const int64_t kw = (K + 63) / 64, nw = (N + 63) / 64;
-  std::vector<uint64_t> bt(Bt * kw * N, 0);
-  at::parallel_for(0, Bt, 1, [&](int64_t e0, int64_t e1) {
-    std::vector<uint64_t> brow(nw);
-    for (int64_t e = e0; e < e1; ++e) {
-      for (int64_t k = 0; k < K; ++k) {
-        spike_bits(b + (e * K + k) * N, N, brow.data());
-        const uint64_t bit = uint64_t(1) << (k & 63);
-        uint64_t* col = bt.data() + (e * kw + (k >> 6)) * N;
-        for_each_bit(brow.data(), nw, [&](int64_t n) { col[n] |= bit; });
-      }
-    }
-  });
-  return bt;
+  std::fill(bt, bt + kw * N, uint64_t(0));
+  for (int64_t k = 0; k < K; ++k) {
+    spike_bits(b + k * N, N, brow);
+    const uint64_t bit = uint64_t(1) << (k & 63);
+    uint64_t* col = bt + (k >> 6) * N;
+    for_each_bit(brow, nw, [&](int64_t n) { col[n] |= bit; });
+  }
+}
+
+// rb[k*nw + w] bit j = b[k, 64w + j] != 0 for one entry b [K, N]: its rows as bitsets (natural layout).
+template <typename in_t>
+inline void pack_rows(const in_t* b, int64_t K, int64_t N, uint64_t* rb) {
+  const int64_t nw = (N + 63) / 64;
+  for (int64_t k = 0; k < K; ++k) spike_bits(b + k * N, N, rb + k * nw);
+}
+
+// Tasks of matmul_bb / matmul_ds: (entry, block of rows of a), all in ONE parallel region (a second region
+// for packing b cost a second wait for the other thread, which on a loaded 2-core box was the larger part
+// of a call). Whole entries when there are enough of them for the threads; else blocks of 64 rows, each
+// packing its entry's b again (K x N bits).
+inline int64_t matmul_row_block(int64_t Bt, int64_t M) {
+  return Bt >= 4 * (int64_t)at::get_num_threads() ? M : std::min<int64_t>(M, 64);
 }
 
 // o[n] = popcount(am & be[:, n]) over kw words for n in [0, N); returns the sum of o (avx2 / generic).
@@ -107,17 +116,6 @@ inline int64_t popcount_row(const uint64_t* am, const uint64_t* be, int64_t kw, 
 
 // Rows of work per task so that one task holds about 64k elementary steps.
 inline int64_t matmul_grain(int64_t per_row) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, per_row)); }
-
-// rb[(e*K + k)*nw + w] bit j = b[e, k, 64w + j] != 0: the rows of b as bitsets (natural layout).
-template <typename in_t>
-std::vector<uint64_t> row_bitsets(const in_t* b, int64_t Bt, int64_t K, int64_t N) {
-  const int64_t nw = (N + 63) / 64;
-  std::vector<uint64_t> rb(Bt * K * nw);
-  at::parallel_for(0, Bt * K, matmul_grain(N), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) spike_bits(b + r * N, N, rb.data() + r * nw);
-  });
-  return rb;
-}
 
 #if SNNSPARSE_ISA_LEVEL >= 2
 // Coincidence counts of one row of a with every column of b, from the rows of b (rb [K][nw], bits over n):
@@ -176,28 +174,40 @@ inline int64_t coincidences_row(const uint64_t* am, int64_t kw, const uint64_t* 
 template <typename in_t, typename scalar_t>
 int64_t matmul_bb(const in_t* a, const in_t* b, int64_t Bt, int64_t M, int64_t K, int64_t N, bool count,
                   scalar_t* out) {
-  const int64_t kw = (K + 63) / 64, nw = (N + 63) / 64, rows = Bt * M;
-  std::vector<int64_t> per(rows, 0);
+  const int64_t kw = (K + 63) / 64, nw = (N + 63) / 64;
+  const int64_t mb = matmul_row_block(Bt, M), nmb = (M + mb - 1) / mb;
+  std::vector<int64_t> per(Bt * nmb, 0);
+  at::parallel_for(0, Bt * nmb, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<uint64_t> am(kw);
 #if SNNSPARSE_ISA_LEVEL >= 2
-  const std::vector<uint64_t> rb = row_bitsets(b, Bt, K, N);
-  at::parallel_for(0, rows, matmul_grain(K + N), [&](int64_t r0, int64_t r1) {
-    std::vector<uint64_t> am(kw);
-    for (int64_t r = r0; r < r1; ++r) {
-      spike_bits(a + r * K, K, am.data());
-      per[r] = coincidences_row(am.data(), kw, rb.data() + (r / M) * K * nw, nw, N, out + r * N);
-    }
-  });
+    std::vector<uint64_t> rb(K * nw);
 #else
-  (void)nw;
-  const std::vector<uint64_t> bt = column_bitsets(b, Bt, K, N);
-  at::parallel_for(0, rows, matmul_grain(K + N * kw), [&](int64_t r0, int64_t r1) {
-    std::vector<uint64_t> am(kw);
-    for (int64_t r = r0; r < r1; ++r) {
-      spike_bits(a + r * K, K, am.data());
-      per[r] = popcount_row(am.data(), bt.data() + (r / M) * kw * N, kw, N, out + r * N);
+    std::vector<uint64_t> bt(kw * N), brow(nw);
+#endif
+    int64_t packed = -1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t e = t / nmb, m0 = (t % nmb) * mb, m1 = std::min(M, m0 + mb);
+      if (e != packed) {
+#if SNNSPARSE_ISA_LEVEL >= 2
+        pack_rows(b + e * K * N, K, N, rb.data());
+#else
+        pack_columns(b + e * K * N, K, N, bt.data(), brow.data());
+#endif
+        packed = e;
+      }
+      int64_t sum = 0;
+      for (int64_t m = m0; m < m1; ++m) {
+        const int64_t r = e * M + m;
+        spike_bits(a + r * K, K, am.data());
+#if SNNSPARSE_ISA_LEVEL >= 2
+        sum += coincidences_row(am.data(), kw, rb.data(), nw, N, out + r * N);
+#else
+        sum += popcount_row(am.data(), bt.data(), kw, N, out + r * N);
+#endif
+      }
+      per[t] = sum;
     }
   });
-#endif
   int64_t total = 0;
   if (count)
     for (int64_t v : per) total += v;
@@ -281,70 +291,85 @@ int64_t matmul_sd(const in_t* a, const scalar_t* b, int64_t Bt, int64_t M, int64
 template <typename in_t, typename scalar_t>
 int64_t matmul_ds(const scalar_t* a, const in_t* b, int64_t Bt, int64_t M, int64_t K, int64_t N, bool count,
                   scalar_t* out) {
-  const int64_t nw = (N + 63) / 64, rows = Bt * M;
-  const std::vector<uint64_t> rb = row_bitsets(b, Bt, K, N);
-  at::parallel_for(0, rows, matmul_grain(K * nw * 4), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const scalar_t* ar = a + r * K;
-      const uint64_t* be = rb.data() + (r / M) * K * nw;
-      scalar_t* o = out + r * N;
-#if SNNSPARSE_ISA_LEVEL >= 2
-      if constexpr (std::is_same<scalar_t, float>::value) {
-        // 64 columns in 4 zmm accumulators; a[m, k] is added to the lanes whose b[k, n] fired (the 64 fire
-        // bits of b's row k are the masks): no multiplication, no transposed copy of a or out. This costs
-        // M*K*N/16 masked adds whatever the spike rate, as many vector ops as a dense GEMM's FMAs; the event-
-        // driven alternative (adds of a^T's rows per spike of b) needs a^T, and its strided scalar transposes
-        // took most of the kernel's time in perf (1 thread, [256,64,256] x bool [256,256,64], load ~7:
-        // 33 ms with them, 6-13 ms this way). An in-register 16x16 transpose would make it event-driven:
-        // not done.
-        for (int64_t w = 0; w < nw; ++w) {
-          // Two accumulator sets (even / odd k): a masked add waits ~4 cycles for its accumulator. The masks
-          // are read as 16-bit pieces straight from the bitset (kmovw from memory, a load port), not shifted
-          // out of a 64-bit register and moved to k registers, as in linear_kernels.h's csr_row_f32.
-          __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, e0 = c0, e1 = c0, e2 = c0, e3 = c0;
-          int64_t k = 0;
-          for (; k + 1 < K; k += 2) {
-            __mmask16* mb = (__mmask16*)(be + k * nw + w);
-            __mmask16* mc = (__mmask16*)(be + (k + 1) * nw + w);
-            const __m512 v = _mm512_set1_ps(ar[k]), u = _mm512_set1_ps(ar[k + 1]);
-            c0 = _mm512_mask_add_ps(c0, _load_mask16(mb), c0, v);
-            c1 = _mm512_mask_add_ps(c1, _load_mask16(mb + 1), c1, v);
-            c2 = _mm512_mask_add_ps(c2, _load_mask16(mb + 2), c2, v);
-            c3 = _mm512_mask_add_ps(c3, _load_mask16(mb + 3), c3, v);
-            e0 = _mm512_mask_add_ps(e0, _load_mask16(mc), e0, u);
-            e1 = _mm512_mask_add_ps(e1, _load_mask16(mc + 1), e1, u);
-            e2 = _mm512_mask_add_ps(e2, _load_mask16(mc + 2), e2, u);
-            e3 = _mm512_mask_add_ps(e3, _load_mask16(mc + 3), e3, u);
-          }
-          if (k < K) {
-            __mmask16* mb = (__mmask16*)(be + k * nw + w);
-            const __m512 v = _mm512_set1_ps(ar[k]);
-            c0 = _mm512_mask_add_ps(c0, _load_mask16(mb), c0, v);
-            c1 = _mm512_mask_add_ps(c1, _load_mask16(mb + 1), c1, v);
-            c2 = _mm512_mask_add_ps(c2, _load_mask16(mb + 2), c2, v);
-            c3 = _mm512_mask_add_ps(c3, _load_mask16(mb + 3), c3, v);
-          }
-          const int64_t left = std::min<int64_t>(64, N - w * 64);
-          const __m512 cs[4] = {_mm512_add_ps(c0, e0), _mm512_add_ps(c1, e1), _mm512_add_ps(c2, e2),
-                                _mm512_add_ps(c3, e3)};
-          for (int q = 0; q < 4 && q * 16 < left; ++q) {
-            const int64_t lanes = std::min<int64_t>(16, left - q * 16);
-            _mm512_mask_storeu_ps(o + w * 64 + q * 16, (__mmask16)((1u << lanes) - 1), cs[q]);
-          }
+  const int64_t nw = (N + 63) / 64;
+  const int64_t mb = matmul_row_block(Bt, M), nmb = (M + mb - 1) / mb;
+  std::vector<int64_t> fired(Bt, 0);
+  at::parallel_for(0, Bt * nmb, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<uint64_t> rb(K * nw);
+    const uint64_t* be = rb.data();
+    int64_t packed = -1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t e = t / nmb, m0 = (t % nmb) * mb, m1 = std::min(M, m0 + mb);
+      if (e != packed) {
+        pack_rows(b + e * K * N, K, N, rb.data());
+        packed = e;
+        if (m0 == 0) {
+          int64_t nf = 0;
+          for (uint64_t w : rb) nf += __builtin_popcountll(w);
+          fired[e] = nf;
         }
-        continue;
       }
+      for (int64_t r = e * M + m0; r < e * M + m1; ++r) {
+        const scalar_t* ar = a + r * K;
+        scalar_t* o = out + r * N;
+#if SNNSPARSE_ISA_LEVEL >= 2
+        if constexpr (std::is_same<scalar_t, float>::value) {
+          // 64 columns in 4 zmm accumulators; a[m, k] is added to the lanes whose b[k, n] fired (the 64 fire
+          // bits of b's row k are the masks): no multiplication, no transposed copy of a or out. This costs
+          // M*K*N/16 masked adds whatever the spike rate, as many vector ops as a dense GEMM's FMAs; the event-
+          // driven alternative (adds of a^T's rows per spike of b) needs a^T, and its strided scalar transposes
+          // took most of the kernel's time in perf (1 thread, [256,64,256] x bool [256,256,64], load ~7:
+          // 33 ms with them, 6-13 ms this way). An in-register 16x16 transpose would make it event-driven:
+          // not done.
+          for (int64_t w = 0; w < nw; ++w) {
+            // Two accumulator sets (even / odd k): a masked add waits ~4 cycles for its accumulator. The masks
+            // are read as 16-bit pieces straight from the bitset (kmovw from memory, a load port), not shifted
+            // out of a 64-bit register and moved to k registers, as in linear_kernels.h's csr_row_f32.
+            __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, e0 = c0, e1 = c0, e2 = c0, e3 = c0;
+            int64_t k = 0;
+            for (; k + 1 < K; k += 2) {
+              __mmask16* mb = (__mmask16*)(be + k * nw + w);
+              __mmask16* mc = (__mmask16*)(be + (k + 1) * nw + w);
+              const __m512 v = _mm512_set1_ps(ar[k]), u = _mm512_set1_ps(ar[k + 1]);
+              c0 = _mm512_mask_add_ps(c0, _load_mask16(mb), c0, v);
+              c1 = _mm512_mask_add_ps(c1, _load_mask16(mb + 1), c1, v);
+              c2 = _mm512_mask_add_ps(c2, _load_mask16(mb + 2), c2, v);
+              c3 = _mm512_mask_add_ps(c3, _load_mask16(mb + 3), c3, v);
+              e0 = _mm512_mask_add_ps(e0, _load_mask16(mc), e0, u);
+              e1 = _mm512_mask_add_ps(e1, _load_mask16(mc + 1), e1, u);
+              e2 = _mm512_mask_add_ps(e2, _load_mask16(mc + 2), e2, u);
+              e3 = _mm512_mask_add_ps(e3, _load_mask16(mc + 3), e3, u);
+            }
+            if (k < K) {
+              __mmask16* mb = (__mmask16*)(be + k * nw + w);
+              const __m512 v = _mm512_set1_ps(ar[k]);
+              c0 = _mm512_mask_add_ps(c0, _load_mask16(mb), c0, v);
+              c1 = _mm512_mask_add_ps(c1, _load_mask16(mb + 1), c1, v);
+              c2 = _mm512_mask_add_ps(c2, _load_mask16(mb + 2), c2, v);
+              c3 = _mm512_mask_add_ps(c3, _load_mask16(mb + 3), c3, v);
+            }
+            const int64_t left = std::min<int64_t>(64, N - w * 64);
+            const __m512 cs[4] = {_mm512_add_ps(c0, e0), _mm512_add_ps(c1, e1), _mm512_add_ps(c2, e2),
+                                  _mm512_add_ps(c3, e3)};
+            for (int q = 0; q < 4 && q * 16 < left; ++q) {
+              const int64_t lanes = std::min<int64_t>(16, left - q * 16);
+              _mm512_mask_storeu_ps(o + w * 64 + q * 16, (__mmask16)((1u << lanes) - 1), cs[q]);
+            }
+          }
+          continue;
+        }
 #endif
-      // each fired b[k, n] adds a[m, k] to out[m, n], in ascending k
-      for (int64_t n = 0; n < N; ++n) o[n] = scalar_t(0);
-      for (int64_t k = 0; k < K; ++k) {
-        const scalar_t v = ar[k];
-        for_each_bit(be + k * nw, nw, [&](int64_t n) { o[n] += v; });
+        // each fired b[k, n] adds a[m, k] to out[m, n], in ascending k
+        for (int64_t n = 0; n < N; ++n) o[n] = scalar_t(0);
+        for (int64_t k = 0; k < K; ++k) {
+          const scalar_t v = ar[k];
+          for_each_bit(be + k * nw, nw, [&](int64_t n) { o[n] += v; });
+        }
       }
     }
   });
   int64_t total = 0;
   if (count)
-    for (uint64_t w : rb) total += __builtin_popcountll(w);
+    for (int64_t v : fired) total += v;
   return total * M;
 }
