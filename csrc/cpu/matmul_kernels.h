@@ -14,8 +14,8 @@
 //    No float arithmetic either way.
 //  * binary a x dense b (matmul_sd): out[m, :] = sum over the fired k of a[m, :] of b[k, :]: each spike adds
 //    one contiguous row of b (vectorised adds, never a multiplication), in ascending k.
-//  * dense a x binary b (matmul_ds): out[m, n] = sum over the k where b[k, n] fired of a[m, k]. Phase 1 packs
-//    the rows of b; phase 2 walks the rows of a: AVX-512 float adds a[m, k] broadcast into the accumulator
+//  * dense a x binary b (matmul_ds): out[m, n] = sum over the k where b[k, n] fired of a[m, k]. A task packs
+//    the rows of its entry's b, then walks its rows of a: AVX-512 float adds a[m, k] broadcast into the accumulator
 //    lanes of the columns where b[k, :] fired (the fire bits are the lane masks, as the compressed-rows
 //    linear kernel does), the other variants add it to each fired column.
 // Sums run in ascending k in the output dtype, so results equal the float64 reference up to that order.
