@@ -511,6 +511,32 @@ def _check_lif(g):
             _close(gk, want[2], f"{charge} grad_k {dt}", rtol=tol, atol=tol * max(1.0, float(want[2].abs())) * 100)
 
 
+def _check_matmul(g):
+    """spike_matmul: each variant has its own binary x binary algorithm (avx512: masked byte counters; avx2,
+    generic: AND + POPCNT) and dense x spikes path; float, double and byte spikes, tails of 64-bit words."""
+    O = torch.ops.snnsparse
+    for dt, mode, (bt, m, k, n), rate in itertools.product((torch.float32, torch.float64), ("both", "a", "b"),
+                                                          ((2, 3, 70, 5), (1, 64, 64, 64), (3, 9, 300, 130)),
+                                                          (0.0, 0.3, 1.0)):
+        sp = lambda *s: (torch.rand(s, generator=g) < rate).to(dt)  # noqa: E731
+        a = sp(bt, m, k) if mode != "b" else torch.randn(bt, m, k, generator=g).to(dt)
+        b = sp(bt, k, n) if mode != "a" else torch.randn(bt, k, n, generator=g).to(dt)
+        ref = a.double() @ b.double()
+        for aa, bb in ((a, b), (a.bool() if mode != "b" else a, b.bool() if mode != "a" else b)):
+            y, cnt = O.spike_matmul_fwd(aa, bb, mode, True)
+            # fp32 sums of up to 300 values: rounding grows with the sums' magnitude
+            _close(y, ref, f"matmul {mode} {dt} {(bt, m, k, n)} rate {rate} {aa.dtype}",
+                   atol=1e-5 * max(1.0, ref.abs().max().item()))
+            want = {"both": ref.sum(), "a": (a != 0).sum() * n, "b": (b != 0).sum() * m}[mode]
+            assert int(cnt) == int(want), (mode, dt, int(cnt), int(want))
+        bad = sp(bt, m, k) if mode != "b" else sp(bt, k, n)
+        bad.view(-1)[-1] = 3.0
+        args = {"both": (bad, sp(bt, k, n)), "a": (bad, b), "b": (a, bad)}[mode]
+        _expect_non_binary(lambda: O.spike_matmul_fwd(*args, mode, False), f"matmul {mode} {dt}")
+        _expect_non_binary(lambda: O.spike_matmul_fwd(*(t.to(torch.uint8) if t is bad else t for t in args),
+                                                      mode, False), f"matmul {mode} uint8")
+
+
 def _worker(seed):
     from snnsparse.ops import cpp as C
     isa = os.environ.get("SNNSPARSE_CPU_ISA", "")
@@ -523,6 +549,7 @@ def _worker(seed):
     _check_conv(g, isa)
     _check_byte_spikes(g, isa)
     _check_lif(g)
+    _check_matmul(g)
     print(f"OK {isa}")
 
 
