@@ -301,3 +301,73 @@ class PackedPlanesConv2d(PackedConv2d):
         if self.bias is not None:
             out.add_(self.bias.view(1, -1, 1, 1))
         return restore(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Conv1d (spiking transformers' 1x1 projections: Spikformer's Q/K/V and MLP, QKFormer).
+def _conv1d_rank(x: torch.Tensor, channels: int, label: str) -> None:
+    if x.dim() not in (2, 3, 4) or x.shape[-2] != channels:
+        raise ValueError(f"{label}: input must be [T, B, {channels}, L], [N, {channels}, L] or [{channels}, L], "
+                         f"got shape {tuple(x.shape)}")
+
+
+class PackedPointwiseConv1d(PackedLinear):
+    """A kernel-1 Conv1d (stride 1, no padding, groups 1) on a linear PackedWeight [Cout, Cin]: the input
+    [..., Cin, L] is read channels-last ([..., L, Cin], one row of Cin spikes per position) by the linear
+    kernel, and the output is put back as [..., Cout, L] (contiguous, as F.conv1d gives it).
+    planes=True: the input is spike counts (SEW ADD / Spikformer's residual sums of spikes); the kernel
+    runs once per binary bit plane and out = sum_j 2^j * linear(plane_j) + bias, exact up to fp32
+    summation order."""
+
+    def __init__(self, packed: PackedWeight, bias: Optional[torch.Tensor], *, fold_rank: Optional[int] = None,
+                 planes: bool = False, name: str = "", why: str = ""):
+        super().__init__(packed, bias, fold_rank=fold_rank, name=name, why=why)
+        self.planes = bool(planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_rank(x)
+        m, k = self.packed.shape
+        _conv1d_rank(x, k, self._label())
+        xl = x.transpose(-1, -2)
+        if not self.planes:
+            return super().forward(xl).transpose(-1, -2).contiguous()
+        lead = xl.shape[:-1]
+        x2 = xl.reshape(-1, k)
+        if x2.shape[0] == 0:
+            return super().forward(xl).transpose(-1, -2).contiguous()
+        out = None
+        for scale, plane in bit_planes(x2, self._label()):
+            y, _ = self._event(_linear.forward_packed, plane.contiguous(), self.packed, None)
+            out = y if out is None else out.add_(y, alpha=scale)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.reshape(*lead, m).transpose(-1, -2).contiguous()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, planes={self.planes}"
+
+
+class DenseConv1d(_FoldRankMixin, InferenceLayer):
+    """F.conv1d with a fixed (folded, pruned entries 0) weight, for analog input (and the Conv1d
+    geometries not packed yet)."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding, dilation, groups: int,
+                 *, fold_rank: Optional[int] = None, name: str = "", why: str = ""):
+        super().__init__(name, why)
+        self.register_buffer("dense_weight", weight.detach().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, int(groups)
+        self.fold_rank = fold_rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_rank(x)
+        _conv1d_rank(x, self.dense_weight.shape[1] * self.groups, self._label())
+        xf = SF.as_float_input(x, self.dense_weight.dtype)
+        x3 = xf.flatten(0, 1) if x.dim() == 4 else xf
+        y = F.conv1d(x3, self.dense_weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return y.reshape(*x.shape[:2], *y.shape[1:]) if x.dim() == 4 else y
+
+    def extra_repr(self) -> str:
+        return (f"{list(self.dense_weight.shape)}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}, "
+                f"fold_rank={self.fold_rank}")

@@ -43,12 +43,13 @@ from ..ops import cpp as _cpp
 from ..ops import linear as _linear
 from ..ops.reference import masked_weight
 from . import graph as G
+from . import transformers as _transformers
 # convert's rules of which classes have a known forward (and so can be replaced), and its hook check.
 from .convert import _decide, _foreign_hooks
 from .fuse import fold_bn
-from .inference import (PACKED_LAYERS, DenseConv2d, DenseLinear, PackedConv2d, PackedLinear, PackedPlanesConv2d,
-                        bit_planes)
-from .layers import SpikeConv2d
+from .inference import (PACKED_LAYERS, DenseConv1d, DenseConv2d, DenseLinear, PackedConv2d, PackedLinear,
+                        PackedPlanesConv2d, PackedPointwiseConv1d, bit_planes)
+from .layers import SpikeConv1d, SpikeConv2d
 from .lif import LIF
 
 WHERE = "optimize_for_inference"
@@ -207,7 +208,7 @@ def _example_run(model: nn.Module, inputs: tuple) -> Dict[int, _Calls]:
         ins = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
         entry = calls.setdefault(id(module), _Calls(module, [], []))
         entry.shapes.append((ins, tuple(out.shape) if isinstance(out, torch.Tensor) else None))
-        if (isinstance(module, (nn.Conv2d, nn.Linear)) and not entry.first_input and args
+        if (G.is_conv_or_linear(module) and not entry.first_input and args
                 and isinstance(args[0], torch.Tensor)):
             entry.first_input.append(args[0].detach().clone())
 
@@ -291,6 +292,11 @@ class _Optimizer:
         self.report = OptimizeReport()
         self.bn_outcome: Dict[int, Tuple[str, str]] = {}  # id(BatchNorm) -> (action, reason), set by its conv
 
+    def twin(self, module: nn.Module):
+        """A traceable forward for a SpikingJelly transformer module fx cannot trace (snnsparse.nn.transformers)."""
+        calls = self.calls.get(id(module))
+        return _transformers.twin_forward(module, [ins for ins, _ in calls.shapes] if calls else None)
+
     def runs(self, module: nn.Module) -> int:
         """How many times the module ran in the example forward."""
         calls = self.calls.get(id(module))
@@ -304,7 +310,7 @@ class _Optimizer:
         """`module` optimized (a new module, or `module` changed in place)."""
         if G.is_leaf(module) or G.chain_items(module) is not None:
             return self.leaf(module, name, G.analog(f"the input of {name or '<model>'!r}, not traced"))
-        traced = G.trace(module)
+        traced = G.trace(module, self.twin)
         if traced.graph is None:
             self.report.notes.append(
                 f"fx could not trace {name or '<model>'!r} ({type(module).__name__}: {traced.error}); its children "
@@ -607,6 +613,8 @@ class _Optimizer:
             return f"it is on {b.running_mean.device}, the layer before it on {spike.weight.device}"
         if isinstance(spike, SpikeConv2d):
             return None if bn.dims == 2 else f"a BatchNorm{bn.dims}d after a conv2d"
+        if isinstance(spike, SpikeConv1d):
+            return self.conv1d_fold_blocker(module, bn)
         if bn.dims != 1:
             return f"a BatchNorm{bn.dims}d after a linear layer"
         ranks = {len(out_shape) for _, out_shape in self.calls[id(module)].shapes if out_shape is not None}
@@ -661,6 +669,8 @@ class _Optimizer:
         return x.contiguous()
 
     def inference_layer(self, module, spike, name, x: G.Kind, weight, bias, mask, fold_rank):
+        if isinstance(spike, SpikeConv1d):
+            return self.conv1d_layer(module, spike, name, x, weight, bias, mask, fold_rank)
         is_conv = isinstance(spike, SpikeConv2d)
         shapes = self.calls[id(module)].shapes
         planes = x.level == G.Level.COUNTS and is_conv  # SEW ADD counts: the event kernel once per bit plane
@@ -711,6 +721,66 @@ class _Optimizer:
             new = DenseLinear(dense, bias, fold_rank=fold_rank, name=name, why=why)
         self.row(name, module, "dense-analog", "dense", spike.density(), why)
         return new
+
+    # -- Conv1d (spiking transformers' 1x1 projections) ---------------------------------------------
+    def conv1d_fold_blocker(self, module: nn.Module, bn: G.BNInfo) -> Optional[str]:
+        """BatchNorm1d normalises dim 1 of a rank-3 input, which is the Conv1d's output channels only when
+        the conv output it sees is [N, C, L] (a [C, L] unbatched output would be read as [N, features])."""
+        if bn.dims != 1:
+            return f"a BatchNorm{bn.dims}d after a conv1d"
+        ranks = {len(o) - (1 if bn.flattens else 0) for _, o in self.calls[id(module)].shapes if o is not None}
+        if ranks != {3}:
+            return (f"BatchNorm1d normalises dim 1 of what it sees (rank {sorted(ranks)} here), which is the conv1d's "
+                    f"output channels only for [N, C, L]")
+        return None
+
+    def conv1d_layer(self, module, spike: SpikeConv1d, name, x: G.Kind, weight, bias, mask, fold_rank):
+        """A kernel-1 Conv1d on spikes (or spike counts: bit planes) -> PackedPointwiseConv1d, the linear
+        kernels on the channels-last view; everything else -> DenseConv1d (F.conv1d, folded weight)."""
+        planes = x.level == G.Level.COUNTS
+        if x.level in (G.Level.SPIKES, G.Level.COUNTS) and spike.is_pointwise():
+            weight2, mask2 = weight[..., 0], mask[..., 0]
+            blocker = self.pack_blocker(weight2)
+            if blocker is None:
+                try:
+                    packed, timing = _fastest_packing(
+                        lambda fmt: _linear.pack(weight2, mask2, fmt), lambda p, xx: _linear.forward_packed(xx, p),
+                        (1, 2), self._conv1d_timing_input(module, weight2.shape[1], planes))
+                except (RuntimeError, ValueError, TypeError) as e:
+                    blocker = f"packing failed ({G.error_text(e)})"
+            if blocker is None:
+                what = (f"multi-level input (spike counts, {x.source}): one event pass per bit plane" if planes
+                        else f"input is spikes: {x.source}")
+                why = f"{what}; kernel-1 conv1d as a linear layer on the channels-last view; {timing}"
+                new = PackedPointwiseConv1d(packed, bias, fold_rank=fold_rank, planes=planes, name=name, why=why)
+                self.row(name, module, "packed-event", packed.format.name, packed.density, why)
+                return new
+            why = f"input is {'spike counts' if planes else 'spikes'} ({x.source}), but {blocker}: dense torch"
+        elif x.level != G.Level.ANALOG:
+            why = (f"input is {'spike counts' if planes else 'spikes'} ({x.source}), but only kernel-1 conv1d "
+                   f"(stride 1, no padding, groups 1) is packed yet: dense torch")
+        else:
+            why = f"input is not spikes: {x.source}"
+        new = DenseConv1d(masked_weight(weight, mask), bias, spike.stride, spike._explicit_padding(), spike.dilation,
+                          spike.groups, fold_rank=fold_rank, name=name, why=why)
+        self.row(name, module, "dense-analog", "dense", spike.density(), why)
+        return new
+
+    def _conv1d_timing_input(self, module, channels: int, planes: bool) -> Optional[torch.Tensor]:
+        """The conv1d's recorded input as the linear kernel reads it ([N*L, Cin], channels-last); for spike
+        counts its lowest bit plane; None when not binary."""
+        recorded = self.calls[id(module)].first_input
+        if not recorded or recorded[0].dim() < 2 or recorded[0].shape[-2] != channels:
+            return None
+        x = recorded[0].transpose(-1, -2).reshape(-1, channels)
+        if x.dtype not in _PACKABLE_DTYPES:
+            return None
+        if planes:
+            try:
+                x = bit_planes(x, "")[0][1]
+            except NonBinarySpikesError:
+                return None
+        return x.contiguous() if is_binary(x) else None
 
     # -- neurons and the rest ----------------------------------------------------------------------
     def neuron(self, module: nn.Module, name: str, one_call: bool = False) -> Optional[nn.Module]:
