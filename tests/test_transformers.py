@@ -1,0 +1,211 @@
+"""Spiking transformers through ss.nn.optimize_for_inference: SpikingJelly's Spikformer, Spike-driven
+Transformer (SDT v1) and QKFormer's token / channel attention, with fresh random masks and BatchNorm
+statistics every run, against the original SpikingJelly models (spikes at every neuron equal but for
+counted near-threshold flips; see tests/test_optimize.py, whose comparison this file reuses)."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.nn.utils.prune as prune
+
+import snnsparse as ss
+from conftest import mask, spikes
+from snnsparse.nn.inference import DenseConv1d, PackedLinear, PackedPointwiseConv1d
+from snnsparse.nn.transformers import twin_forward
+from snnsparse.ops import cpp as _cpp
+
+sj = pytest.importorskip("spikingjelly.activation_based", reason="spikingjelly 2.0 is a test dependency")
+from spikingjelly.activation_based import functional as sjf, layer, neuron  # noqa: E402
+from spikingjelly.activation_based.layer import attention  # noqa: E402
+
+from snnsparse.zoo import spikingjelly_zoo as _zoo  # noqa: E402
+from test_optimize import T, B, _assert_fires, _compare, _random_bn  # noqa: E402
+
+pytestmark = [
+    pytest.mark.skipif(_cpp.unavailable_reason() is not None,
+                       reason=f"cpp backend unavailable: {_cpp.unavailable_reason()}"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+
+LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def _prepare(model, rng, density=0.05):
+    """Random BN statistics (every layer fires), random masks on every conv / linear but the first."""
+    _random_bn(model, rng)
+    for m in [m for m in model.modules() if isinstance(m, LAYERS)][1:]:
+        prune.custom_from_mask(m, "weight", mask(m.weight.shape, density, rng))
+    return model.eval()
+
+
+def _spikformer():
+    return _zoo("spikformer").Spikformer(T=T, img_size_h=32, img_size_w=32, patch_size=4, num_classes=10,
+                                         embed_dims=48, num_heads=4, depths=2)
+
+
+def _sdt(pooling="0011"):
+    return _zoo("spike_driven_transformer").SpikeDrivenTransformer(T=T, num_classes=10, embed_dims=32, num_heads=4,
+                                                                   depths=2, pooling_stat=pooling)
+
+
+def _sparse_weight_share(model, report):
+    """Fraction of the conv / linear weights of `model` in packed (event-driven) layers of the report."""
+    sizes = {n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, LAYERS)}
+    packed = sum(sizes[r.name] for r in report if r.action == "packed-event")
+    return packed / sum(sizes.values())
+
+
+def test_spikformer(rng):
+    torch.manual_seed(rng.initial_seed())
+    model = _prepare(_spikformer(), rng)
+    x = torch.rand(T, B, 3, 32, 32, generator=rng)
+    opt = ss.nn.optimize_for_inference(model, x)
+    report = opt.report()
+    print(report)
+    assert not report.notes, report.notes  # the whole model is one traced graph
+    conv1d = [r for r in report if r.original == "Conv1d"]
+    assert len(conv1d) == 8 and all(r.action == "packed-event" for r in conv1d)
+    # Block inputs are sums of spikes (the residuals): Q/K/V and fc1 read them as bit planes.
+    for i in range(2):
+        for name in (f"blocks.{i}.attn.qkv_conv_bn.0", f"blocks.{i}.mlp.fc1.0"):
+            assert "spike counts" in report[name].reason
+            assert isinstance(opt.model.get_submodule(name), PackedPointwiseConv1d)
+            assert opt.model.get_submodule(name).planes
+        assert not opt.model.get_submodule(f"blocks.{i}.mlp.fc2.0").planes
+    bns = [r for r in report if "BatchNorm" in r.original]
+    assert len(bns) == 13 and all(r.action == "bn-folded" for r in bns), str(report)
+    assert report["patch_embed.stages.0.conv_bn.block.0"].action == "dense-analog"  # pixels
+    assert report["head"].action == "dense-analog"  # mean over tokens
+    assert _sparse_weight_share(model, report) > 0.95
+    _assert_fires(_compare(model, opt, x)[0])
+
+
+def test_spikformer_image_input_and_other_ranks_refused(rng):
+    torch.manual_seed(rng.initial_seed())
+    model = _prepare(_spikformer(), rng)
+    x = torch.rand(B, 3, 32, 32, generator=rng)  # [N, C, H, W]: repeated T times by the model
+    opt = ss.nn.optimize_for_inference(model, x)
+    assert not opt.report().notes
+    _compare(model, opt, x)
+    with pytest.raises(AssertionError, match=r"optimized for images \[N, C, H, W\]"):
+        opt(torch.rand(T, B, 3, 32, 32))
+
+
+@pytest.mark.parametrize("pooling", ["0011", "1111"])
+def test_spike_driven_transformer(rng, pooling):
+    torch.manual_seed(rng.initial_seed())
+    model = _prepare(_sdt(pooling), rng)
+    x = torch.rand(T, B, 3, 32, 32, generator=rng)
+    opt = ss.nn.optimize_for_inference(model, x)
+    report = opt.report()
+    print(report)
+    assert not report.notes, report.notes
+    convs = [r for r in report if r.original == "Conv2d"]
+    assert convs[0].name == "patch_embed.stages.0.0" and convs[0].action == "dense-analog"
+    assert all(r.action == "packed-event" for r in convs[1:]), str(report)
+    assert "SEW AND" in report["blocks.0.attn.proj_conv"].reason  # q * LIF(sum K*V): spikes
+    bns = [r for r in report if "BatchNorm" in r.original]
+    assert all(r.action == "bn-folded" for r in bns), str(report)
+    assert _sparse_weight_share(model, report) > 0.95
+    _assert_fires(_compare(model, opt, x)[0])
+
+
+@pytest.mark.parametrize("cls", ["TokenQKAttention", "ChannelQKAttention"])
+def test_qkformer_attention(rng, cls):
+    torch.manual_seed(rng.initial_seed())
+    qka = getattr(attention, cls)(32, num_heads=4)
+    model = _prepare(nn.Sequential(neuron.LIFNode(step_mode="m"), qka), rng)
+    x = 2 * torch.rand(T, B, 32, 16, generator=rng)
+    opt = ss.nn.optimize_for_inference(model, x)
+    report = opt.report()
+    assert not report.notes
+    assert report["1.qk_conv_bn.0"].action == "packed-event" and report["1.proj_conv_bn.0"].action == "packed-event"
+    assert "SEW AND" in report["1.proj_conv_bn.0"].reason  # LIF(sum of Q) * K
+    _assert_fires(_compare(model, opt, x)[0], at_least=0.5)
+
+
+def test_attention_with_a_hook_is_left_and_reported(rng):
+    torch.manual_seed(rng.initial_seed())
+    model = _prepare(_sdt(), rng)
+    model.blocks[1].attn.register_forward_hook(lambda m, i, o: o * 1)
+    x = torch.rand(T, B, 3, 32, 32, generator=rng)
+    opt = ss.nn.optimize_for_inference(model, x)
+    report = opt.report()
+    assert report["blocks.1.attn"].action == "left" and "fx could not trace" in report["blocks.1.attn"].reason
+    assert report["blocks.0.attn.q_conv"].action == "packed-event"
+    _compare(model, opt, x)
+
+
+def test_twin_forward_covers_exact_classes_only():
+    class MySSA(attention.SpikingSelfAttention):
+        pass
+
+    assert twin_forward(attention.SpikingSelfAttention(32, 4)) is not None
+    assert twin_forward(MySSA(32, 4)) is None  # a subclass may compute anything
+    assert twin_forward(nn.Linear(2, 2)) is None
+    spikformer = _spikformer()
+    assert twin_forward(spikformer) is None  # the input rank is not known
+    assert twin_forward(spikformer, [((T, B, 3, 32, 32),)]) is not None
+    assert twin_forward(spikformer, [((B, 3, 32, 32),), ((T, B, 3, 32, 32),)]) is None
+
+
+# ------------------------------------------------------------------------------------------------
+# The Conv1d inference layers.
+def _conv1d_model(rng, k=1, bn=True, **kw):
+    conv = nn.Conv1d(24, 40, k, bias=False, **kw)
+    prune.custom_from_mask(conv, "weight", mask(conv.weight.shape, 0.3, rng))
+    mods = [layer.SeqToANNContainer(conv, nn.BatchNorm1d(40)) if bn else layer.SeqToANNContainer(conv)]
+    return _random_bn(nn.Sequential(neuron.LIFNode(step_mode="m"), *mods), rng).eval()
+
+
+def test_packed_pointwise_conv1d_with_bn1d_folded(rng):
+    model = _conv1d_model(rng)
+    x = 2 * torch.rand(T, B, 24, 19, generator=rng)
+    opt = ss.nn.optimize_for_inference(model, x)
+    report = opt.report()
+    assert report["1.0"].action == "packed-event" and report["1.1"].action == "bn-folded"
+    layer_ = opt.model.get_submodule("1.0")
+    assert isinstance(layer_, PackedPointwiseConv1d) and not layer_.planes and layer_.fold_rank == 3
+    _compare(model, opt, x)
+    with pytest.raises(ss.functional.NonBinarySpikesError, match="1.0"):
+        layer_(torch.rand(3, 24, 5))
+    with pytest.raises(ValueError, match=r"input must be \[T, B, 24, L\]"):
+        layer_(torch.zeros(3, 23, 5))
+    with pytest.raises(ValueError, match="rank-3"):
+        layer_(torch.zeros(24, 5))  # BatchNorm1d was folded for [N, C, L]
+
+
+@pytest.mark.parametrize("top", [1, 2, 5])
+def test_pointwise_conv1d_on_spike_counts_is_exact(rng, top):
+    """Spike counts (sums of spike tensors) as bit planes: equal to F.conv1d of the counts in float64."""
+    w = torch.randn(7, 13, 1, generator=rng)
+    m = mask(w.shape, 0.5, rng)
+    from snnsparse.ops import linear as _linear
+    packed = _linear.pack(w[..., 0], m[..., 0], 1)
+    bias = torch.randn(7, generator=rng)
+    layer_ = PackedPointwiseConv1d(packed, bias, planes=True, name="x")
+    x = torch.randint(0, top + 1, (3, 13, 11), generator=rng).float()
+    expected = F.conv1d(x.double(), (w * m).double(), bias.double())
+    torch.testing.assert_close(layer_(x).double(), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ss.functional.NonBinarySpikesError, match="non-negative integer"):
+        layer_(x + 0.5)
+
+
+def test_other_conv1d_geometries_run_dense_and_say_why(rng):
+    model = _conv1d_model(rng, k=3, padding=1)
+    x = 2 * torch.rand(T, B, 24, 9, generator=rng)
+    opt = ss.nn.optimize_for_inference(model, x)
+    row = opt.report()["1.0"]
+    assert row.action == "dense-analog" and "only kernel-1 conv1d" in row.reason
+    assert isinstance(opt.model.get_submodule("1.0"), DenseConv1d)
+    _compare(model, opt, x)
+
+
+def test_spike_conv1d_layers_are_optimized_too(rng):
+    model = _conv1d_model(rng, bn=False)
+    ss.nn.convert(model).eval()
+    assert isinstance(model[1][0], ss.nn.SpikeConv1d)
+    x = 2 * torch.rand(T, B, 24, 9, generator=rng)
+    opt = ss.nn.optimize_for_inference(model, x)
+    assert isinstance(opt.model.get_submodule("1.0"), PackedLinear)
+    _compare(model, opt, x)
