@@ -204,3 +204,32 @@ def test_convert_leaves_conv1d_subclasses_and_hooks_and_reports():
     assert "subclasses nn.Conv1d" in text and "hooks" in text and "padding_mode" in text
     assert type(model[0]) is Scaled and type(model[1]) is nn.Conv1d and type(model[2]) is nn.Conv1d
     assert {r.action for r in model.snnsparse_convert_report} == {"left"}
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("cfg", [dict(kernel_size=1), dict(kernel_size=3, padding="same"),
+                                 dict(kernel_size=3, stride=2, padding=1, groups=2)])
+def test_energy_count_of_conv1d_equals_the_kernels_own_count(rng, backend, cfg):
+    """ss.energy.count's sop for a SpikeConv1d (and the same layer as plain nn.Conv1d with a prune mask) is
+    what the event-driven kernel executed (counting mode); synops is the dense-weight count."""
+    m = ss.nn.SpikeConv1d(6, 8, **cfg, backend=backend, input_kind="spikes")
+    msk = mask(m.weight.shape, 0.4, rng)
+    m.set_mask(msk)
+    x = spikes((4, 3, 6, 11), 0.3, rng)  # [T, B, C, L]
+    if m.is_pointwise():
+        _, n = ss.functional.spike_linear(x.transpose(-1, -2), m.weight[..., 0], m.bias, mask=msk[..., 0],
+                                          backend=backend, return_count=True)
+    else:
+        _, n = ss.functional.spike_conv2d(x.unsqueeze(-2), m.weight.unsqueeze(-2), m.bias, (1, m.stride[0]),
+                                          (0, m._explicit_padding()), (1, m.dilation[0]), m.groups,
+                                          mask=msk.unsqueeze(-2), backend=backend, return_count=True)
+    report = ss.energy.count(m, x)
+    counts = report.layers["SpikeConv1d"]
+    assert counts.sop == int(n) and counts.mac == 0
+    ones = torch.ones_like(m.weight, dtype=torch.float64)
+    synops = _reference(x, ones, None, m).sum()
+    assert counts.synops == int(synops.round())
+    plain = nn.Conv1d(6, 8, **cfg)
+    prune.custom_from_mask(plain, "weight", msk)
+    counts_plain = ss.energy.count(plain, x.flatten(0, 1)).layers["Conv1d"]
+    assert counts_plain.sop == int(n) and counts_plain.synops == counts.synops
