@@ -209,3 +209,87 @@ def test_spike_conv1d_layers_are_optimized_too(rng):
     opt = ss.nn.optimize_for_inference(model, x)
     assert isinstance(opt.model.get_submodule("1.0"), PackedLinear)
     _compare(model, opt, x)
+
+
+# ------------------------------------------------------------------------------------------------
+# MultiSp-SLT tickets (snnsparse/pruning/multisp.py): dropped patches and pruned weights cost nothing.
+def _multisp_ticket(rng, patch_sparsity=0.5):
+    torch.manual_seed(rng.initial_seed())
+    net = ss.pruning.MultiSpSLT(in_channels=2, img_size=8, patch_size=2, embed_dim=16, num_heads=2, depth=1, T=T)
+    ticket = ss.pruning.MultiPrizeTicket(net, sparsity=0.5, binarize=True, include=["cpm.weight"])
+    ticket.finalize()  # a sparse binary CPM: alpha * sign(W) on the kept half, pruned synapses masked
+    for name, m in net.named_modules():  # the rest of the ticket: random masks
+        if isinstance(m, (ss.nn.SpikeLinear,)):
+            m.set_mask(mask(m.weight.shape, 0.3, rng))
+    _random_bn(net, rng)
+    with torch.no_grad():
+        net.pos.mul_(20)  # position embeddings large enough that some patches fire
+    net.select_patches(torch.rand(net.num_patches, generator=rng), patch_sparsity)
+    return net.eval()
+
+
+def _kernel_counts(model, x):
+    """{layer name: accumulations the event kernels executed}, re-running each Spike* layer's recorded
+    input through the functional API in counting mode."""
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: seen.setdefault(k, []).append(i[0]))
+             for k, m in model.named_modules() if isinstance(m, (ss.nn.SpikeLinear, ss.nn.SpikeConv2d))]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    counts = {}
+    for name, inputs in seen.items():
+        m = model.get_submodule(name)
+        if m.last_input_binary is False:  # spike counts (the residual sums): the dense path ran, MACs counted
+            continue
+        n = 0
+        for s in inputs:
+            if isinstance(m, ss.nn.SpikeConv2d):
+                _, c = ss.functional.spike_conv2d(s, m.weight, None, m.stride, m._explicit_padding(), m.dilation,
+                                                  m.groups, mask=m.weight_mask, return_count=True)
+            else:
+                _, c = ss.functional.spike_linear(s, m.weight, None, mask=m.weight_mask, return_count=True)
+            n += int(c)
+        counts[name] = n
+    return counts
+
+
+def test_multisp_dropped_patches_are_never_computed(rng):
+    net = _multisp_ticket(rng)
+    kept = net.patch_mask
+    assert 0 < int(kept.sum()) < net.num_patches
+    x = spikes((T, 3, 2, 8, 8), 0.3, rng)  # binary input: the CPM runs its event kernel
+    with torch.no_grad():
+        full = net.cpm(x).flatten(3)[..., kept]  # the CPM over every patch, then selected
+        strip = net._patch_strip(x, kept.nonzero().flatten())
+        assert strip.shape[-1] == 2 * int(kept.sum())
+        torch.testing.assert_close(net.cpm(strip).flatten(3), full, rtol=1e-6, atol=1e-6)
+        z, z_full = net.tokens(x), net.tokens(x, select=False)[:, :, kept]
+    flips = int((z != z_full).sum())
+    assert flips <= max(2, z.numel() // 1000), f"{flips} CPM spikes differ"
+    assert 0 < float(z.float().mean()) < 1
+    # The CPM's counted work: only the kept patches, exactly (an independent per-patch reference).
+    report = ss.energy.count(net, x)
+    fired = x.double().sum((0, 1))  # [C, H, W] spikes per input pixel
+    per_position = F.conv2d(fired[None], net.cpm.weight_mask.double(), stride=2).sum((0, 1)).flatten()  # [N]
+    assert report.layers["cpm"].sop == int(per_position[kept].sum().round())
+    assert report.layers["cpm"].sop < int(per_position.sum().round()) or not per_position[~kept].any()
+
+
+def test_multisp_energy_count_agrees_with_the_kernels(rng):
+    net = _multisp_ticket(rng)
+    x = spikes((T, 3, 2, 8, 8), 0.3, rng)
+    report = ss.energy.count(net, x, reset_states=True)
+    for m in net.modules():
+        if isinstance(m, ss.nn.LIF):
+            m.reset()
+    kernels = _kernel_counts(net, x)
+    assert kernels and all(report.layers[name].sop == n for name, n in kernels.items()), (
+        {k: (report.layers[k].sop, v) for k, v in kernels.items()})
+    assert {"cpm", "attn.0.q.fc", "attn.0.proj.fc"} <= set(kernels)
+    for name, counts in report.layers.items():  # the others saw spike counts or averages: MACs, no SOP
+        if name not in kernels:
+            assert counts.sop == 0 and counts.mac > 0, (name, counts)
+    assert report.layers["cpm"].mac == 0  # binary input: no MAC anywhere but the head
+    assert sum(kernels.values()) > 0
