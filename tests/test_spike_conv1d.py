@@ -1,6 +1,5 @@
-"""SpikeConv1d equals nn.Conv1d with a masked weight (output, input / weight / bias gradients) on both of
-its paths (kernel 1 -> linear kernels on the channels-last view; other geometries -> conv2d kernels on
-the [N, C, 1, L] view), in every input layout; convert() swaps nn.Conv1d and SpikingJelly's
+"""SpikeConv1d equals nn.Conv1d with a masked weight (output, input / weight / bias gradients) for
+every geometry (the conv2d kernels on the [N, C, 1, L] view), in every input layout; convert() swaps nn.Conv1d and SpikingJelly's
 layer.Conv1d and leaves what it cannot swap exactly."""
 import io
 import warnings
@@ -40,8 +39,6 @@ def test_spike_conv1d_vs_twin_output_and_every_gradient(rng, backend, cfg, shape
     torch.manual_seed(rng.initial_seed())
     twin = nn.Conv1d(4, 6, **cfg).double()
     m = ss.nn.SpikeConv1d.from_dense(twin, backend=backend, input_kind="spikes")
-    assert m.is_pointwise() == (cfg.get("kernel_size") == 1 and len(cfg) <= 2 and "stride" not in cfg
-                                and "padding" not in cfg and "groups" not in cfg)
     msk = mask(m.weight.shape, 0.4, rng)
     m.set_mask(msk)
     with torch.no_grad():
@@ -146,7 +143,8 @@ def test_bad_shapes_and_geometry_are_refused_early():
 def test_empty_inputs(rng):
     m = ss.nn.SpikeConv1d(4, 3, 1, input_kind="spikes")
     assert m(torch.zeros(0, 4, 5)).shape == (0, 3, 5)
-    assert m(torch.zeros(2, 4, 0)).shape == (2, 3, 0)
+    with pytest.raises(ValueError, match="smaller than the dilated kernel"):  # nn.Conv1d refuses L = 0 too
+        m(torch.zeros(2, 4, 0))
     y = m(torch.zeros(2, 4, 5))  # no spikes: the bias
     assert_close64(y, m.bias.view(1, -1, 1).expand(2, 3, 5))
 
@@ -216,13 +214,9 @@ def test_energy_count_of_conv1d_equals_the_kernels_own_count(rng, backend, cfg):
     msk = mask(m.weight.shape, 0.4, rng)
     m.set_mask(msk)
     x = spikes((4, 3, 6, 11), 0.3, rng)  # [T, B, C, L]
-    if m.is_pointwise():
-        _, n = ss.functional.spike_linear(x.transpose(-1, -2), m.weight[..., 0], m.bias, mask=msk[..., 0],
-                                          backend=backend, return_count=True)
-    else:
-        _, n = ss.functional.spike_conv2d(x.unsqueeze(-2), m.weight.unsqueeze(-2), m.bias, (1, m.stride[0]),
-                                          (0, m._explicit_padding()), (1, m.dilation[0]), m.groups,
-                                          mask=msk.unsqueeze(-2), backend=backend, return_count=True)
+    _, n = ss.functional.spike_conv2d(x.unsqueeze(-2), m.weight.unsqueeze(-2), m.bias, (1, m.stride[0]),
+                                      (0, m._explicit_padding()), (1, m.dilation[0]), m.groups,
+                                      mask=msk.unsqueeze(-2), backend=backend, return_count=True)
     report = ss.energy.count(m, x)
     counts = report.layers["SpikeConv1d"]
     assert counts.sop == int(n) and counts.mac == 0

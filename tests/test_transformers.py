@@ -10,7 +10,7 @@ import torch.nn.utils.prune as prune
 
 import snnsparse as ss
 from conftest import mask, spikes
-from snnsparse.nn.inference import DenseConv1d, PackedLinear, PackedPointwiseConv1d
+from snnsparse.nn.inference import DenseConv1d, PackedConv1d, PackedPlanesConv1d
 from snnsparse.nn.transformers import twin_forward
 from snnsparse.ops import cpp as _cpp
 
@@ -69,9 +69,8 @@ def test_spikformer(rng):
     for i in range(2):
         for name in (f"blocks.{i}.attn.qkv_conv_bn.0", f"blocks.{i}.mlp.fc1.0"):
             assert "spike counts" in report[name].reason
-            assert isinstance(opt.model.get_submodule(name), PackedPointwiseConv1d)
-            assert opt.model.get_submodule(name).planes
-        assert not opt.model.get_submodule(f"blocks.{i}.mlp.fc2.0").planes
+            assert isinstance(opt.model.get_submodule(name), PackedPlanesConv1d)
+        assert type(opt.model.get_submodule(f"blocks.{i}.mlp.fc2.0")) is PackedConv1d
     bns = [r for r in report if "BatchNorm" in r.original]
     assert len(bns) == 13 and all(r.action == "bn-folded" for r in bns), str(report)
     assert report["patch_embed.stages.0.conv_bn.block.0"].action == "dense-analog"  # pixels
@@ -165,7 +164,7 @@ def test_packed_pointwise_conv1d_with_bn1d_folded(rng):
     report = opt.report()
     assert report["1.0"].action == "packed-event" and report["1.1"].action == "bn-folded"
     layer_ = opt.model.get_submodule("1.0")
-    assert isinstance(layer_, PackedPointwiseConv1d) and not layer_.planes and layer_.fold_rank == 3
+    assert type(layer_) is PackedConv1d and layer_.fold_rank == 3
     _compare(model, opt, x)
     with pytest.raises(ss.functional.NonBinarySpikesError, match="1.0"):
         layer_(torch.rand(3, 24, 5))
@@ -176,28 +175,42 @@ def test_packed_pointwise_conv1d_with_bn1d_folded(rng):
 
 
 @pytest.mark.parametrize("top", [1, 2, 5])
-def test_pointwise_conv1d_on_spike_counts_is_exact(rng, top):
+@pytest.mark.parametrize("cfg", [dict(k=1), dict(k=3, stride=2, padding=1, groups=1)])
+def test_packed_conv1d_on_spike_counts_is_exact(rng, top, cfg):
     """Spike counts (sums of spike tensors) as bit planes: equal to F.conv1d of the counts in float64."""
-    w = torch.randn(7, 13, 1, generator=rng)
+    from snnsparse.ops import conv2d as _conv2d
+    k, stride, padding = cfg["k"], cfg.get("stride", 1), cfg.get("padding", 0)
+    w = torch.randn(7, 13, k, generator=rng)
     m = mask(w.shape, 0.5, rng)
-    from snnsparse.ops import linear as _linear
-    packed = _linear.pack(w[..., 0], m[..., 0], 1)
+    packed = _conv2d.pack(w.unsqueeze(-2), m.unsqueeze(-2), 1, 1, stride=(1, stride))
     bias = torch.randn(7, generator=rng)
-    layer_ = PackedPointwiseConv1d(packed, bias, planes=True, name="x")
+    layer_ = PackedPlanesConv1d(packed, bias, stride, padding, 1, name="x")
     x = torch.randint(0, top + 1, (3, 13, 11), generator=rng).float()
-    expected = F.conv1d(x.double(), (w * m).double(), bias.double())
+    expected = F.conv1d(x.double(), (w * m).double(), bias.double(), stride, padding)
     torch.testing.assert_close(layer_(x).double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer_(x[0]).double(), expected[0], rtol=1e-5, atol=1e-5)  # unbatched [C, L]
     with pytest.raises(ss.functional.NonBinarySpikesError, match="non-negative integer"):
         layer_(x + 0.5)
 
 
-def test_other_conv1d_geometries_run_dense_and_say_why(rng):
-    model = _conv1d_model(rng, k=3, padding=1)
+def test_other_conv1d_geometries_are_packed_too(rng):
+    model = _conv1d_model(rng, k=3, padding=1, stride=2)
     x = 2 * torch.rand(T, B, 24, 9, generator=rng)
     opt = ss.nn.optimize_for_inference(model, x)
-    row = opt.report()["1.0"]
-    assert row.action == "dense-analog" and "only kernel-1 conv1d" in row.reason
-    assert isinstance(opt.model.get_submodule("1.0"), DenseConv1d)
+    assert opt.report()["1.0"].action == "packed-event" and opt.report()["1.1"].action == "bn-folded"
+    assert type(opt.model.get_submodule("1.0")) is PackedConv1d
+    _compare(model, opt, x)
+
+
+def test_conv1d_on_analog_input_runs_dense_and_says_why(rng):
+    conv = nn.Conv1d(4, 6, 3)
+    model = nn.Sequential(layer.SeqToANNContainer(conv, nn.BatchNorm1d(6)), neuron.LIFNode(step_mode="m"))
+    _random_bn(model, rng).eval()
+    x = torch.rand(T, B, 4, 9, generator=rng)
+    opt = ss.nn.optimize_for_inference(model, x)
+    row = opt.report()["0.0"]
+    assert row.action == "dense-analog" and "not spikes" in row.reason
+    assert isinstance(opt.model.get_submodule("0.0"), DenseConv1d)
     _compare(model, opt, x)
 
 
@@ -207,7 +220,7 @@ def test_spike_conv1d_layers_are_optimized_too(rng):
     assert isinstance(model[1][0], ss.nn.SpikeConv1d)
     x = 2 * torch.rand(T, B, 24, 9, generator=rng)
     opt = ss.nn.optimize_for_inference(model, x)
-    assert isinstance(opt.model.get_submodule("1.0"), PackedLinear)
+    assert type(opt.model.get_submodule("1.0")) is PackedConv1d
     _compare(model, opt, x)
 
 

@@ -304,47 +304,36 @@ class PackedPlanesConv2d(PackedConv2d):
 
 
 # --------------------------------------------------------------------------------------------------
-# Conv1d (spiking transformers' 1x1 projections: Spikformer's Q/K/V and MLP, QKFormer).
+# Conv1d (spiking transformers' 1x1 projections: Spikformer's Q/K/V and MLP, QKFormer), on the conv2d
+# kernels through the [.., C, 1, L] view of the input.
 def _conv1d_rank(x: torch.Tensor, channels: int, label: str) -> None:
     if x.dim() not in (2, 3, 4) or x.shape[-2] != channels:
         raise ValueError(f"{label}: input must be [T, B, {channels}, L], [N, {channels}, L] or [{channels}, L], "
                          f"got shape {tuple(x.shape)}")
 
 
-class PackedPointwiseConv1d(PackedLinear):
-    """A kernel-1 Conv1d (stride 1, no padding, groups 1) on a linear PackedWeight [Cout, Cin]: the input
-    [..., Cin, L] is read channels-last ([..., L, Cin], one row of Cin spikes per position) by the linear
-    kernel, and the output is put back as [..., Cout, L] (contiguous, as F.conv1d gives it).
-    planes=True: the input is spike counts (SEW ADD / Spikformer's residual sums of spikes); the kernel
-    runs once per binary bit plane and out = sum_j 2^j * linear(plane_j) + bias, exact up to fp32
-    summation order."""
+class PackedConv1d(_FoldRankMixin, PackedConv2d):
+    """Event-driven conv1d: a PackedConv2d of the [Cout, Cin/g, 1, k] weight run on the [.., Cin, 1, L] view
+    of the input (stride, padding, dilation on the width), output [.., Cout, L_out]. Kernel size 1 too:
+    the conv2d kernels on the view were measured 4x faster than the linear kernels on the channels-last
+    view with its two transposes ([32, 384, 64] spikes at rate 0.1 -> 1536 channels at density 0.05,
+    packed, 2 threads: 8.0 ms (format 4) vs 32.0 ms (format 2); snnsparse.nn.layers.SpikeConv1d).
+    fold_rank: a BatchNorm1d folded in holds for inputs of this rank only (as PackedLinear's)."""
 
-    def __init__(self, packed: PackedWeight, bias: Optional[torch.Tensor], *, fold_rank: Optional[int] = None,
-                 planes: bool = False, name: str = "", why: str = ""):
-        super().__init__(packed, bias, fold_rank=fold_rank, name=name, why=why)
-        self.planes = bool(planes)
+    def __init__(self, packed: PackedWeight, bias: Optional[torch.Tensor], stride: int, padding: int, dilation: int,
+                 *, fold_rank: Optional[int] = None, name: str = "", why: str = ""):
+        super().__init__(packed, bias, (1, stride), (0, padding), (1, dilation), name=name, why=why)
+        self.fold_rank = fold_rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_rank(x)
-        m, k = self.packed.shape
-        _conv1d_rank(x, k, self._label())
-        xl = x.transpose(-1, -2)
-        if not self.planes:
-            return super().forward(xl).transpose(-1, -2).contiguous()
-        lead = xl.shape[:-1]
-        x2 = xl.reshape(-1, k)
-        if x2.shape[0] == 0:
-            return super().forward(xl).transpose(-1, -2).contiguous()
-        out = None
-        for scale, plane in bit_planes(x2, self._label()):
-            y, _ = self._event(_linear.forward_packed, plane.contiguous(), self.packed, None)
-            out = y if out is None else out.add_(y, alpha=scale)
-        if self.bias is not None:
-            out.add_(self.bias)
-        return out.reshape(*lead, m).transpose(-1, -2).contiguous()
+        _conv1d_rank(x, self.packed.shape[1] * self.packed.groups, self._label())
+        return super().forward(x.unsqueeze(-2)).squeeze(-2)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, planes={self.planes}"
+
+class PackedPlanesConv1d(PackedConv1d, PackedPlanesConv2d):
+    """A PackedConv1d for spike counts (the residual sums of Spikformer's blocks): one event pass per
+    binary bit plane (PackedPlanesConv2d's forward on the view)."""
 
 
 class DenseConv1d(_FoldRankMixin, InferenceLayer):

@@ -47,8 +47,8 @@ from . import transformers as _transformers
 # convert's rules of which classes have a known forward (and so can be replaced), and its hook check.
 from .convert import _decide, _foreign_hooks
 from .fuse import fold_bn
-from .inference import (PACKED_LAYERS, DenseConv1d, DenseConv2d, DenseLinear, PackedConv2d, PackedLinear,
-                        PackedPlanesConv2d, PackedPointwiseConv1d, bit_planes)
+from .inference import (PACKED_LAYERS, DenseConv1d, DenseConv2d, DenseLinear, PackedConv1d, PackedConv2d,
+                        PackedLinear, PackedPlanesConv1d, PackedPlanesConv2d, bit_planes)
 from .layers import SpikeConv1d, SpikeConv2d
 from .lif import LIF
 
@@ -735,44 +735,51 @@ class _Optimizer:
         return None
 
     def conv1d_layer(self, module, spike: SpikeConv1d, name, x: G.Kind, weight, bias, mask, fold_rank):
-        """A kernel-1 Conv1d on spikes (or spike counts: bit planes) -> PackedPointwiseConv1d, the linear
-        kernels on the channels-last view; everything else -> DenseConv1d (F.conv1d, folded weight)."""
+        """A Conv1d on spikes (or spike counts: bit planes) -> PackedConv1d / PackedPlanesConv1d, the conv2d
+        kernels on the [N, C, 1, L] view; analog input -> DenseConv1d (F.conv1d, folded weight)."""
         planes = x.level == G.Level.COUNTS
-        if x.level in (G.Level.SPIKES, G.Level.COUNTS) and spike.is_pointwise():
-            weight2, mask2 = weight[..., 0], mask[..., 0]
-            blocker = self.pack_blocker(weight2)
+        padding = spike._explicit_padding()
+        if x.level in (G.Level.SPIKES, G.Level.COUNTS):
+            blocker = self.pack_blocker(weight)
             if blocker is None:
+                shapes = self.calls[id(module)].shapes
+                in_w = max(ins[0][-1] for ins, _ in shapes)
+                out_w = max(o[-1] for _, o in shapes if o is not None)
+                geometry = ((1, spike.stride[0]), (0, padding), (1, spike.dilation[0]))
+                w4, m4 = weight.unsqueeze(-2), mask.unsqueeze(-2)
                 try:
                     packed, timing = _fastest_packing(
-                        lambda fmt: _linear.pack(weight2, mask2, fmt), lambda p, xx: _linear.forward_packed(xx, p),
-                        (1, 2), self._conv1d_timing_input(module, weight2.shape[1], planes))
+                        lambda fmt: _conv2d.pack(w4, m4, spike.groups, fmt, stride=geometry[0], in_width=in_w,
+                                                 out_width=out_w),
+                        lambda p, xx: _conv2d.forward_packed(xx, p, None, *geometry),
+                        (1, 2, 3, 4) if spike.groups == 1 else (1, 2, 4),
+                        self._conv1d_timing_input(module, weight.shape[1] * spike.groups, planes))
                 except (RuntimeError, ValueError, TypeError) as e:
                     blocker = f"packing failed ({G.error_text(e)})"
             if blocker is None:
                 what = (f"multi-level input (spike counts, {x.source}): one event pass per bit plane" if planes
                         else f"input is spikes: {x.source}")
-                why = f"{what}; kernel-1 conv1d as a linear layer on the channels-last view; {timing}"
-                new = PackedPointwiseConv1d(packed, bias, fold_rank=fold_rank, planes=planes, name=name, why=why)
+                why = f"{what}; conv1d on the conv2d kernels ([N, C, 1, L] view); {timing}"
+                cls = PackedPlanesConv1d if planes else PackedConv1d
+                new = cls(packed, bias, spike.stride[0], padding, spike.dilation[0], fold_rank=fold_rank, name=name,
+                          why=why)
                 self.row(name, module, "packed-event", packed.format.name, packed.density, why)
                 return new
             why = f"input is {'spike counts' if planes else 'spikes'} ({x.source}), but {blocker}: dense torch"
-        elif x.level != G.Level.ANALOG:
-            why = (f"input is {'spike counts' if planes else 'spikes'} ({x.source}), but only kernel-1 conv1d "
-                   f"(stride 1, no padding, groups 1) is packed yet: dense torch")
         else:
             why = f"input is not spikes: {x.source}"
-        new = DenseConv1d(masked_weight(weight, mask), bias, spike.stride, spike._explicit_padding(), spike.dilation,
-                          spike.groups, fold_rank=fold_rank, name=name, why=why)
+        new = DenseConv1d(masked_weight(weight, mask), bias, spike.stride, padding, spike.dilation, spike.groups,
+                          fold_rank=fold_rank, name=name, why=why)
         self.row(name, module, "dense-analog", "dense", spike.density(), why)
         return new
 
     def _conv1d_timing_input(self, module, channels: int, planes: bool) -> Optional[torch.Tensor]:
-        """The conv1d's recorded input as the linear kernel reads it ([N*L, Cin], channels-last); for spike
-        counts its lowest bit plane; None when not binary."""
+        """The conv1d's recorded input as the conv2d kernel reads it ([N, Cin, 1, L]); for spike counts its
+        lowest bit plane; None when not binary."""
         recorded = self.calls[id(module)].first_input
         if not recorded or recorded[0].dim() < 2 or recorded[0].shape[-2] != channels:
             return None
-        x = recorded[0].transpose(-1, -2).reshape(-1, channels)
+        x = recorded[0].reshape(-1, channels, 1, recorded[0].shape[-1])
         if x.dtype not in _PACKABLE_DTYPES:
             return None
         if planes:
