@@ -306,3 +306,16 @@ def test_multisp_energy_count_agrees_with_the_kernels(rng):
             assert counts.sop == 0 and counts.mac > 0, (name, counts)
     assert report.layers["cpm"].mac == 0  # binary input: no MAC anywhere but the head
     assert sum(kernels.values()) > 0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, 0.5, -0.5, 2.0 ** 31, 3.0e9])
+def test_bit_planes_refuse_what_is_not_a_count(rng, bad):
+    from snnsparse.nn.inference import bit_planes
+    x = torch.randint(0, 4, (5, 7), generator=rng).float()
+    x[2, 3] = bad
+    with pytest.raises(ss.functional.NonBinarySpikesError, match="not a non-negative integer count"):
+        bit_planes(x, "layer")
+    x[2, 3] = 2.0 ** 20  # a large count is fine: 21 planes, exact
+    planes = bit_planes(x, "layer")
+    assert len(planes) == 21 and all(ss.functional.is_binary(p) for _, p in planes)
+    assert torch.equal(sum(s * p for s, p in planes), x)
