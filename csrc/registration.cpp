@@ -80,6 +80,14 @@ TORCH_LIBRARY(snnsparse, m) {
         " float v_threshold, float? v_reset, bool decay_input, bool detach_reset, str surrogate, float alpha)"
         " -> (Tensor grad_x, Tensor grad_v0)");
 
+  // Products where one or both operands are spikes (spiking transformers' attention), per batch entry:
+  // a [Bt, M, K] @ b [Bt, K, N] -> out [Bt, M, N] of the floating operand's dtype (a binary operand may be
+  // bool/uint8 where a backend reads those; both compact: float32). binary names the spike operands, which the
+  // kernels refuse when not 0/1: "both" (AND + popcount on bit-packed rows; out holds coincidence counts),
+  // "a" or "b" (event-driven adds of the other operand's rows). n_acc = additions executed
+  // (snnsparse/ops/reference.py spike_matmul_count). Autograd: snnsparse/ops/matmul.py.
+  m.def("spike_matmul_fwd(Tensor a, Tensor b, str binary, bool count) -> (Tensor out, Tensor n_acc)");
+
   // ---- CPU weight packing (impls on CPU only) ----
   // The core forward ops above pack (weight, mask) on every call, so they can never read a stale
   // packing. Packing once is for owners of an immutable snapshot of the weights (the benchmarks'

@@ -38,11 +38,14 @@ def variants(quick: bool):
     from . import lif as LF
     from . import spike_conv2d as C
     from . import spike_linear as L
+    from . import spike_matmul as MM
     from . import spike_pack as P
 
     out = [("pack", P.pack_spikes_kernel, {"x_ptr": "*fp16", "bits_ptr": "*i32"}, dict(BLOCK_R=32, BLOCK_W=4)),
            ("compact", P.compact_active_columns_kernel, {"bits_ptr": "*i32", "kidx_ptr": "*i32", "kcnt_ptr": "*i32"},
-            dict(BLOCK_N=32, BLOCK_W=4))]
+            dict(BLOCK_N=32, BLOCK_W=4)),
+           ("matmul_bb", MM.spike_matmul_bb_kernel, {"abits_ptr": "*i32", "bbits_ptr": "*i32", "out_ptr": "*fp32",
+                                                     "part_ptr": "*i64"}, dict(COUNT=True, BLOCK_M=64, BLOCK_N=64))]
     dtypes = ("fp16", "bf16", "fp32", "fp64")
     conv_c = dict(SH=1, SW=1, PH=1, PW=1, DH=1, DW=1, KH=3, KW=3)
     for dt in dtypes:
@@ -76,6 +79,10 @@ def variants(quick: bool):
              {"g_ptr": f"*{dt}", "bits_ptr": "*i32", "mask_ptr": "*u8", "bflag_ptr": "*i32", "gw_ptr": f"*{dt}"},
              dict(cv, HAS_MASK=True, DENSE=False, SKIP_ZERO_TILES=True)),
         ]
+        if gemm:
+            out.append((f"matmul_sd {dt}", MM.spike_matmul_sd_kernel,
+                        {"s_ptr": f"*{dt}", "d_ptr": f"*{dt}", "out_ptr": f"*{dt}", "part_ptr": "*i64"},
+                        dict(COUNT=True, SPLIT=split, IS_F64=f64, BLOCK_R=64, BLOCK_C=64, BLOCK_K=32)))
         scal = {"tau": "fp32", "v_th": "fp32", "v_reset": "fp32", "alpha": "fp32"}
         out.append((f"lif_fwd {dt}", LF.lif_fwd_kernel,
                     {"x_ptr": f"*{dt}", "v0_ptr": f"*{dt}", "s_ptr": f"*{dt}", "v_ptr": f"*{dt}", "h_ptr": f"*{dt}",

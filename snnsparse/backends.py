@@ -15,6 +15,7 @@ A backend module implements (inputs already validated and flattened by snnsparse
                  dense_weight_grad) -> (out[N,O,Ho,Wo], n_acc | None)
     lif(x_seq[T,N], v0[N], tau, v_threshold, v_reset, decay_input, detach_reset, surrogate,
         alpha, return_h) -> (spikes[T,N], v_last[N], h_seq[T,N] | None)
+    spike_matmul(a[Bt,M,K], b[Bt,K,N], binary "both"|"a"|"b", *, count) -> (out[Bt,M,N], n_acc | None)
     supports(device: torch.device) -> True or a reason string
 """
 from __future__ import annotations

@@ -364,3 +364,168 @@ def lif(x_seq: torch.Tensor, v0: Optional[torch.Tensor] = None, *, tau: float = 
                          decay_input=decay_input, detach_reset=detach_reset, surrogate=surrogate,
                          alpha=alpha, backend=backend)
     return s, v
+
+
+# -- spike_matmul / sdsa (spiking transformers) -------------------------------------------------------------
+_MATMUL_BINARY = ("auto", "both", "a", "b")
+_INTS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _matmul_dtype(op, a, b, binary):
+    """The result's floating dtype; TypeError for an operand dtype the op cannot take."""
+    for t, name, spikes in ((a, "a", binary in ("both", "a")), (b, "b", binary in ("both", "b"))):
+        ok = _SPIKE_DTYPES if spikes else _FLOATS + _INTS + (torch.bool,)
+        if t.dtype not in ok:
+            what = "a spike operand (float, bool or uint8)" if spikes else "floating point, integer or bool"
+            raise TypeError(f"{op}: {name} must be {what}, got {t.dtype}")
+    floats = {t.dtype for t in (a, b) if t.is_floating_point()}
+    if len(floats) > 1:
+        raise TypeError(f"{op}: a ({a.dtype}) and b ({b.dtype}) must have the same floating dtype")
+    return floats.pop() if floats else torch.float32
+
+
+def _check_operand_binary(t: torch.Tensor, name: str, op: str):
+    if t.dtype == torch.bool or t.numel() == 0:
+        return
+    bad = (t != 0) & (t != 1)
+    if bool(bad.any()):
+        value = t[bad].flatten()[0].item()
+        raise NonBinarySpikesError(f"{op}: {name} is declared binary but holds the value {value!r} (spikes must "
+                                   f"be 0 or 1); declare only the spike operand(s) with binary=, or use "
+                                   f"torch.matmul for two non-binary operands")
+
+
+def spike_matmul(a: torch.Tensor, b: torch.Tensor, *, binary: str = "auto", backend: str = "auto",
+                 return_count: bool = False):
+    """``torch.matmul(a, b)`` where one or both operands are spikes (values 0 or 1).
+
+    a [..., M, K], b [..., K, N] (both at least 2-D; the batch dims broadcast as in torch.matmul, e.g.
+    [T, B, heads]); returns [..., M, N].
+
+    binary names the spike operands:
+      * "both": binary x binary (Q @ K^T): AND + popcount on bit-packed rows of a and columns of b; the
+        result holds the integer coincidence counts;
+      * "a" / "b": that operand is binary, the other holds any values (integer or float, e.g. (Q K^T) @ V
+        with binary="b"): event-driven accumulation over the spikes, no multiplication;
+      * "auto" (default): decided by scanning both operands for values other than 0 and 1 (one extra pass
+        over each; name the operands to skip it). Raises NonBinarySpikesError if neither is binary.
+    A declared binary operand holding any other value raises NonBinarySpikesError naming it: never a
+    silent wrong product. Spike operands may be float, bool or uint8, the other operand float, integer or
+    bool. The result has the floating dtype of the operands (float32 when neither is floating); integer
+    operands are converted to it (exact below 2^24 in float32).
+
+    Gradients (float operands that require grad): the exact gradient of the product, dL/da = g @ b^T and
+    dL/db = a^T @ g, binary operands included: the "straight" dense gradient a spike input gets from
+    spike_linear too (their producer's surrogate gradient takes it from there).
+    return_count=True also returns the number of additions the kernel executed: N per fired a[m, k]
+    ("a"), M per fired b[k, n] ("b"), one per coincidence a[m, k] = b[k, n] = 1 ("both").
+    """
+    op = "spike_matmul"
+    check_bool(return_count, "return_count", where=op)
+    _check_tensor(a, "a", op)
+    _check_tensor(b, "b", op)
+    if not isinstance(binary, str) or binary not in _MATMUL_BINARY:
+        raise ValueError(f"{op}: binary must be one of {_MATMUL_BINARY}, got {binary!r}")
+    if a.dim() < 2 or b.dim() < 2:
+        raise ValueError(f"{op}: a and b must be at least 2-D ([..., M, K] and [..., K, N]), got shapes "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"{op}: a [..., M, K] and b [..., K, N] must share K, got shapes {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    if a.device != b.device:
+        raise ValueError(f"{op}: a is on {a.device} but b is on {b.device}")
+    try:
+        batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"{op}: the batch dims of a {tuple(a.shape[:-2])} and b {tuple(b.shape[:-2])} do not "
+                         f"broadcast") from None
+    if binary == "auto":
+        ba, bb = is_binary(a), is_binary(b)
+        if not (ba or bb):
+            raise NonBinarySpikesError(f"{op}: neither a nor b is binary (0/1); use torch.matmul for two "
+                                       f"non-binary operands")
+        binary = "both" if ba and bb else ("a" if ba else "b")
+    dtype = _matmul_dtype(op, a, b, binary)
+    (m, k), n = a.shape[-2:], b.shape[-1]
+    bt = math.prod(batch)
+    name, impl = backends.resolve(backend, a.device, op, bt=bt, m=m, k=k, n=n)
+    # Binary operands stored compactly (bool/uint8) stay so for backends whose kernels read them
+    # (COMPACT_SPIKES: 1/4 of the fp32 bytes); everything else becomes the result dtype.
+    keep = getattr(impl, "COMPACT_SPIKES", False)
+    a = a if keep and binary in ("both", "a") and a.dtype in (torch.bool, torch.uint8) else a.to(dtype)
+    b = b if keep and binary in ("both", "b") and b.dtype in (torch.bool, torch.uint8) else b.to(dtype)
+    # not reshape(-1, ...): ambiguous for 0 elements; expand + reshape copies only where a batch broadcasts
+    a3 = a.expand(*batch, m, k).reshape(bt, m, k)
+    b3 = b.expand(*batch, k, n).reshape(bt, k, n)
+    named = [(a3, "a")] * (binary in ("both", "a")) + [(b3, "b")] * (binary in ("both", "b"))
+    if bt == 0 or m == 0 or k == 0 or n == 0:
+        for t, nm in named:
+            _check_operand_binary(t, nm, op)
+        return _result(torch.matmul(a3.to(dtype), b3.to(dtype)).reshape(*batch, m, n), None, return_count)
+    if not getattr(impl, "CHECKS_BINARY", False):
+        for t, nm in named:
+            _check_operand_binary(t, nm, op)
+        out, cnt = impl.spike_matmul(a3, b3, binary, count=return_count)
+    else:
+        try:
+            out, cnt = impl.spike_matmul(a3, b3, binary, count=return_count)
+        except ValueError as e:
+            if "spikes must be binary" not in str(e):
+                raise
+            for t, nm in named:   # the error path only: name the operand
+                _check_operand_binary(t, nm, op)
+            raise
+    return _result(out.reshape(*batch, m, n), cnt, return_count)
+
+
+def _sdt_neuron(backend):
+    def neuron(x):
+        return lif(x, tau=2.0, v_threshold=0.5, v_reset=0.0, detach_reset=True, backend=backend)[0]
+    return neuron
+
+
+def sdsa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, neuron=None, backend: str = "auto"):
+    """Spike-driven self-attention of the Spike-driven Transformer (SDT, Yao et al., NeurIPS 2023):
+
+        SDSA(Q, K, V) = Q * SN(SUM_c(K * V))
+
+    K masked by V (an AND of spikes), summed over the tokens (a column sum per channel), turned into spikes
+    by the neuron SN, which then masks Q. q, k, v: binary, the same shape [T, ..., N, d] (time first, tokens
+    N in dim -2, e.g. [T, B, heads, N, d]). neuron: a callable from the column sum [T, ..., 1, d] to spikes;
+    None is SDT's talking-heads neuron: a multi-step LIF over dim 0 (tau 2, v_threshold 0.5, hard reset to 0,
+    detach_reset), run by snnsparse.functional.lif on `backend`. Returns [T, ..., N, d] in the floating dtype
+    of the inputs (float32 if none is floating).
+
+    Without autograd the masks run on bools (AND, popcount-like column sums, no multiplication); a neuron
+    output that is not binary is refused. With autograd (an input requires grad) it is the float product
+    above, whose gradient reaches q, k and v straight (as spike_matmul's) and the neuron's surrogate.
+    """
+    op = "sdsa"
+    for t, name in ((q, "q"), (k, "k"), (v, "v")):
+        _check_tensor(t, name, op)
+        if t.dtype not in _SPIKE_DTYPES:
+            raise TypeError(f"{op}: {name} must be float, bool or uint8 spikes, got {t.dtype}")
+        if t.shape != q.shape or t.device != q.device:
+            raise ValueError(f"{op}: q, k and v must have the same shape and device, got {name} "
+                             f"{tuple(t.shape)} on {t.device} and q {tuple(q.shape)} on {q.device}")
+        _check_operand_binary(t, name, op)
+    if q.dim() < 3:
+        raise ValueError(f"{op}: q, k, v must be [T, ..., N, d] (at least 3-D), got shape {tuple(q.shape)}")
+    if neuron is not None and not callable(neuron):
+        raise TypeError(f"{op}: neuron must be a callable (column sum -> spikes) or None, got {neuron!r}")
+    floats = {t.dtype for t in (q, k, v) if t.is_floating_point()}
+    if len(floats) > 1:
+        raise TypeError(f"{op}: q, k and v must share one floating dtype, got {sorted(map(str, floats))}")
+    dtype = floats.pop() if floats else torch.float32
+    sn = _sdt_neuron(backend) if neuron is None else neuron
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        q, k, v = (t.to(dtype) for t in (q, k, v))
+        return q * sn((k * v).sum(-2, keepdim=True))
+    with torch.no_grad():
+        col = (k.bool() & v.bool()).sum(-2, keepdim=True).to(dtype)      # SUM_c(K AND V), exact integers
+        s = sn(col)
+        if not isinstance(s, torch.Tensor) or s.shape != col.shape:
+            raise ValueError(f"{op}: neuron must return spikes of the column sum's shape {tuple(col.shape)}, got "
+                             f"{getattr(s, 'shape', type(s).__name__)}")
+        _check_operand_binary(s, "the neuron's output", op)
+        return (q.bool() & s.bool()).to(dtype)

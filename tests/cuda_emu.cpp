@@ -1,7 +1,7 @@
-// The device code of csrc/cuda (spike_kernels.cuh, lif_kernels.cuh) compiled by g++ against
+// The device code of csrc/cuda (spike_kernels.cuh, lif_kernels.cuh, matmul_kernels.cuh) compiled by g++ against
 // the CPU stand-ins of csrc/cuda/emulate.cuh, as a small C library that tests/test_cuda_ops.py
 // loads with ctypes and checks against the reference ops on machines without a GPU.
-// The host steps mirror csrc/cuda/spike_ops.cu and lif.cu (pack, transpose, launch, reduce).
+// The host steps mirror csrc/cuda/spike_ops.cu, lif.cu and matmul.cu (pack, transpose, launch, reduce).
 // dtype codes: 0 float32, 1 float64, 2 float16, 3 bfloat16.
 #include <algorithm>
 #include <cmath>
@@ -15,6 +15,7 @@
 
 #define SNNSPARSE_CUDA_EMULATE 1
 #include "lif_kernels.cuh"
+#include "matmul_kernels.cuh"
 #include "spike_kernels.cuh"
 
 using namespace snnsparse::cuda;
@@ -128,6 +129,46 @@ void lif_bwd(const void* gs, const void* gvl, const void* gh, const void* h, voi
          (const scalar_t*)gvl, (const scalar_t*)gh, (const scalar_t*)h, (scalar_t*)gx, (scalar_t*)gv0, p);
 }
 
+// spike_matmul as csrc/cuda/matmul.cu runs it: a [Bt, M, K], b [Bt, K, N] contiguous; binary 0 both, 1 a, 2 b.
+template <typename scalar_t>
+void matmul_fwd(const void* av, const void* bv, void* outv, unsigned long long* n_acc, int64_t Bt, int64_t M,
+                int64_t K, int64_t N, int binary, bool count) {
+  using acc_t = acc_of<scalar_t>;
+  const scalar_t* a = static_cast<const scalar_t*>(av);
+  const scalar_t* b = static_cast<const scalar_t*>(bv);
+  scalar_t* out = static_cast<scalar_t*>(outv);
+  *n_acc = 0;
+  if (Bt * M * N == 0 || K == 0) {
+    for (int64_t i = 0; i < Bt * M * N; ++i) out[i] = scalar_t(0);
+    return;
+  }
+  const int64_t KW = ceil_div(K, kWord);
+  auto pack = [&](const scalar_t* x, int64_t R, Strides3 st) {
+    std::vector<uint32_t> bits(Bt * R * KW, 0xdeadbeefu);  // poison: every word must be written
+    launch(dim3(blocks_for(bits.size())), dim3(kThreads), matmul_pack_kernel<scalar_t>, x, bits.data(),
+           MatmulShape{Bt, R, K, KW}, st);
+    return bits;
+  };
+  if (binary == 0) {
+    const std::vector<uint32_t> ab = pack(a, M, Strides3{M * K, K, 1}), bb = pack(b, N, Strides3{K * N, 1, N});
+    const uint32_t* ap = ab.data();
+    const uint32_t* bp = bb.data();
+    if (count) launch(dim3(blocks_for(Bt * M * N)), dim3(kThreads), matmul_bb_kernel<scalar_t, true>, ap, bp, out, n_acc, Bt, M, N, KW);
+    else launch(dim3(blocks_for(Bt * M * N)), dim3(kThreads), matmul_bb_kernel<scalar_t, false>, ap, bp, out, n_acc, Bt, M, N, KW);
+    return;
+  }
+  const bool sa = binary == 1;
+  const int64_t R = sa ? M : N, C = sa ? N : M;
+  const std::vector<uint32_t> sb = sa ? pack(a, M, Strides3{M * K, K, 1}) : pack(b, N, Strides3{K * N, 1, N});
+  const Strides3 ds = sa ? Strides3{K * N, N, 1} : Strides3{M * K, 1, K};
+  const Strides3 os = sa ? Strides3{M * N, N, 1} : Strides3{M * N, 1, N};
+  const MatmulShape s{Bt, R, K, KW};
+  const uint32_t* sp = sb.data();
+  const scalar_t* dp = sa ? b : a;
+  if (count) launch(dim3(blocks_for(Bt * R * C)), dim3(kThreads), matmul_sd_kernel<scalar_t, acc_t, true>, sp, dp, out, n_acc, s, C, ds, os);
+  else launch(dim3(blocks_for(Bt * R * C)), dim3(kThreads), matmul_sd_kernel<scalar_t, acc_t, false>, sp, dp, out, n_acc, s, C, ds, os);
+}
+
 #define EMU_DISPATCH(dtype, FN, ...)                     \
   switch (dtype) {                                       \
     case 0: FN<float>(__VA_ARGS__); break;               \
@@ -171,6 +212,14 @@ long long emu_wgrad_splits(const long long* shape, long long sms) {
   const ConvShape s = conv_shape(shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6], shape[7],
                                  shape[8], shape[9], shape[10], shape[11], shape[12], shape[13], shape[14]);
   return wgrad_split_plan(s, sms).splits;
+}
+
+int emu_matmul(int dtype, const void* a, const void* b, void* out, long long* n_acc, long long Bt, long long M,
+               long long K, long long N, int binary, int count) {
+  unsigned long long n = 0;
+  EMU_DISPATCH(dtype, matmul_fwd, a, b, out, &n, Bt, M, K, N, binary, count != 0);
+  *n_acc = (long long)n;
+  return 0;
 }
 
 int emu_lif_fwd(int dtype, const void* x, const void* v0, void* spk, void* vlast, void* h, long long T, long long N,

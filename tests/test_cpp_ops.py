@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import snnsparse as ss
 from conftest import DENSITIES, ODD_SIZES, RATES, TIMESTEPS, assert_close64, mask, randn, spikes
+from test_spike_matmul import _opcheck_samples as _matmul_samples
 from snnsparse.ops import reference as R
 from snnsparse.ops import surrogate as SG
 
@@ -292,6 +293,7 @@ def _opcheck_samples():
         ("lif_bwd", (torch.randn_like(h), torch.randn_like(v0), None, h, 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0)),
         ("lif_bwd", (torch.randn_like(h), None, torch.randn_like(h), h, 2.0, 1.0, None, False, True,
                      "piecewise_quadratic", 1.0)),
+        *(("spike_matmul_fwd", args) for args in _matmul_samples()),  # tests/test_spike_matmul.py
     ]
 
 

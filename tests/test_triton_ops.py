@@ -532,6 +532,42 @@ def test_lif_non_finite_input_propagates_as_reference(v_reset, decay_input, dtyp
 
 
 # --------------------------------------------------------------------------------------------
+# spike_matmul (the CPU backend and the full test list: tests/test_spike_matmul.py)
+
+_MM_SIZES = [(1, 1, 1), (3, 33, 5), (17, 70, 40)]   # odd sizes, several 32-bit words, several tiles
+
+
+@pytest.mark.parametrize("mode", ["both", "a", "b"])
+def test_spike_matmul_vs_reference(rng, mode):
+    """Forward, count and every gradient vs float64, rates 0 (empty) to 1 (full), broadcast batch dims."""
+    for (m, k, n), rate, dt in [(s, r, torch.float32) for s in _MM_SIZES for r in (0.0, 0.3, 1.0)] + \
+            [(_MM_SIZES[2], 0.3, dtype) for dtype in DTYPES[1:] + [torch.float64]]:
+        a = (make_spikes((2, 1, m, k), rate, rng) if mode != "b" else randn((2, 1, m, k), rng)).to(DEV, dt)
+        b = (make_spikes((3, k, n), rate, rng) if mode != "a" else randn((3, k, n), rng)).to(DEV, dt)
+        a.requires_grad_(), b.requires_grad_()
+        out, cnt = ss.functional.spike_matmul(a, b, binary=mode, backend="triton", return_count=True)
+        a64, b64 = (t.detach().cpu().double().requires_grad_() for t in (a, b))
+        ref = a64 @ b64
+        what = f"{mode} {(m, k, n)} rate={rate} {dt}"
+        assert out.dtype == dt and out.shape == ref.shape, what
+        torch.testing.assert_close(out.cpu().double(), ref, **TOL[dt], msg=what)
+        want = R.spike_matmul_count(a64.detach().expand(2, 3, m, k).reshape(6, m, k),
+                                    b64.detach().expand(2, 3, k, n).reshape(6, k, n), mode)
+        assert cnt == int(want), what
+        g = randn(ref.shape, rng)
+        out.backward(g.to(DEV, dt))
+        ref.backward(g.double())
+        for got, exp, name in ((a.grad, a64.grad, "a"), (b.grad, b64.grad, "b")):
+            torch.testing.assert_close(got.cpu().double(), exp, **TOL[dt], msg=f"{what} grad {name}")
+
+
+def test_spike_matmul_refuses_non_binary(rng):
+    s = make_spikes((2, 3, 4), 0.5, rng).to(DEV)
+    with pytest.raises(ValueError, match="b is declared binary"):
+        ss.functional.spike_matmul(s, torch.full((2, 4, 5), 2.0, device=DEV), binary="both", backend="triton")
+
+
+# --------------------------------------------------------------------------------------------
 # torch.library registration
 
 def test_opcheck_all_ops(rng):
@@ -554,6 +590,10 @@ def test_opcheck_all_ops(rng):
     h = T.lif(xl.detach(), v0, 2.0, 1.0, None, True, False, "atan", 2.0, True)[2]
     torch.library.opcheck(ops.lif_bwd, (torch.randn_like(h), torch.randn_like(v0), torch.randn_like(h), h, 2.0, 1.0,
                                         None, True, False, "atan", 2.0))
+    sa, sb = make_spikes((2, 5, 40), 0.4, rng).to(DEV), make_spikes((2, 40, 7), 0.4, rng).to(DEV)
+    fa, fb = randn((2, 5, 40), rng).to(DEV), randn((2, 40, 7), rng).to(DEV)
+    for a, b, mode in ((sa, sb, "both"), (sa, fb, "a"), (fa, sb, "b")):
+        torch.library.opcheck(ops.spike_matmul_fwd, (a.clone().requires_grad_(), b.clone().requires_grad_(), mode, True))
 
 
 def test_torch_compile_fullgraph(rng):

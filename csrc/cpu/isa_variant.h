@@ -1,4 +1,4 @@
-// One instruction-set variant of the CPU kernels: the kernel source (scan, linear, conv, LIF) and
+// One instruction-set variant of the CPU kernels: the kernel source (scan, linear, conv, LIF, matmul) and
 // its table. Included exactly once by each of isa_avx512.cpp, isa_avx2.cpp and isa_generic.cpp,
 // like this:
 //
@@ -41,6 +41,7 @@ namespace {
 #include "cpu/linear_kernels.h"
 #include "cpu/conv_kernels.h"
 #include "cpu/lif_kernels.h"
+#include "cpu/matmul_kernels.h"
 
 template <typename T>
 constexpr TypedKernels<T> typed_kernels() {
@@ -62,6 +63,12 @@ constexpr TypedKernels<T> typed_kernels() {
   k.conv_grad_weight = &conv_grad_weight<T>;
   k.lif_fwd = &lif_fwd<T>;
   k.lif_bwd = &lif_bwd<T>;
+  k.matmul_bb = &matmul_bb<T, T>;
+  k.matmul_bb_u8 = &matmul_bb<uint8_t, T>;
+  k.matmul_sd = &matmul_sd<T, T>;
+  k.matmul_sd_u8 = &matmul_sd<uint8_t, T>;
+  k.matmul_ds = &matmul_ds<T, T>;
+  k.matmul_ds_u8 = &matmul_ds<uint8_t, T>;
   return k;
 }
 

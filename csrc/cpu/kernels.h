@@ -88,6 +88,18 @@ struct TypedKernels {
   // gwp [C, kh*kw, O/groups] += grad_out_cl[n, oy, ox, group(ci)] for every fired (n, ci, y, x)
   void (*conv_grad_weight)(const ConvGeom& g, const T* x, const T* gcl, T* gwp);
   void (*lif_fwd)(const LifFwdArgs<T>& a);
+  // spike_matmul over Bt batch entries, a [Bt, M, K] @ b [Bt, K, N] -> out [Bt, M, N], every operand contiguous
+  // (matmul_kernels.h); the binary operands are T or uint8 (_u8) and are scanned (ValueError if not 0/1).
+  // binary x binary (coincidence counts), binary a x dense b, dense a x binary b:
+  int64_t (*matmul_bb)(const T* a, const T* b, int64_t Bt, int64_t M, int64_t K, int64_t N, bool count, T* out);
+  int64_t (*matmul_bb_u8)(const uint8_t* a, const uint8_t* b, int64_t Bt, int64_t M, int64_t K, int64_t N,
+                          bool count, T* out);
+  int64_t (*matmul_sd)(const T* a, const T* b, int64_t Bt, int64_t M, int64_t K, int64_t N, bool count, T* out);
+  int64_t (*matmul_sd_u8)(const uint8_t* a, const T* b, int64_t Bt, int64_t M, int64_t K, int64_t N, bool count,
+                          T* out);
+  int64_t (*matmul_ds)(const T* a, const T* b, int64_t Bt, int64_t M, int64_t K, int64_t N, bool count, T* out);
+  int64_t (*matmul_ds_u8)(const T* a, const uint8_t* b, int64_t Bt, int64_t M, int64_t K, int64_t N, bool count,
+                          T* out);
   void (*lif_bwd)(const LifBwdArgs<T>& a);
 };
 

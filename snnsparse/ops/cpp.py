@@ -26,12 +26,15 @@ from .. import _ext
 from . import conv2d as _conv2d
 from . import linear as _linear
 from . import lif as _lif
+from . import matmul as _matmul
 from .registry import ensure_registered
 
 _LOW = (torch.float16, torch.bfloat16)
 # The kernels refuse non-binary spikes themselves while bit-packing them (same pass), so
 # snnsparse.functional skips its own check for this backend.
 CHECKS_BINARY = True
+# spike_matmul's kernels read binary operands stored as bool/uint8 directly (snnsparse.functional keeps them).
+COMPACT_SPIKES = True
 
 
 def unavailable_reason() -> Optional[str]:
@@ -87,3 +90,11 @@ def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surroga
         return s.to(dt), v.to(dt), (None if h is None else h.to(dt))
     return _lif.run(x_seq, v0.to(x_seq.dtype), tau, v_threshold, v_reset, decay_input, detach_reset, surrogate,
                     alpha, return_h)
+
+
+def spike_matmul(a, b, binary, *, count=False):
+    low = next((t.dtype for t in (a, b) if t.dtype in _LOW), None)
+    if low is not None:
+        out, n = _matmul.forward(*(t.float() if t.dtype in _LOW else t for t in (a, b)), binary, count=count)
+        return out.to(low), n
+    return _matmul.forward(a, b, binary, count=count)

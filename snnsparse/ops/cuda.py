@@ -26,6 +26,7 @@ from .. import _ext, backends
 from . import conv2d as _conv2d
 from . import linear as _linear
 from . import lif as _lif
+from . import matmul as _matmul
 from .registry import ensure_registered
 
 
@@ -82,6 +83,7 @@ PREFER_TRITON = {
     "spike_linear": None,   # to be measured
     "spike_conv2d": None,   # to be measured
     "lif": None,            # to be measured
+    "spike_matmul": None,   # to be measured
 }
 
 
@@ -116,3 +118,7 @@ def spike_conv2d(x, weight, bias, mask, stride, padding, dilation, groups, *, co
 def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_h=False):
     return _lif.run(x_seq, v0.to(x_seq.dtype), tau, v_threshold, v_reset, decay_input, detach_reset, surrogate,
                     alpha, return_h)
+
+
+def spike_matmul(a, b, binary, *, count=False):
+    return _matmul.forward(a, b, binary, count=count)

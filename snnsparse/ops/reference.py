@@ -95,3 +95,28 @@ def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surroga
     if not spikes:  # T == 0
         return x_seq.clone(), v0, (x_seq.clone() if return_h else None)
     return torch.stack(spikes), v, (torch.stack(hs) if return_h else None)
+
+
+def spike_matmul_count(a, b, binary: str):
+    """Additions an event-driven spike_matmul performs (a [Bt, M, K] @ b [Bt, K, N]): a fired a[m, k]
+    adds row b[k, :] (N adds; binary "a"), a fired b[k, n] adds column a[:, k] (M adds; "b"), and for
+    binary x binary every coincidence a[m, k] = b[k, n] = 1 adds one ("both": the sum of the product)."""
+    with torch.no_grad():
+        if binary == "a":
+            return (a.detach() != 0).sum().to(torch.int64) * b.shape[-1]
+        if binary == "b":
+            return (b.detach() != 0).sum().to(torch.int64) * a.shape[-2]
+        return (a.detach().double() @ b.detach().double()).sum().round().to(torch.int64)
+
+
+def spike_matmul(a, b, binary: str, *, count=False):
+    """a [Bt, M, K] @ b [Bt, K, N] (the operands named by `binary` are 0/1); autograd's gradient of the
+    dense product, which is what every backend gives (the binary operands get the straight dense gradient)."""
+    out = torch.matmul(a, b)
+    return out, (spike_matmul_count(a, b, binary) if count else None)
+
+
+def sdsa(q, k, v, neuron):
+    """Spike-driven self-attention (SDT, Yao et al. 2023): q * neuron(sum over tokens of k * v), tokens in
+    dim -2; the oracle of snnsparse.functional.sdsa."""
+    return q * neuron((k * v).sum(-2, keepdim=True))

@@ -2,7 +2,7 @@
 
 One place for all devices: the cpp and cuda backends share these registrations (pytorch/extension-cpp
 style: schema once, kernels per device, fake + autograd per op). Each op's glue lives in the module
-named after it: snnsparse/ops/linear.py, conv2d.py, lif.py.
+named after it: snnsparse/ops/linear.py, conv2d.py, lif.py, matmul.py.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def ensure_registered() -> None:
     with _lock:
         if _done or _ext.load() is not None:
             return
-        from . import conv2d, lif, linear
-        for mod in (linear, conv2d, lif):
+        from . import conv2d, lif, linear, matmul
+        for mod in (linear, conv2d, lif, matmul):
             mod.register()
         _done = True
 

@@ -1,7 +1,8 @@
 """Triton backend: the kernels of kernels/ (snnsparse.triton_kernels) as torch.library ops.
 
 Ops (namespace snnsparse_triton), each with a fake kernel and autograd:
-    spike_linear_fwd / spike_linear_bwd, spike_conv2d_fwd / spike_conv2d_bwd, lif_fwd / lif_bwd.
+    spike_linear_fwd / spike_linear_bwd, spike_conv2d_fwd / spike_conv2d_bwd, lif_fwd / lif_bwd,
+    spike_matmul_fwd.
 
 Registration: on a GPU the ops are torch.library.triton_op and every launch goes through
 wrap_triton, so torch.compile / export trace into the op and see the Triton kernels. Under
@@ -36,6 +37,7 @@ import torch
 from snnsparse.ops import conv2d as _conv2d_glue
 from snnsparse.ops import linear as _linear_glue
 from snnsparse.ops import lif as _lif_glue
+from snnsparse.ops import matmul as _matmul_glue
 from snnsparse.ops.conv2d import output_size as conv2d_output_size
 from snnsparse.ops.reference import masked_weight
 
@@ -58,6 +60,7 @@ if ENABLED:
     from snnsparse.triton_kernels import lif as _klif
     from snnsparse.triton_kernels import spike_conv2d as _kconv
     from snnsparse.triton_kernels import spike_linear as _klin
+    from snnsparse.triton_kernels import spike_matmul as _kmm
     from snnsparse.triton_kernels import spike_pack as _kpack
 
 
@@ -432,10 +435,58 @@ def lif_bwd(grad_spikes: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad
     return (gx, gv0)
 
 
+# ---------------------------------------------------------------------------------------------
+# spike_matmul
+
+def _matmul_tiles():
+    """(BLOCK_M, BLOCK_N) of the popcount kernel and (BLOCK_R, BLOCK_C, BLOCK_K) of the spike x dense kernel:
+    starting points, not measured (no GPU timing exists yet); the interpreter gets tl.dot's minimum 16."""
+    if INTERPRET:
+        return (16, 16), (16, 16, 16)
+    return (64, 64), (64, 64, 32)
+
+
+@_define("spike_matmul_fwd")
+def spike_matmul_fwd(a: torch.Tensor, b: torch.Tensor, binary: str, count: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """a [Bt, M, K] @ b [Bt, K, N] of one floating dtype; `binary` operands must be 0/1 (values != 0 count as
+    1 here: snnsparse.functional checks them first)."""
+    _check_dtypes("spike_matmul", a=a, b=b)
+    if binary not in _matmul_glue.BINARY:
+        raise ValueError(f"spike_matmul: binary must be one of {_matmul_glue.BINARY}, got {binary!r}")
+    if a.dtype != b.dtype or a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+        raise ValueError(f"spike_matmul: a [Bt, M, K] and b [Bt, K, N] of one dtype, got {tuple(a.shape)} {a.dtype} "
+                         f"and {tuple(b.shape)} {b.dtype}")
+    bt, m, k = a.shape
+    n = b.shape[2]
+    out = torch.empty((bt, m, n), dtype=a.dtype, device=a.device)
+    if out.numel() == 0 or k == 0:
+        return (out.zero_(), _zero_count(a.device))
+    (bm, bn), (br, bc, bk) = _matmul_tiles()
+    if binary == "both":
+        kw = cdiv(k, 32)
+        abits = _pack(a.contiguous(), bt * m, k, 1, 1, k, 0, 1)               # rows of a
+        bbits = _pack(b.contiguous(), bt * n, k, n, 1, k * n, 1, n)           # columns of b
+        grid = (cdiv(m, bm), cdiv(n, bn), bt)
+        part = torch.empty((grid[0] * grid[1] * grid[2],) if count else (1,), dtype=torch.int64, device=a.device)
+        _launch(_kmm.spike_matmul_bb_kernel)[grid](abits, bbits, out, part, m, n, kw, COUNT=count,
+                                                    BLOCK_M=bm, BLOCK_N=bn)
+        return (out, part.sum() if count else _zero_count(a.device))
+    if binary == "a":   # out = a @ b, spikes a
+        s, d, o, r, c = a, b, out, m, n
+    else:               # out^T = b^T @ a^T, spikes b: strides swapped, no copies
+        s, d, o, r, c = b.transpose(1, 2), a.transpose(1, 2), out.transpose(1, 2), n, m
+    grid = (cdiv(r, br), cdiv(c, bc), bt)
+    part = torch.empty((grid[0] * grid[1] * grid[2],) if count else (1,), dtype=torch.int64, device=a.device)
+    _launch(_kmm.spike_matmul_sd_kernel)[grid](s, d, o, part, r, k, c, *s.stride(), *d.stride(), *o.stride(),
+                                                COUNT=count, SPLIT=_split(a.dtype), IS_F64=_f64(a.dtype),
+                                                BLOCK_R=br, BLOCK_C=bc, BLOCK_K=bk)
+    return (out, part.sum() if count else _zero_count(a.device))
+
+
 # One schema per op, identical to snnsparse::'s (csrc/registration.cpp): the fakes and the one backward
 # body of each op live with the op (snnsparse/ops/linear.py, conv2d.py, lif.py) for both namespaces.
 if ENABLED:  # the ops exist in this process (a GPU, or the interpreter)
-    for _glue in (_linear_glue, _conv2d_glue, _lif_glue):
+    for _glue in (_linear_glue, _conv2d_glue, _lif_glue, _matmul_glue):
         _glue.register(NS)
 
 
@@ -476,3 +527,7 @@ def lif_packed(x_seq: torch.Tensor, v0: torch.Tensor, tau: float = 2.0, v_thresh
                                     EMIT_BITS=True, ROUND=x.dtype in (torch.float16, torch.bfloat16),
                                     BLOCK=block)
     return s, v_last, bits, cnt
+
+
+def spike_matmul(a, b, binary, *, count=False):
+    return _matmul_glue.forward(a, b, binary, count=count, ns=NS)
