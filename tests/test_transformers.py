@@ -319,3 +319,32 @@ def test_bit_planes_refuse_what_is_not_a_count(rng, bad):
     planes = bit_planes(x, "layer")
     assert len(planes) == 21 and all(ss.functional.is_binary(p) for _, p in planes)
     assert torch.equal(sum(s * p for s, p in planes), x)
+
+
+@pytest.mark.parametrize("qka_type", ["token", "channel"])
+def test_qkformer_model(rng, qka_type):
+    torch.manual_seed(rng.initial_seed())
+    model = _prepare(_zoo("qkformer").QKFormer(T=T, num_classes=10, embed_dims=48, num_heads=(2, 2, 2),
+                                                depths=(1, 1, 1), qka_type=qka_type), rng)
+    x = torch.rand(T, B, 3, 32, 32, generator=rng)
+    opt = ss.nn.optimize_for_inference(model, x)
+    report = opt.report()
+    print(report)
+    assert not report.notes, report.notes
+    assert _sparse_weight_share(model, report) > 0.95
+    _assert_fires(_compare(model, opt, x)[0], at_least=0.5)
+
+
+def test_maxformer_cifar(rng):
+    torch.manual_seed(rng.initial_seed())
+    model = _prepare(_zoo("maxformer").MaxFormer(T=T, num_classes=10, embed_dims=48, depths=(1, 1, 1), cifar=True),
+                     rng)
+    x = torch.rand(T, B, 3, 32, 32, generator=rng)
+    opt = ss.nn.optimize_for_inference(model, x)
+    report = opt.report()
+    print(report)
+    assert not report.notes, report.notes
+    left = [r for r in report if r.action == "left" and "fx could not trace" in r.reason]
+    assert not left, left
+    assert _sparse_weight_share(model, report) > 0.95
+    _assert_fires(_compare(model, opt, x)[0], at_least=0.5)

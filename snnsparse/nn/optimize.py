@@ -10,12 +10,15 @@ What it does, in order:
    output shapes, which decide what shape-dependent choices need (linear-BN1d folding, conv packing).
 2. Works on a graph (snnsparse.nn.graph: torch.fx, with neurons and containers as leaves); a module
    whose forward fx cannot trace is walked child by child instead, each child taking analog input
-   (the report says so). Every BatchNorm whose input is exactly one conv / linear output (used by
-   nothing else) is folded into it, in residual branches and downsample paths too, and inside
+   (the report says so). SpikingJelly's spiking transformers (Spikformer, SDT, QKFormer, MaxFormer and
+   their attention modules), whose forwards check ranks with Python ifs, are traced through exact-class
+   twins of their forwards (snnsparse.nn.transformers). Every BatchNorm whose input is exactly one
+   conv / linear output (used by nothing else) is folded into it, in residual branches and downsample paths too, and inside
    SeqToANNContainer(conv, BN). The arithmetic is snnsparse.nn.fuse's.
 3. Every conv / linear becomes an inference layer (snnsparse.nn.inference), chosen ONCE, by the type
    of the op that produces its input (snnsparse.nn.graph kinds): spikes -> PackedConv2d /
-   PackedLinear, which keep only a PackedWeight made here and the bias; anything else -> dense
+   PackedLinear (Conv1d: PackedConv1d, the conv2d kernels on the [N, C, 1, L] view; spike counts:
+   bit planes), which keep only a PackedWeight made here and the bias; anything else -> dense
    torch with the folded, masked weight. Which classes have a known forward (and so can be
    replaced) are snnsparse.nn.convert's rules.
 4. SpikingJelly LIFNode -> ss.nn.LIF (LIF.from_spikingjelly). A multi-step one called once per forward

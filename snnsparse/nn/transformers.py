@@ -15,12 +15,17 @@ that fx can trace it:
   to the rank example_inputs had (the optimized model's layout is fixed anyway).
 The attention products themselves stay the same torch ops on the same float 0/1 tensors: their
 values are integers (counts of coincident spikes) far below 2^24, exact in fp32 in any summation order,
-so they equal the original's bit for bit. Modules with hooks get no twin (a twin would skip them).
+so they equal the original's bit for bit. They are not routed to snnsparse.functional.spike_matmul:
+on Spikformer-CIFAR's SSA shapes ([T=4, B=8, 12 heads] x [32, 64] spikes, CPU, 2 threads, best of 25)
+torch's batched matmul took 1.1 ms (spike rate 0.06) / 0.8 ms (0.2) for (V K^T) Q, spike_matmul
+("both" then "b") 14.9 / 3.3 ms, and "both" for V K^T alone with torch for the rest 2.4 / 1.6 ms: these
+products are tiny (32 x 64 per head) and under 3% of the optimized model's time (profile, bench/e2e_transformer.py).
+Modules with hooks get no twin (a twin would skip them).
 
 `twin_forward(module, input_shapes)` returns the twin (a function of the module's positional inputs)
 or None. Classes covered: SpikingSelfAttention (Spikformer's SSA), QKAttention / TokenQKAttention /
-ChannelQKAttention (QKFormer), SpikeDrivenSelfAttention (SDT's SDSA), SpikformerBlock, Spikformer,
-SpikeDrivenTransformer.
+ChannelQKAttention (QKFormer), SpikeDrivenSelfAttention (SDT's SDSA), MaxFormer's CIFAR SSA
+(_MaxCifarSSA), SpikformerBlock, and the models Spikformer, SpikeDrivenTransformer, QKFormer, MaxFormer.
 """
 from __future__ import annotations
 
@@ -95,6 +100,22 @@ def _sdsa(m: nn.Module, x):
     return m.proj_bn(m.proj_conv(x)) + identity
 
 
+def _max_cifar_ssa(m: nn.Module, x):
+    """MaxFormer's _MaxCifarSSA.forward: x = Q (K^T V) * 0.125 per head on spikes, projected."""
+    _assert_rank(x, 4, "MaxFormer SSA [T, N, C, L]")
+    t, n, c, l_ = x.size(0), x.size(1), x.size(2), x.size(3)
+    qkv = m.qkv_lif(m.qkv(m.input_lif(x)))
+    qkv = qkv.reshape(t, n, 3, c, l_)  # .chunk(3, dim=2) of [T, N, 3C, L] = these three [T, N, C, L] blocks
+
+    def heads(z):
+        return z.transpose(-1, -2).reshape(t, n, l_, m.num_heads, c // m.num_heads).permute(0, 1, 3, 2, 4)
+
+    q, k, v = heads(qkv[:, :, 0]), heads(qkv[:, :, 1]), heads(qkv[:, :, 2])
+    x = q @ (k.transpose(-2, -1) @ v) * 0.125
+    x = x.transpose(3, 4).reshape(t, n, c, l_)
+    return m.proj(m.attn_lif(x))
+
+
 # -- models ----------------------------------------------------------------------------------------
 def _spikformer_block(m: nn.Module, x_seq):
     _assert_rank(x_seq, 5, "SpikformerBlock [T, N, C, H, W]")
@@ -131,6 +152,25 @@ def _sdt(rank: int):
     return forward
 
 
+def _staged(head_lif: bool):
+    """QKFormer / MaxFormer: three (patch embedding, blocks) stages, mean over tokens (and time) -> head."""
+    def for_rank(rank: int):
+        def forward(m: nn.Module, x):
+            x = _to_sequence(m, x, rank)
+            for embed, stage in ((m.patch_embed1, m.stage1), (m.patch_embed2, m.stage2), (m.patch_embed3, m.stage3)):
+                x = embed(x)
+                for block in stage:
+                    x = block(x)
+            if head_lif:
+                return m.head(m.head_lif(x.flatten(3).mean(-1)).mean(0))
+            return m.head(x.flatten(3).mean(dim=-1).mean(0))
+        return forward
+    return for_rank
+
+
+_QKFORMER = "spikingjelly.activation_based.model.qkformer"
+_MAXFORMER = "spikingjelly.activation_based.model.maxformer"
+
 _FIXED: Dict[tuple, Callable] = {
     (_ATTENTION, "SpikingSelfAttention"): _ssa,
     (_ATTENTION, "QKAttention"): _qka,
@@ -138,10 +178,13 @@ _FIXED: Dict[tuple, Callable] = {
     (_ATTENTION, "ChannelQKAttention"): _qka,
     (_ATTENTION, "SpikeDrivenSelfAttention"): _sdsa,
     (_SPIKFORMER, "SpikformerBlock"): _spikformer_block,
+    (_MAXFORMER, "_MaxCifarSSA"): _max_cifar_ssa,
 }
 _BY_RANK: Dict[tuple, Callable] = {
     (_SPIKFORMER, "Spikformer"): _spikformer,
     (_SDT, "SpikeDrivenTransformer"): _sdt,
+    (_QKFORMER, "QKFormer"): _staged(head_lif=False),
+    (_MAXFORMER, "MaxFormer"): _staged(head_lif=True),
 }
 
 
