@@ -1,8 +1,8 @@
 """SpikeConv1d equals nn.Conv1d with a masked weight (output, input / weight / bias gradients) for
-every geometry (the conv2d kernels on the [N, C, 1, L] view), in every input layout; convert() swaps nn.Conv1d and SpikingJelly's
-layer.Conv1d and leaves what it cannot swap exactly."""
+every geometry (the conv2d kernels on the [N, C, 1, L] view), in every input layout; convert() swaps
+nn.Conv1d and SpikingJelly's layer.Conv1d and leaves what it cannot swap exactly; energy.count agrees
+with the kernels' own counts."""
 import io
-import warnings
 
 import pytest
 import torch

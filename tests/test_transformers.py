@@ -15,7 +15,7 @@ from snnsparse.nn.transformers import twin_forward
 from snnsparse.ops import cpp as _cpp
 
 sj = pytest.importorskip("spikingjelly.activation_based", reason="spikingjelly 2.0 is a test dependency")
-from spikingjelly.activation_based import functional as sjf, layer, neuron  # noqa: E402
+from spikingjelly.activation_based import layer, neuron  # noqa: E402
 from spikingjelly.activation_based.layer import attention  # noqa: E402
 
 from snnsparse.zoo import spikingjelly_zoo as _zoo  # noqa: E402

@@ -1,5 +1,5 @@
-"""Drop-in torch layers: SpikeLinear, SpikeConv2d (nn.Linear / nn.Conv2d with a weight_mask and
-event-driven kernels for binary input), the multi-step LIF neuron, and convert()."""
+"""Drop-in torch layers: SpikeLinear, SpikeConv1d, SpikeConv2d (nn.Linear / nn.Conv1d / nn.Conv2d with a
+weight_mask and event-driven kernels for binary input), the multi-step LIF neuron, and convert()."""
 from .layers import SpikeConv1d, SpikeConv2d, SpikeLinear  # noqa: F401
 from .lif import LIF  # noqa: F401
 from .convert import ConvertRecord, ConvertWarning, convert  # noqa: F401

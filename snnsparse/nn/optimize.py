@@ -13,8 +13,8 @@ What it does, in order:
    (the report says so). SpikingJelly's spiking transformers (Spikformer, SDT, QKFormer, MaxFormer and
    their attention modules), whose forwards check ranks with Python ifs, are traced through exact-class
    twins of their forwards (snnsparse.nn.transformers). Every BatchNorm whose input is exactly one
-   conv / linear output (used by nothing else) is folded into it, in residual branches and downsample paths too, and inside
-   SeqToANNContainer(conv, BN). The arithmetic is snnsparse.nn.fuse's.
+   conv / linear output (used by nothing else) is folded into it, in residual branches and downsample
+   paths too, and inside SeqToANNContainer(conv, BN). The arithmetic is snnsparse.nn.fuse's.
 3. Every conv / linear becomes an inference layer (snnsparse.nn.inference), chosen ONCE, by the type
    of the op that produces its input (snnsparse.nn.graph kinds): spikes -> PackedConv2d /
    PackedLinear (Conv1d: PackedConv1d, the conv2d kernels on the [N, C, 1, L] view; spike counts:

@@ -128,8 +128,8 @@ def _spikformer_block(m: nn.Module, x_seq):
 
 def _to_sequence(m: nn.Module, x, rank: int):
     """The models' _to_sequence for the input rank example_inputs had: an image is repeated T times."""
-    _assert_rank(x, rank, f"{type(m).__name__} (optimized for {'images [N, C, H, W]' if rank == 4 else 'sequences [T, N, C, H, W]'}, "
-                          f"the layout of example_inputs)")
+    layout = "images [N, C, H, W]" if rank == 4 else "sequences [T, N, C, H, W]"
+    _assert_rank(x, rank, f"{type(m).__name__} (optimized for {layout}, the layout of example_inputs)")
     return x.unsqueeze(0).repeat(m.T, 1, 1, 1, 1) if rank == 4 else x
 
 
