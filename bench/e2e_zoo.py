@@ -29,6 +29,8 @@ from snnsparse.benchmark import append_csv, device_info, summary, timed
 from snnsparse.zoo import spikingjelly_zoo
 
 T, B, SIZE = 4, 8, 32
+# The layers that get masks (all but the first) and count in sparse_weight_share.
+LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 def _models():
@@ -54,7 +56,7 @@ def prepare(model, density, gen):
     from spikingjelly.activation_based import functional as sjf
     sjf.set_step_mode(model, "m")
     masks = {}
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LAYERS)]
     for n, m in layers[1:]:
         masks[n] = torch.rand(m.weight.shape, generator=gen) < density
         prune.custom_from_mask(m, "weight", masks[n])
@@ -100,7 +102,8 @@ def state_bytes(model):
     return n
 
 
-def run(name, build, args, gen):
+def run(name, build, args, gen, extra=None):
+    """One CSV row; extra(model, optimized) -> dict of more columns (bench/e2e_transformer.py)."""
     from spikingjelly.activation_based import functional as sjf
     torch.manual_seed(0)
     model, masks = prepare(build(), args.density, gen)
@@ -149,6 +152,8 @@ def run(name, build, args, gen):
                sj_state_mb=round(state_bytes(model) / 2**20, 1), ss_state_mb=round(state_bytes(opt) / 2**20, 1),
                max_abs_diff=f"{err:.2e}", actions=" ".join(f"{k}:{v}" for k, v in sorted(actions.items())),
                load_after="%.2f" % os.getloadavg()[0])
+    if extra is not None:
+        row.update(extra(model, opt))
     if args.verbose:
         print(report)
     return row

@@ -1,7 +1,7 @@
 """ss.energy.count(): per-layer SOP / SynOps / MAC counts and energy, from forward hooks.
 
-Counted layers: every nn.Linear and nn.Conv2d, which covers
-  * snnsparse's SpikeLinear / SpikeConv2d (mask = their `weight_mask`; `last_input_binary` says
+Counted layers: every nn.Linear, nn.Conv1d and nn.Conv2d, which covers
+  * snnsparse's SpikeLinear / SpikeConv1d / SpikeConv2d (mask = their `weight_mask`; `last_input_binary` says
     whether the event-driven path or the dense path ran),
   * plain nn.Linear / nn.Conv2d fed with spikes (mask = torch.nn.utils.prune's `weight_mask` if the
     module has one, else weight != 0),
@@ -32,6 +32,7 @@ spike counts summed over frames (one small conv per call, in float64: exact inte
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -49,8 +50,8 @@ def _is_spikingjelly(module: nn.Module) -> bool:
 
 
 def _is_snnsparse_spike_layer(module: nn.Module) -> bool:
-    from ..nn import SpikeConv2d, SpikeLinear
-    return isinstance(module, (SpikeConv2d, SpikeLinear))
+    from ..nn import SpikeConv1d, SpikeConv2d, SpikeLinear
+    return isinstance(module, (SpikeConv1d, SpikeConv2d, SpikeLinear))
 
 
 def _is_neuron(module: nn.Module) -> bool:
@@ -107,7 +108,7 @@ def _time_major(module: nn.Module, x: torch.Tensor) -> Optional[int]:
     """T when this call's input is time-major [T, B, ...], else None."""
     if getattr(module, "step_mode", None) == "m" and x.dim() >= 2:
         return int(x.shape[0])
-    if isinstance(module, nn.Conv2d) and x.dim() == 5:
+    if (isinstance(module, nn.Conv2d) and x.dim() == 5) or (isinstance(module, nn.Conv1d) and x.dim() == 4):
         return int(x.shape[0])
     return None
 
@@ -136,17 +137,21 @@ def _record_call(acc: _Layer, module, x, binary: bool, frames: int, dense_per_fr
     return True
 
 
-def _conv_call(acc: _Layer, module: nn.Conv2d, x: torch.Tensor, out: torch.Tensor, binary: bool):
-    cout, cin_g, kh, kw = module.weight.shape
+def _conv_call(acc: _Layer, module: nn.Module, x: torch.Tensor, out: torch.Tensor, binary: bool):
+    """nn.Conv2d and nn.Conv1d (spatial dims from the weight: [Cout, Cin/g, *kernel])."""
+    cout, cin_g, *kernel = module.weight.shape
+    nd = len(kernel)
+    conv = F.conv1d if nd == 1 else F.conv2d
     mask = _layer_mask_noted(acc, module)
-    ho, wo = int(out.shape[-2]), int(out.shape[-1])
-    c, h, w = (int(s) for s in x.shape[-3:])
-    frames = int(x.numel() // max(c * h * w, 1)) if x.dim() > 3 else 1
-    dense_per_frame = cout * ho * wo * cin_g * kh * kw
-    if not _record_call(acc, module, x, binary, frames, dense_per_frame, int(mask.sum()) * ho * wo):
+    positions = math.prod(int(v) for v in out.shape[-nd:])
+    c, *space = (int(v) for v in x.shape[-nd - 1:])
+    per_frame_input = c * math.prod(space)
+    frames = int(x.numel() // max(per_frame_input, 1)) if x.dim() > nd + 1 else 1
+    dense_per_frame = cout * positions * cin_g * math.prod(kernel)
+    if not _record_call(acc, module, x, binary, frames, dense_per_frame, int(mask.sum()) * positions):
         return
     with torch.no_grad():
-        fired = x.detach().reshape(-1, c, h, w).sum(0, dtype=torch.float64)[None]  # [1, C, H, W]
+        fired = x.detach().reshape(-1, c, *space).sum(0, dtype=torch.float64)[None]  # [1, C, *space]
         nnz = int(fired.sum().round())
         padding = module.padding
         if isinstance(padding, str) or module.padding_mode != "zeros":
@@ -154,15 +159,15 @@ def _conv_call(acc: _Layer, module: nn.Conv2d, x: torch.Tensor, out: torch.Tenso
             # as the layer pads its input (padding is linear, so padding the sum is exact).
             mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
             fired = F.pad(fired, module._reversed_padding_repeated_twice, mode=mode)
-            padding = (0, 0)
+            padding = (0,) * nd
         args = (None, module.stride, padding, module.dilation, module.groups)
-        kept = F.conv2d(fired, mask.to(torch.float64), *args)
-        full = F.conv2d(fired, torch.ones(mask.shape, dtype=torch.float64, device=fired.device), *args)
+        kept = conv(fired, mask.to(torch.float64), *args)
+        full = conv(fired, torch.ones(mask.shape, dtype=torch.float64, device=fired.device), *args)
         acc.sop += int(kept.sum().round())
         acc.synops += int(full.sum().round())
     acc.nnz += nnz
     acc.numel_binary += x.numel()
-    acc.sop_dense += nnz * dense_per_frame / (c * h * w)
+    acc.sop_dense += nnz * dense_per_frame / per_frame_input
 
 
 def _linear_call(acc: _Layer, module: nn.Linear, x: torch.Tensor, binary: bool):
@@ -259,7 +264,7 @@ def count(model: nn.Module, inputs: Inputs, *, preset: Union[str, EnergyConstant
         if tm is not None:
             t_seen.append(tm)
             b_seen.append(int(x.shape[1]))
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
             _conv_call(acc, module, x, out, binary)
         else:
             _linear_call(acc, module, x, binary)
@@ -276,7 +281,7 @@ def count(model: nn.Module, inputs: Inputs, *, preset: Union[str, EnergyConstant
 
     for name, module in model.named_modules():
         label = name or root
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             layers[module] = _Layer(label, module)
             handles.append(module.register_forward_hook(layer_hook, with_kwargs=True))
         elif _is_neuron(module):

@@ -1,9 +1,9 @@
-"""convert(): swap nn.Linear / nn.Conv2d (and SpikingJelly's layer.Linear / layer.Conv2d, in step
-mode "m" or "s") for SpikeLinear / SpikeConv2d in place, keeping weights, biases and masks;
-SpikingJelly's neuron.LIFNode becomes ss.nn.LIF with identical parameters, IFNode ss.nn.IF and
-ParametricLIFNode ss.nn.ParametricLIF (its w copied); a neuron that cannot be mapped exactly is left
-(lif_blocker says why). Containers (SpikingJelly's SeqToANNContainer, nn.Sequential, ...) are kept; their
-children are converted. The Spike* layers take
+"""convert(): swap nn.Linear / nn.Conv1d / nn.Conv2d (and SpikingJelly's layer.Linear / layer.Conv1d /
+layer.Conv2d, in step mode "m" or "s") for SpikeLinear / SpikeConv1d / SpikeConv2d in place, keeping
+weights, biases and masks; SpikingJelly's neuron.LIFNode becomes ss.nn.LIF with identical parameters,
+IFNode ss.nn.IF and ParametricLIFNode ss.nn.ParametricLIF (its w copied); a neuron that cannot be mapped
+exactly is left (lif_blocker says why). Containers (SpikingJelly's SeqToANNContainer, nn.Sequential, ...)
+are kept; their children are converted. The Spike* layers take
 [T, B, ...] and flat input alike, so step modes need no wrapper.
 
 Each converted layer gets input_kind "auto" (it decides at its first forward whether its input is
@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from .layers import SpikeConv2d, SpikeLinear, _SpikeMixin, check_backend_name, check_input_kind
+from .layers import SpikeConv1d, SpikeConv2d, SpikeLinear, _SpikeMixin, check_backend_name, check_input_kind
 from .lif import IF, LIF, ParametricLIF
 
 REPORT_ATTR = "snnsparse_convert_report"
@@ -36,8 +36,10 @@ REPORT_ATTR = "snnsparse_convert_report"
 # applied per frame in step mode "m" (Conv2d: seq_to_ann_forward over [T*N, ...]), which is what the
 # Spike* layers compute on [T, N, ...]. tests/test_convert_spikingjelly.py checks both step modes.
 _SJ_LAYER_MODULES = ("spikingjelly.activation_based.layer", "spikingjelly.activation_based.layer.stateless_wrapper")
-_SJ_PLAIN = {"Linear": (nn.Linear, SpikeLinear), "Conv2d": (nn.Conv2d, SpikeConv2d)}
-_TORCH_PLAIN = {nn.Linear: SpikeLinear, nn.Conv2d: SpikeConv2d}
+_SJ_PLAIN = {"Linear": (nn.Linear, SpikeLinear), "Conv1d": (nn.Conv1d, SpikeConv1d), "Conv2d": (nn.Conv2d, SpikeConv2d)}
+_TORCH_PLAIN = {nn.Linear: SpikeLinear, nn.Conv1d: SpikeConv1d, nn.Conv2d: SpikeConv2d}
+# The layers convert knows (exact classes above; subclasses are left and reported).
+_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 class ConvertWarning(UserWarning):
@@ -110,13 +112,13 @@ def _foreign_hooks(module: nn.Module) -> List[str]:
 
 def _unknown_reason(module: nn.Module) -> str:
     cls = type(module)
-    base = "nn.Linear" if isinstance(module, nn.Linear) else "nn.Conv2d"
+    base = next(f"nn.{t.__name__}" for t in _LAYER_TYPES if isinstance(module, t))
     if parametrize.is_parametrized(module):
         return (f"its weight is parametrized (torch.nn.utils.parametrize: {sorted(module.parametrizations)}), "
                 f"recomputed on every forward")
     return (f"{cls.__module__}.{cls.__qualname__} subclasses {base}, but convert swaps only layers whose forward is "
-            f"known to be plain linear / conv2d (exactly nn.Linear, nn.Conv2d, SpikingJelly's layer.Linear / "
-            f"layer.Conv2d); its forward may compute something else")
+            f"known to be plain linear / conv1d / conv2d (exactly nn.Linear, nn.Conv1d, nn.Conv2d, SpikingJelly's "
+            f"layer.Linear / layer.Conv1d / layer.Conv2d); its forward may compute something else")
 
 
 def _left(name: str, module: nn.Module, reason: str) -> _Decision:
@@ -162,14 +164,14 @@ def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend:
     spike_cls = _plain_spike_class(module)
     is_lif = _is_spikingjelly_lif(module)
     if spike_cls is None and not is_lif:
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, _LAYER_TYPES):
             return _left(name, module, _unknown_reason(module))
         return _Decision(None, None, True)
     hooks = _foreign_hooks(module)
     if hooks:
         return _left(name, module, f"it has hooks the converted layer would drop: {', '.join(hooks)}")
-    if spike_cls is SpikeConv2d:
-        reason = SpikeConv2d.unsupported_reason(module)
+    if spike_cls in (SpikeConv1d, SpikeConv2d):
+        reason = spike_cls.unsupported_reason(module)
         if reason:
             return _left(name, module, reason)
     if is_lif:
@@ -223,8 +225,8 @@ def _input_kinds_by_module(model: nn.Module, input_kinds) -> Dict[int, tuple]:
 def convert(model: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None, *, backend: str = "auto",
             inplace: bool = True, input_kinds: Optional[Mapping[str, str]] = None,
             first_layer: str = "auto") -> nn.Module:
-    """Replace every nn.Linear / nn.Conv2d (and SpikingJelly layer.Linear / layer.Conv2d / LIFNode / IFNode /
-    ParametricLIFNode) in `model` by its snnsparse twin.
+    """Replace every nn.Linear / nn.Conv1d / nn.Conv2d (and SpikingJelly layer.Linear / Conv1d / Conv2d /
+    LIFNode / IFNode / ParametricLIFNode) in `model` by its snnsparse twin.
 
     masks: optional {parameter name ("features.0.weight") -> bool tensor of exactly the weight's
     shape}; a module pruned with torch.nn.utils.prune keeps its mask (checked to be exactly 0/1).
@@ -290,7 +292,7 @@ def convert(model: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None
             decisions[id(module)] = decision
             if decision.record is not None:
                 records.append((module, decision.record))
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
+            if isinstance(module, _LAYER_TYPES):
                 layers.append(module)
             if decision.descend:
                 for child_attr, child in list(module._modules.items()):
@@ -318,7 +320,7 @@ def convert(model: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None
     for name, module, kind in kinds_by_module.values():
         decision = decisions.get(id(module))
         record = decision.record if decision is not None else None
-        if record is None or not isinstance(module, (nn.Linear, nn.Conv2d)):
+        if record is None or not isinstance(module, _LAYER_TYPES):
             raise ValueError(f"convert: input_kinds names {name!r} ({type(module).__name__}), which is not a "
                              f"Linear / Conv2d layer")
         if record.action == "left":

@@ -20,7 +20,7 @@ import importlib
 import operator
 import sys
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.fx as fx
@@ -207,7 +207,7 @@ def _expand(seq: nn.Sequential, prefix: str) -> List[ChainItem]:
 
 
 def is_conv_or_linear(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Conv2d, nn.Linear))
+    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear))
 
 
 def is_leaf(module: nn.Module) -> bool:
@@ -215,7 +215,7 @@ def is_leaf(module: nn.Module) -> bool:
     BatchNorm (subclasses too: convert's rules decide what they are), SpikingJelly's step-mode
     modules (layer.* wrappers, neurons, containers: their step_mode branches cannot be traced),
     snnsparse's modules."""
-    if isinstance(module, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
         return True
     if isinstance(module, _snnsparse_types()):
         return True
@@ -391,14 +391,26 @@ class _Untraceable(Exception):
 
 
 class LeafTracer(fx.Tracer):
-    def __init__(self, opaque: Iterable[str] = ()):
+    """twin: optional function module -> a traceable forward for it, or None (snnsparse.nn.transformers:
+    SpikingJelly's transformer modules, whose own forwards fx cannot trace); used for modules that are
+    not leaves."""
+
+    def __init__(self, opaque: Iterable[str] = (), twin: Optional[Callable] = None):
         super().__init__()
         self.opaque = set(opaque)
+        self.twin = twin
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return module_qualified_name in self.opaque or is_leaf(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
+        if self.twin is not None and not kwargs:
+            try:
+                leaf = self.is_leaf_module(m, self.path_of_module(m))
+            except NameError:
+                leaf = True
+            twin = None if leaf else self.twin(m)
+            forward = forward if twin is None else twin
         try:
             return super().call_module(m, forward, args, kwargs)
         except _Untraceable:
@@ -422,12 +434,28 @@ class Traced(NamedTuple):
     error: str = ""
 
 
-def trace(root: nn.Module) -> Traced:
-    """Trace `root`; a submodule whose forward fx cannot trace becomes a leaf and tracing restarts."""
+class _Shell(nn.Module):
+    """`root` with a twin forward (one positional input), for tracing only: it shares root's submodules,
+    parameters and buffers (the same dicts), so the graph's targets are root's own names."""
+
+    def __init__(self, root: nn.Module, forward: Callable):
+        super().__init__()
+        self._modules, self._parameters, self._buffers = root._modules, root._parameters, root._buffers
+        self._twin_forward = forward
+
+    def forward(self, x):
+        return self._twin_forward(x)
+
+
+def trace(root: nn.Module, twin: Optional[Callable] = None) -> Traced:
+    """Trace `root`; a submodule whose forward fx cannot trace becomes a leaf and tracing restarts.
+    twin: see LeafTracer (also used for `root` itself)."""
     opaque: Dict[str, str] = {}
+    root_twin = twin(root) if twin is not None else None
+    target = root if root_twin is None else _Shell(root, root_twin)
     for _ in range(sum(1 for _ in root.modules()) + 1):
         try:
-            return Traced(LeafTracer(opaque).trace(root), opaque)
+            return Traced(LeafTracer(opaque, twin).trace(target), opaque)
         except _Untraceable as u:
             if u.qualname in opaque:  # pragma: no cover - a leaf cannot fail
                 return Traced(None, opaque, error_text(u.error))

@@ -10,12 +10,15 @@ What it does, in order:
    output shapes, which decide what shape-dependent choices need (linear-BN1d folding, conv packing).
 2. Works on a graph (snnsparse.nn.graph: torch.fx, with neurons and containers as leaves); a module
    whose forward fx cannot trace is walked child by child instead, each child taking analog input
-   (the report says so). Every BatchNorm whose input is exactly one conv / linear output (used by
-   nothing else) is folded into it, in residual branches and downsample paths too, and inside
-   SeqToANNContainer(conv, BN). The arithmetic is snnsparse.nn.fuse's.
+   (the report says so). SpikingJelly's spiking transformers (Spikformer, SDT, QKFormer, MaxFormer and
+   their attention modules), whose forwards check ranks with Python ifs, are traced through exact-class
+   twins of their forwards (snnsparse.nn.transformers). Every BatchNorm whose input is exactly one
+   conv / linear output (used by nothing else) is folded into it, in residual branches and downsample
+   paths too, and inside SeqToANNContainer(conv, BN). The arithmetic is snnsparse.nn.fuse's.
 3. Every conv / linear becomes an inference layer (snnsparse.nn.inference), chosen ONCE, by the type
    of the op that produces its input (snnsparse.nn.graph kinds): spikes -> PackedConv2d /
-   PackedLinear, which keep only a PackedWeight made here and the bias; anything else -> dense
+   PackedLinear (Conv1d: PackedConv1d, the conv2d kernels on the [N, C, 1, L] view; spike counts:
+   bit planes), which keep only a PackedWeight made here and the bias; anything else -> dense
    torch with the folded, masked weight. Which classes have a known forward (and so can be
    replaced) are snnsparse.nn.convert's rules.
 4. SpikingJelly LIFNode / IFNode / ParametricLIFNode -> ss.nn.LIF / IF / ParametricLIF (convert's mapping
@@ -44,12 +47,14 @@ from ..ops import cpp as _cpp
 from ..ops import linear as _linear
 from ..ops.reference import masked_weight
 from . import graph as G
+from . import transformers as _transformers
 # convert's rules of which classes have a known forward (and so can be replaced), and its hook check.
 from .convert import _decide, _foreign_hooks, sj_neuron_class
 from .fuse import fold_bn
-from .inference import (PACKED_LAYERS, DenseConv2d, DenseLinear, PackedConv2d, PackedLinear, PackedPlanesConv2d,
-                        InferenceMaxPool2d, SinglePixelPool, bit_planes)
-from .layers import SpikeConv2d
+from .inference import (PACKED_LAYERS, DenseConv1d, DenseConv2d, DenseLinear, InferenceMaxPool2d, PackedConv1d,
+                        PackedConv2d, PackedLinear, PackedPlanesConv1d, PackedPlanesConv2d, SinglePixelPool,
+                        bit_planes)
+from .layers import SpikeConv1d, SpikeConv2d
 from .lif import FusedNeuron
 
 WHERE = "optimize_for_inference"
@@ -208,7 +213,7 @@ def _example_run(model: nn.Module, inputs: tuple) -> Dict[int, _Calls]:
         ins = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
         entry = calls.setdefault(id(module), _Calls(module, [], []))
         entry.shapes.append((ins, tuple(out.shape) if isinstance(out, torch.Tensor) else None))
-        if (isinstance(module, (nn.Conv2d, nn.Linear)) and not entry.first_input and args
+        if (G.is_conv_or_linear(module) and not entry.first_input and args
                 and isinstance(args[0], torch.Tensor)):
             entry.first_input.append(args[0].detach().clone())
 
@@ -313,6 +318,11 @@ class _Optimizer:
         self.row(name, module, "kept-values", reason=why)
         return SinglePixelPool(module, G.adaptive_avg_dims(module), name=name, why=why)
 
+    def twin(self, module: nn.Module):
+        """A traceable forward for a SpikingJelly transformer module fx cannot trace (snnsparse.nn.transformers)."""
+        calls = self.calls.get(id(module))
+        return _transformers.twin_forward(module, [ins for ins, _ in calls.shapes] if calls else None)
+
     def runs(self, module: nn.Module) -> int:
         """How many times the module ran in the example forward."""
         calls = self.calls.get(id(module))
@@ -326,7 +336,7 @@ class _Optimizer:
         """`module` optimized (a new module, or `module` changed in place)."""
         if G.is_leaf(module) or G.chain_items(module) is not None:
             return self.leaf(module, name, G.analog(f"the input of {name or '<model>'!r}, not traced"))
-        traced = G.trace(module)
+        traced = G.trace(module, self.twin)
         if traced.graph is None:
             self.report.notes.append(
                 f"fx could not trace {name or '<model>'!r} ({type(module).__name__}: {traced.error}); its children "
@@ -710,6 +720,8 @@ class _Optimizer:
             return f"it is on {b.running_mean.device}, the layer before it on {spike.weight.device}"
         if isinstance(spike, SpikeConv2d):
             return None if bn.dims == 2 else f"a BatchNorm{bn.dims}d after a conv2d"
+        if isinstance(spike, SpikeConv1d):
+            return self.conv1d_fold_blocker(module, bn)
         if bn.dims != 1:
             return f"a BatchNorm{bn.dims}d after a linear layer"
         ranks = {len(out_shape) for _, out_shape in self.calls[id(module)].shapes if out_shape is not None}
@@ -764,6 +776,8 @@ class _Optimizer:
         return x.contiguous()
 
     def inference_layer(self, module, spike, name, x: G.Kind, weight, bias, mask, fold_rank):
+        if isinstance(spike, SpikeConv1d):
+            return self.conv1d_layer(module, spike, name, x, weight, bias, mask, fold_rank)
         is_conv = isinstance(spike, SpikeConv2d)
         shapes = self.calls[id(module)].shapes
         planes = x.level == G.Level.COUNTS and is_conv  # SEW ADD counts: the event kernel once per bit plane
@@ -814,6 +828,73 @@ class _Optimizer:
             new = DenseLinear(dense, bias, fold_rank=fold_rank, name=name, why=why)
         self.row(name, module, "dense-analog", "dense", spike.density(), why)
         return new
+
+    # -- Conv1d (spiking transformers' 1x1 projections) ---------------------------------------------
+    def conv1d_fold_blocker(self, module: nn.Module, bn: G.BNInfo) -> Optional[str]:
+        """BatchNorm1d normalises dim 1 of a rank-3 input, which is the Conv1d's output channels only when
+        the conv output it sees is [N, C, L] (a [C, L] unbatched output would be read as [N, features])."""
+        if bn.dims != 1:
+            return f"a BatchNorm{bn.dims}d after a conv1d"
+        ranks = {len(o) - (1 if bn.flattens else 0) for _, o in self.calls[id(module)].shapes if o is not None}
+        if ranks != {3}:
+            return (f"BatchNorm1d normalises dim 1 of what it sees (rank {sorted(ranks)} here), which is the conv1d's "
+                    f"output channels only for [N, C, L]")
+        return None
+
+    def conv1d_layer(self, module, spike: SpikeConv1d, name, x: G.Kind, weight, bias, mask, fold_rank):
+        """A Conv1d on spikes (or spike counts: bit planes) -> PackedConv1d / PackedPlanesConv1d, the conv2d
+        kernels on the [N, C, 1, L] view; analog input -> DenseConv1d (F.conv1d, folded weight)."""
+        planes = x.level == G.Level.COUNTS
+        padding = spike._explicit_padding()
+        if x.level in (G.Level.SPIKES, G.Level.COUNTS):
+            blocker = self.pack_blocker(weight)
+            if blocker is None:
+                shapes = self.calls[id(module)].shapes
+                in_w = max(ins[0][-1] for ins, _ in shapes)
+                out_w = max(o[-1] for _, o in shapes if o is not None)
+                geometry = ((1, spike.stride[0]), (0, padding), (1, spike.dilation[0]))
+                w4, m4 = weight.unsqueeze(-2), mask.unsqueeze(-2)
+                try:
+                    packed, timing = _fastest_packing(
+                        lambda fmt: _conv2d.pack(w4, m4, spike.groups, fmt, stride=geometry[0], in_width=in_w,
+                                                 out_width=out_w),
+                        lambda p, xx: _conv2d.forward_packed(xx, p, None, *geometry),
+                        (1, 2, 3, 4) if spike.groups == 1 else (1, 2, 4),
+                        self._conv1d_timing_input(module, weight.shape[1] * spike.groups, planes))
+                except (RuntimeError, ValueError, TypeError) as e:
+                    blocker = f"packing failed ({G.error_text(e)})"
+            if blocker is None:
+                what = (f"multi-level input (spike counts, {x.source}): one event pass per bit plane" if planes
+                        else f"input is spikes: {x.source}")
+                why = f"{what}; conv1d on the conv2d kernels ([N, C, 1, L] view); {timing}"
+                cls = PackedPlanesConv1d if planes else PackedConv1d
+                new = cls(packed, bias, spike.stride[0], padding, spike.dilation[0], fold_rank=fold_rank, name=name,
+                          why=why)
+                self.row(name, module, "packed-event", packed.format.name, packed.density, why)
+                return new
+            why = f"input is {'spike counts' if planes else 'spikes'} ({x.source}), but {blocker}: dense torch"
+        else:
+            why = f"input is not spikes: {x.source}"
+        new = DenseConv1d(masked_weight(weight, mask), bias, spike.stride, padding, spike.dilation, spike.groups,
+                          fold_rank=fold_rank, name=name, why=why)
+        self.row(name, module, "dense-analog", "dense", spike.density(), why)
+        return new
+
+    def _conv1d_timing_input(self, module, channels: int, planes: bool) -> Optional[torch.Tensor]:
+        """The conv1d's recorded input as the conv2d kernel reads it ([N, Cin, 1, L]); for spike counts its
+        lowest bit plane; None when not binary."""
+        recorded = self.calls[id(module)].first_input
+        if not recorded or recorded[0].dim() < 2 or recorded[0].shape[-2] != channels:
+            return None
+        x = recorded[0].reshape(-1, channels, 1, recorded[0].shape[-1])
+        if x.dtype not in _PACKABLE_DTYPES:
+            return None
+        if planes:
+            try:
+                x = bit_planes(x, "")[0][1]
+            except NonBinarySpikesError:
+                return None
+        return x.contiguous() if is_binary(x) else None
 
     # -- neurons and the rest ----------------------------------------------------------------------
     def neuron(self, module: nn.Module, name: str, one_call: bool = False) -> Optional[nn.Module]:

@@ -9,6 +9,12 @@ Three sparsities meet in the conv patch embedding (CPM):
    (here: the patch's mean firing rate over the data, time and channels) and only the top
    (1 - pr_p) patches are kept, with their position embeddings (`select_patches`).
 The selected patches are a bool buffer `patch_mask` [N], so state_dict shapes never change.
+
+Inference costs nothing for what was dropped: a pruned CPM / attention / MLP synapse is skipped by the
+Spike* layers' event kernels, and a dropped patch is never computed: in eval mode the CPM runs on the
+kept patches only (laid side by side; kernel = stride = patch size, so the outputs are the same dot
+products), and every later layer sees only kept tokens. ss.energy.count sees the same inputs, so its
+counts are the work the kernels did (tests/test_transformers.py checks them against the kernels' counts).
 """
 from __future__ import annotations
 
@@ -106,10 +112,37 @@ class MultiSpSLT(nn.Module):
             return x
         raise ValueError(f"MultiSpSLT: input must be [B, C, H, W] or [T, B, C, H, W], got {tuple(x.shape)}")
 
+    def _kept_patches_only(self) -> bool:
+        """Whether the CPM may run on the kept patches alone: some are dropped, and the BatchNorm after it
+        normalises with its running statistics (per element, so which patches it sees changes nothing; a
+        BatchNorm using batch statistics would normalise the kept patches by other numbers)."""
+        bn = self.cpm_bn
+        return (not bool(self.patch_mask.all()) and not bn.training and bn.running_mean is not None
+                and self.cpm.kernel_size == self.cpm.stride and self.cpm._explicit_padding() == (0, 0)
+                and self.cpm.dilation == (1, 1) and self.cpm.groups == 1)
+
+    def _patch_strip(self, x, idx):
+        """The kept patches of x [T, B, C, H, W] side by side, [T, B, C, p, N_kept * p]: the CPM (kernel =
+        stride = p) on it gives exactly its outputs at the kept patches, [T, B, D, 1, N_kept], and a dropped
+        patch is never read (no MAC, no SOP; the energy counter, which sees this input, agrees)."""
+        p = self.cpm.kernel_size[0]
+        t, b, c, h, w = x.shape
+        if h % p or w % p or (h // p) * (w // p) != self.num_patches:
+            raise ValueError(f"MultiSpSLT: input images {h}x{w} do not make {self.num_patches} patches of {p}x{p}")
+        xr = x.reshape(t, b, c, h // p, p, w // p, p).permute(0, 1, 2, 4, 3, 5, 6)   # [T, B, C, p, h, w, p]
+        xr = xr.reshape(t, b, c, p, self.num_patches, p).index_select(4, idx)      # patch order = flatten(3)'s
+        return xr.reshape(t, b, c, p, idx.numel() * p)
+
     def tokens(self, x, select: bool = True):
-        """CPM spikes [T, B, N_kept, D] (all N patches with select=False)."""
+        """CPM spikes [T, B, N_kept, D] (all N patches with select=False). In inference (BatchNorm on its
+        running statistics) with patches dropped, the CPM runs on the kept patches only."""
         x = self._time(x)
         t, b = x.shape[:2]
+        if select and self._kept_patches_only():
+            idx = self.patch_mask.nonzero().flatten()
+            y = self.cpm(self._patch_strip(x, idx))                      # [T, B, D, 1, N_kept]
+            y = self.cpm_bn(y.flatten(0, 1)).reshape(t, b, *y.shape[2:])
+            return self.cpm_lif(y.flatten(3).transpose(2, 3) + self.pos.index_select(0, idx))
         y = self.cpm(x)                                                  # [T, B, D, h, w]
         y = self.cpm_bn(y.flatten(0, 1)).reshape(t, b, *y.shape[2:])
         y = y.flatten(3).transpose(2, 3) + self.pos                     # [T, B, N, D]
