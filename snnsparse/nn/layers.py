@@ -197,6 +197,18 @@ class _SpikeMixin:
         self.last_input_binary = True
         return out
 
+    def _init_conv(self, base, args, padding_mode, device, dtype, backend, input_kind) -> None:
+        """SpikeConv1d / SpikeConv2d construction: zero padding only, base's (nn.Conv1d / nn.Conv2d) own
+        init, then the geometry the kernels can run (unsupported_reason), refused here, not at forward."""
+        name = type(self).__name__
+        if padding_mode != "zeros":
+            raise ValueError(f"{name}: {_PADDING_MODE_ONLY_ZEROS}, got {padding_mode!r}")
+        base.__init__(self, *args, padding_mode, device=device, dtype=dtype)
+        reason = self.unsupported_reason(self)
+        if reason:
+            raise ValueError(f"{name}: {reason}")
+        self._init_spike(backend, input_kind)
+
     def _float_input(self, x):
         """bool / uint8 input (spikes, or uint8 pixels) in the weight's dtype for F.linear / F.conv2d,
         which refuse mixed dtypes; the event kernels take them as they are."""
@@ -272,14 +284,8 @@ class SpikeConv2d(_SpikeMixin, nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
                  *, backend: str = "auto", input_kind: str = "auto"):
-        if padding_mode != "zeros":
-            raise ValueError(f"SpikeConv2d: {_PADDING_MODE_ONLY_ZEROS}, got {padding_mode!r}")
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device=device, dtype=dtype)
-        reason = self.unsupported_reason(self)
-        if reason:
-            raise ValueError(f"SpikeConv2d: {reason}")
-        self._init_spike(backend, input_kind)
+        self._init_conv(nn.Conv2d, (in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias),
+                        padding_mode, device, dtype, backend, input_kind)
 
     @staticmethod
     def unsupported_reason(conv: nn.Conv2d) -> Optional[str]:
@@ -348,14 +354,8 @@ class SpikeConv1d(_SpikeMixin, nn.Conv1d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
                  *, backend: str = "auto", input_kind: str = "auto"):
-        if padding_mode != "zeros":
-            raise ValueError(f"SpikeConv1d: {_PADDING_MODE_ONLY_ZEROS}, got {padding_mode!r}")
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device=device, dtype=dtype)
-        reason = self.unsupported_reason(self)
-        if reason:
-            raise ValueError(f"SpikeConv1d: {reason}")
-        self._init_spike(backend, input_kind)
+        self._init_conv(nn.Conv1d, (in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias),
+                        padding_mode, device, dtype, backend, input_kind)
 
     @staticmethod
     def unsupported_reason(conv: nn.Conv1d) -> Optional[str]:

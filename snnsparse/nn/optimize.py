@@ -764,6 +764,11 @@ class _Optimizer:
             x = x.reshape(-1, channels, *x.shape[-2:]) if conv else x.reshape(-1, channels)
         except RuntimeError:
             return None
+        return self._binary_example(x, planes)
+
+    @staticmethod
+    def _binary_example(x: torch.Tensor, planes: bool) -> Optional[torch.Tensor]:
+        """x (for spike counts: its lowest bit plane) contiguous, when it is binary of a packable dtype."""
         if x.dtype not in _PACKABLE_DTYPES:
             return None
         if planes:
@@ -771,9 +776,7 @@ class _Optimizer:
                 x = bit_planes(x, "")[0][1]
             except NonBinarySpikesError:
                 return None
-        if not is_binary(x):
-            return None
-        return x.contiguous()
+        return x.contiguous() if is_binary(x) else None
 
     def inference_layer(self, module, spike, name, x: G.Kind, weight, bias, mask, fold_rank):
         if isinstance(spike, SpikeConv1d):
@@ -886,15 +889,7 @@ class _Optimizer:
         recorded = self.calls[id(module)].first_input
         if not recorded or recorded[0].dim() < 2 or recorded[0].shape[-2] != channels:
             return None
-        x = recorded[0].reshape(-1, channels, 1, recorded[0].shape[-1])
-        if x.dtype not in _PACKABLE_DTYPES:
-            return None
-        if planes:
-            try:
-                x = bit_planes(x, "")[0][1]
-            except NonBinarySpikesError:
-                return None
-        return x.contiguous() if is_binary(x) else None
+        return self._binary_example(recorded[0].reshape(-1, channels, 1, recorded[0].shape[-1]), planes)
 
     # -- neurons and the rest ----------------------------------------------------------------------
     def neuron(self, module: nn.Module, name: str, one_call: bool = False) -> Optional[nn.Module]:
