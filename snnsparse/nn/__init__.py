@@ -2,6 +2,7 @@
 event-driven kernels for binary input), the multi-step LIF neuron, and convert()."""
 from .layers import SpikeConv2d, SpikeLinear  # noqa: F401
 from .lif import LIF  # noqa: F401
+from .leaky import Leaky  # noqa: F401
 from .convert import ConvertRecord, ConvertWarning, convert  # noqa: F401
 from .fuse import fuse_conv_bn  # noqa: F401
 from .optimize import optimize_for_inference  # noqa: F401

@@ -25,6 +25,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from .layers import SpikeConv2d, SpikeLinear, _SpikeMixin, check_backend_name, check_input_kind
+from .leaky import Leaky, is_snntorch_leaky, snntorch_blocker
 from .lif import LIF
 
 REPORT_ATTR = "snnsparse_convert_report"
@@ -121,6 +122,17 @@ def lif_blocker(module: nn.Module) -> Optional[str]:
     return None
 
 
+def _neuron_converter(module: nn.Module):
+    """(reason it cannot be converted or None, builder of the snnsparse neuron) for a neuron of another
+    library that convert knows (snnTorch Leaky, Norse LIFCell / LIF), else None."""
+    if is_snntorch_leaky(module):
+        return snntorch_blocker(module), lambda: Leaky.from_snntorch(module)
+    from .norse import is_norse_lif, norse_converter
+    if is_norse_lif(module):
+        return norse_converter(module)
+    return None
+
+
 def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend: str) -> _Decision:
     """What to do with one module (builds the replacement, so that every error is raised before
     convert changes anything)."""
@@ -129,7 +141,8 @@ def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend:
         return _Decision(None, ConvertRecord(name, cls, "kept", cls), False)
     spike_cls = _plain_spike_class(module)
     is_lif = _is_spikingjelly_lif(module)
-    if spike_cls is None and not is_lif:
+    neuron = _neuron_converter(module)
+    if spike_cls is None and not is_lif and neuron is None:
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             return _left(name, module, _unknown_reason(module))
         return _Decision(None, None, True)
@@ -140,7 +153,12 @@ def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend:
         reason = SpikeConv2d.unsupported_reason(module)
         if reason:
             return _left(name, module, reason)
-    if is_lif:
+    if neuron is not None:
+        blocker, build = neuron
+        if blocker:
+            return _left(name, module, blocker)
+        new = build()
+    elif is_lif:
         blocker = lif_blocker(module)
         if blocker:
             return _left(name, module, blocker)
