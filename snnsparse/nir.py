@@ -471,7 +471,12 @@ def to_nir(model: nn.Module, example_inputs: torch.Tensor, dt: float):
                 raise ValueError(f"ss.nir.save: module {node.target!r} is called with {len(node.args)} arguments; "
                                  f"NIR nodes take one input")
             module = gm.get_submodule(node.target)
-            name = node.target if node.target not in nodes else f"{node.target}_{node.name}"
+            name = node.target
+            if isinstance(model, NIRModel) and name.startswith("nodes."):  # keep the imported graph's names
+                by_key = {k: n for n, k in model.keys.items()}
+                name = by_key.get(name[len("nodes."):], name)
+            if name in nodes:  # a module called twice: two NIR nodes (with the same parameters)
+                name = f"{name}_{node.name}"
             if node.target not in shapes:
                 raise ValueError(f"ss.nir.save: module {node.target!r} did not run on example_inputs")
             nodes[name] = _export_node(module, node.target, shapes[node.target], dt)
