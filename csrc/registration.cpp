@@ -67,18 +67,29 @@ TORCH_LIBRARY(snnsparse, m) {
         " bool need_input_grad, bool need_weight_grad, bool dense_weight_grad)"
         " -> (Tensor grad_in, Tensor grad_weight)");
 
-  // Multi-step LIF. x_seq [T, N]; v0 [N]. v_reset None = soft reset. The surrogate (name and alpha)
-  // and detach_reset are arguments of the forward too, so its autograd knows them (one schema for
-  // every backend: snnsparse_triton declares the same). Returns spikes [T, N], v_last [N], h_seq
-  // [T, N] (the pre-fire potential, for backward; an empty tensor when save_h is false).
+  // Multi-step neuron of the LIF family (SpikingJelly LIFNode, IFNode, ParametricLIFNode). x_seq [T, N];
+  // v0 [N]. v_reset None = soft reset. The surrogate (name and alpha) and detach_reset are arguments of
+  // the forward too, so its autograd knows them (one schema for every backend: snnsparse_triton declares
+  // the same). Returns spikes [T, N], v_last [N], h_seq [T, N] (the pre-fire potential, for backward; an
+  // empty tensor when save_h is false).
   // surrogate: "sigmoid", "atan", "piecewise_quadratic", "soft_sign", "erf".
+  // charge: how H[t] is computed from X[t] and V[t-1] (vr = v_reset, 0 when None), in SpikingJelly's
+  // float operation order:
+  //   "lif"  (LIFNode)            decay_input: V + (X - (V - vr)) / tau;  else V - (V - vr) / tau + X
+  //   "if"   (IFNode)             V + X                      (tau and decay_input are not read)
+  //   "plif" (ParametricLIFNode)  decay_input: V + (X - (V - vr)) * k;    else V - (V - vr) * k + X
+  // k is required for "plif" (a 0-dim tensor of x_seq's dtype and device: sigmoid(w), the module's
+  // learnable parameter) and must be None otherwise; tau is read only by "lif" (> 1).
   m.def("lif_fwd(Tensor x_seq, Tensor v0, float tau, float v_threshold, float? v_reset, bool decay_input,"
-        " bool detach_reset, str surrogate, float alpha, bool save_h)"
+        " bool detach_reset, str surrogate, float alpha, bool save_h, str charge=\"lif\", Tensor? k=None)"
         " -> (Tensor spikes, Tensor v_last, Tensor h_seq)");
-  // Gradients of x_seq and v0 from those of spikes, v_last and h_seq (None: zero).
+  // Gradients of x_seq, v0 and k from those of spikes, v_last and h_seq (None: zero). grad_k is the
+  // 0-dim gradient of k when x_seq and v0 (the forward's inputs, from which V[t-1] is recomputed) are
+  // given (charge "plif" only), else an empty tensor.
   m.def("lif_bwd(Tensor grad_spikes, Tensor? grad_v_last, Tensor? grad_h, Tensor h_seq, float tau,"
-        " float v_threshold, float? v_reset, bool decay_input, bool detach_reset, str surrogate, float alpha)"
-        " -> (Tensor grad_x, Tensor grad_v0)");
+        " float v_threshold, float? v_reset, bool decay_input, bool detach_reset, str surrogate, float alpha,"
+        " str charge=\"lif\", Tensor? k=None, Tensor? x_seq=None, Tensor? v0=None)"
+        " -> (Tensor grad_x, Tensor grad_v0, Tensor grad_k)");
 
   // ---- CPU weight packing (impls on CPU only) ----
   // The core forward ops above pack (weight, mask) on every call, so they can never read a stale

@@ -77,17 +77,21 @@ def variants(quick: bool):
              dict(cv, HAS_MASK=True, DENSE=False, SKIP_ZERO_TILES=True)),
         ]
         scal = {"tau": "fp32", "v_th": "fp32", "v_reset": "fp32", "alpha": "fp32"}
-        out.append((f"lif_fwd {dt}", LF.lif_fwd_kernel,
-                    {"x_ptr": f"*{dt}", "v0_ptr": f"*{dt}", "s_ptr": f"*{dt}", "v_ptr": f"*{dt}", "h_ptr": f"*{dt}",
-                     "bits_ptr": "*i32", "cnt_ptr": "*i32", **scal},
-                    dict(DECAY_INPUT=True, HARD_RESET=True, SAVE_H=True, EMIT_BITS=True,
-                         ROUND=dt in ("fp16", "bf16"), BLOCK=256)))
+        acc = "fp64" if dt == "fp64" else "fp32"
+        for ch, charge in enumerate(LF.CHARGES):
+            out.append((f"lif_fwd {dt} charge={charge}", LF.lif_fwd_kernel,
+                        {"x_ptr": f"*{dt}", "v0_ptr": f"*{dt}", "s_ptr": f"*{dt}", "v_ptr": f"*{dt}", "h_ptr": f"*{dt}",
+                         "bits_ptr": "*i32", "cnt_ptr": "*i32", "k_ptr": f"*{dt}", **scal},
+                        dict(CHARGE=ch, DECAY_INPUT=True, HARD_RESET=True, SAVE_H=True, EMIT_BITS=True,
+                             ROUND=dt in ("fp16", "bf16"), EXACT_MUL=True, BLOCK=256)))
         for sur in range(5):
             out.append((f"lif_bwd {dt} surrogate={LF.SURROGATES[sur]}", LF.lif_bwd_kernel,
                         {"gs_ptr": f"*{dt}", "gv_ptr": f"*{dt}", "gh_ptr": f"*{dt}", "h_ptr": f"*{dt}",
-                         "gx_ptr": f"*{dt}", "gv0_ptr": f"*{dt}", **scal},
-                        dict(HAS_GV=True, HAS_GH=True, DECAY_INPUT=sur % 2 == 0, HARD_RESET=sur < 3,
-                             DETACH_RESET=sur == 3, SURROGATE=sur, BLOCK=256)))
+                         "gx_ptr": f"*{dt}", "gv0_ptr": f"*{dt}", "k_ptr": f"*{dt}", "x_ptr": f"*{dt}",
+                         "v0_ptr": f"*{dt}", "gkn_ptr": f"*{acc}", **scal},
+                        dict(HAS_GV=True, HAS_GH=True, CHARGE=sur % 3, DECAY_INPUT=sur % 2 == 0, HARD_RESET=sur < 3,
+                             DETACH_RESET=sur == 3, SURROGATE=sur, GRAD_K=sur % 3 == 2,
+                             ROUND=dt in ("fp16", "bf16"), BLOCK=256)))
             if quick:
                 break
     return out

@@ -302,17 +302,22 @@ def spike_conv2d(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     return _result(out.reshape(*lead, cout, ho, wo), n, return_count)
 
 
-def _lif_args(x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha, decay_input=True, detach_reset=False):
-    op = "lif"
+_CHARGE_OP = {"lif": "lif", "if": "if_neuron", "plif": "plif"}  # charge -> the public function's name
+
+
+def _lif_args(x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha, decay_input=True, detach_reset=False, *,
+              charge="lif"):
+    op = _CHARGE_OP[charge]
     _check_tensor(x_seq, "x_seq", op)
     if x_seq.dtype not in _FLOATS:
         raise TypeError(f"{op}: x_seq must be floating point, got {x_seq.dtype}")
     if x_seq.dim() < 1:
         raise ValueError(f"{op}: x_seq must be time-major [T, ...], got a 0-dim tensor")
-    tau = check_real(tau, "tau", where=op)
+    if charge == "lif":
+        tau = check_real(tau, "tau", where=op)
+        if tau <= 1.0:
+            raise ValueError(f"{op}: tau must be > 1 (as in SpikingJelly's LIFNode), got {tau}")
     v_threshold = check_real(v_threshold, "v_threshold", where=op)
-    if tau <= 1.0:
-        raise ValueError(f"{op}: tau must be > 1 (as in SpikingJelly's LIFNode), got {tau}")
     v_reset = check_real(v_reset, "v_reset", or_none=True, where=op)   # None: soft reset
     check_bool(decay_input, "decay_input", where=op)
     check_bool(detach_reset, "detach_reset", where=op)
@@ -331,11 +336,37 @@ def _lif_args(x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha, decay_inpu
     return tau, v_threshold, v_reset, surrogate, alpha
 
 
-def lif_with_h(x_seq, v0=None, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
-               detach_reset=False, surrogate="sigmoid", alpha=None, backend="auto", return_h=False):
-    """lif() that also returns h_seq [T, ...], the pre-fire membrane potential (None unless return_h)."""
-    tau, v_threshold, v_reset, surrogate, alpha = _lif_args(x_seq, v0, tau, v_threshold, v_reset,
-                                                            surrogate, alpha, decay_input, detach_reset)
+def check_plif_w(w, where: str = "plif", device=None) -> None:
+    """ParametricLIF's w (k = sigmoid(w)): a 0-dim floating tensor (on `device` when given)."""
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{where}: w must be a 0-dim floating tensor (the learnable parameter, k = sigmoid(w)), "
+                        f"got {type(w).__name__}")
+    if not w.is_floating_point() or w.dim() != 0:
+        raise ValueError(f"{where}: w must be a 0-dim floating tensor (SpikingJelly's ParametricLIFNode.w), "
+                         f"got {w.dtype} of shape {tuple(w.shape)}")
+    if device is not None and w.device != device:
+        raise TypeError(f"{where}: w must be on x_seq's device ({device}), got {w.device}")
+
+
+def neuron_with_h(x_seq, v0=None, *, charge="lif", tau=2.0, w=None, v_threshold=1.0, v_reset=0.0,
+                  decay_input=True, detach_reset=False, surrogate="sigmoid", alpha=None, backend="auto",
+                  return_h=False):
+    """The one path of every fused neuron (lif, if_neuron, plif and the ss.nn modules): validate, pick the
+    backend, run the lif op with `charge` ("lif": tau; "if"; "plif": k = sigmoid(w), differentiable in w).
+    Returns (spike_seq [T, ...], v_last [...], h_seq [T, ...] or None unless return_h)."""
+    if charge not in _CHARGE_OP:
+        raise ValueError(f"neuron: charge must be one of {tuple(_CHARGE_OP)}, got {charge!r}")
+    tau, v_threshold, v_reset, surrogate, alpha = _lif_args(x_seq, v0, tau, v_threshold, v_reset, surrogate,
+                                                            alpha, decay_input, detach_reset, charge=charge)
+    k = None
+    if charge == "plif":
+        check_plif_w(w, _CHARGE_OP[charge], x_seq.device)
+        # SpikingJelly's k: w.float().sigmoid() for half w, w.sigmoid() otherwise (cast to x_seq's dtype later)
+        k = torch.sigmoid(w.float() if w.dtype in (torch.float16, torch.bfloat16) else w)
+    elif w is not None:
+        raise ValueError(f"{_CHARGE_OP[charge]}: w is read only by charge 'plif'")
+    if charge != "lif":
+        tau = 0.0  # not read
     shape = x_seq.shape
     t = shape[0]
     x = x_seq.reshape(t, math.prod(shape[1:]))
@@ -345,8 +376,39 @@ def lif_with_h(x_seq, v0=None, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_i
         v = v0.reshape(-1)
     name, impl = backends.resolve(backend, x.device, "lif", t=t, n=x.shape[1])
     s, v_last, h = impl.lif(x, v, tau, v_threshold, v_reset, bool(decay_input), bool(detach_reset),
-                            surrogate, alpha, return_h)
+                            surrogate, alpha, return_h, charge=charge, k=k)
     return s.reshape(shape), v_last.reshape(shape[1:]), (None if h is None else h.reshape(shape))
+
+
+def lif_with_h(x_seq, v0=None, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
+               detach_reset=False, surrogate="sigmoid", alpha=None, backend="auto", return_h=False):
+    """lif() that also returns h_seq [T, ...], the pre-fire membrane potential (None unless return_h)."""
+    return neuron_with_h(x_seq, v0, charge="lif", tau=tau, v_threshold=v_threshold, v_reset=v_reset,
+                         decay_input=decay_input, detach_reset=detach_reset, surrogate=surrogate, alpha=alpha,
+                         backend=backend, return_h=return_h)
+
+
+def if_neuron(x_seq: torch.Tensor, v0: Optional[torch.Tensor] = None, *, v_threshold: float = 1.0,
+              v_reset: Optional[float] = 0.0, detach_reset: bool = False, surrogate: str = "sigmoid",
+              alpha: Optional[float] = None, backend: str = "auto"):
+    """Multi-step integrate-and-fire neuron (SpikingJelly IFNode, step_mode="m"), fused over time:
+    H[t] = V[t-1] + X[t]; fire and reset as lif(). Returns (spike_seq [T, ...], v_last [...])."""
+    s, v, _ = neuron_with_h(x_seq, v0, charge="if", v_threshold=v_threshold, v_reset=v_reset,
+                            detach_reset=detach_reset, surrogate=surrogate, alpha=alpha, backend=backend)
+    return s, v
+
+
+def plif(x_seq: torch.Tensor, w: torch.Tensor, v0: Optional[torch.Tensor] = None, *, decay_input: bool = True,
+         v_threshold: float = 1.0, v_reset: Optional[float] = 0.0, detach_reset: bool = False,
+         surrogate: str = "sigmoid", alpha: Optional[float] = None, backend: str = "auto"):
+    """Multi-step parametric LIF neuron (SpikingJelly ParametricLIFNode, step_mode="m"), fused over time.
+    w is the learnable 0-dim parameter, k = sigmoid(w) = 1/tau:
+    H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) * k  (decay_input=False: V[t-1] - (V[t-1] - V_reset) * k + X[t]);
+    fire and reset as lif(). Differentiable in x_seq, v0 and w. Returns (spike_seq [T, ...], v_last [...])."""
+    s, v, _ = neuron_with_h(x_seq, v0, charge="plif", w=w, v_threshold=v_threshold, v_reset=v_reset,
+                            decay_input=decay_input, detach_reset=detach_reset, surrogate=surrogate, alpha=alpha,
+                            backend=backend)
+    return s, v
 
 
 def lif(x_seq: torch.Tensor, v0: Optional[torch.Tensor] = None, *, tau: float = 2.0,

@@ -113,19 +113,22 @@ void conv_wgrad(const void* gv, const void* xv, void* gwv, const ConvShape& s, i
 }
 
 template <typename scalar_t>
-void lif_fwd(const void* x, const void* v0, void* spk, void* vlast, void* h, const LifParams& p) {
+void lif_fwd(const void* x, const void* v0, void* spk, void* vlast, void* h, const void* k, const LifParams& p) {
   using acc_t = acc_of<scalar_t>;
   if (p.T == 0 || p.N == 0) return;
   launch(dim3(blocks_for(p.N)), dim3(kThreads), lif_fwd_kernel<scalar_t, acc_t>, (const scalar_t*)x,
-         (const scalar_t*)v0, (scalar_t*)spk, (scalar_t*)vlast, (scalar_t*)h, p);
+         (const scalar_t*)v0, (scalar_t*)spk, (scalar_t*)vlast, (scalar_t*)h, (const scalar_t*)k, p);
 }
 
+// gkn: per-neuron dL/dk in opmath (float for fp16/bf16), or nullptr.
 template <typename scalar_t>
-void lif_bwd(const void* gs, const void* gvl, const void* gh, const void* h, void* gx, void* gv0, const LifParams& p) {
+void lif_bwd(const void* gs, const void* gvl, const void* gh, const void* h, void* gx, void* gv0, const void* k,
+             const void* x, const void* v0, void* gkn, const LifParams& p) {
   using acc_t = acc_of<scalar_t>;
   if (p.T == 0 || p.N == 0) return;
   launch(dim3(blocks_for(p.N)), dim3(kThreads), lif_bwd_kernel<scalar_t, acc_t>, (const scalar_t*)gs,
-         (const scalar_t*)gvl, (const scalar_t*)gh, (const scalar_t*)h, (scalar_t*)gx, (scalar_t*)gv0, p);
+         (const scalar_t*)gvl, (const scalar_t*)gh, (const scalar_t*)h, (scalar_t*)gx, (scalar_t*)gv0,
+         (const scalar_t*)k, (const scalar_t*)x, (const scalar_t*)v0, (acc_t*)gkn, p);
 }
 
 #define EMU_DISPATCH(dtype, FN, ...)                     \
@@ -173,19 +176,22 @@ long long emu_wgrad_splits(const long long* shape, long long sms) {
   return wgrad_split_plan(s, sms).splits;
 }
 
-int emu_lif_fwd(int dtype, const void* x, const void* v0, void* spk, void* vlast, void* h, long long T, long long N,
-                double tau, double vth, int hard, double vr, int decay_input) {
-  const LifParams p = make_lif_params(T, N, dtype == 1, tau, vth, hard != 0, vr, decay_input != 0, false, 0, 1.0);
-  EMU_DISPATCH(dtype, lif_fwd, x, v0, spk, vlast, h, p);
+// charge: 0 lif, 1 if, 2 plif (k: a scalar of the dtype, read for plif only).
+int emu_lif_fwd(int dtype, const void* x, const void* v0, void* spk, void* vlast, void* h, const void* k, long long T,
+                long long N, double tau, double vth, int hard, double vr, int decay_input, int charge) {
+  const LifParams p = make_lif_params(T, N, dtype == 1, tau, vth, hard != 0, vr, decay_input != 0, false, 0, 1.0,
+                                      charge);
+  EMU_DISPATCH(dtype, lif_fwd, x, v0, spk, vlast, h, k, p);
   return 0;
 }
 
 int emu_lif_bwd(int dtype, const void* gs, const void* gvl, const void* gh, const void* h, void* gx, void* gv0,
-                long long T, long long N, double tau, double vth, int hard, double vr, int decay_input,
-                int detach_reset, int surrogate, double alpha) {
+                const void* k, const void* x, const void* v0, void* gkn, long long T, long long N, double tau,
+                double vth, int hard, double vr, int decay_input, int detach_reset, int surrogate, double alpha,
+                int charge) {
   const LifParams p = make_lif_params(T, N, dtype == 1, tau, vth, hard != 0, vr, decay_input != 0,
-                                      detach_reset != 0, surrogate, alpha);
-  EMU_DISPATCH(dtype, lif_bwd, gs, gvl, gh, h, gx, gv0, p);
+                                      detach_reset != 0, surrogate, alpha, charge);
+  EMU_DISPATCH(dtype, lif_bwd, gs, gvl, gh, h, gx, gv0, k, x, v0, gkn, p);
   return 0;
 }
 

@@ -237,7 +237,7 @@ def test_lif_core_ops(rng):
     assert torch.equal(s, sr) and torch.equal(v, vr) and torch.equal(h, hr)
     assert OPS.lif_fwd(x, v0, 2.0, 1.0, None, False, False, "sigmoid", 4.0, False)[2].numel() == 0
     gs = torch.randn_like(s)
-    gx, gv0 = OPS.lif_bwd(gs, None, None, h, 2.0, 1.0, 0.0, True, False, "atan", 2.0)
+    gx, gv0, _ = OPS.lif_bwd(gs, None, None, h, 2.0, 1.0, 0.0, True, False, "atan", 2.0)
     xr, v0r = x.double().requires_grad_(), v0.double().requires_grad_()
     sr, _, _ = R.lif(xr, v0r, 2.0, 1.0, 0.0, True, False, "atan", 2.0)
     gxr, gv0r = torch.autograd.grad((sr * gs.double()).sum(), (xr, v0r))

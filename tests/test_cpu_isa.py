@@ -9,6 +9,7 @@ this file is also the worker (`python tests/test_cpu_isa.py <seed>` under SNNSPA
 Replay a failure with SNNSPARSE_TEST_SEED=<seed> (the seed is printed).
 """
 import functools
+import itertools
 import os
 import platform
 import re
@@ -394,7 +395,7 @@ def _check_lif(g):
                     s2, v2, h2 = O.lif_fwd(x, v0, 1.7, 0.9, v_reset, decay, detach, sg, alpha, False)
                     assert torch.equal(s2, sr) and torch.equal(v2, vr) and h2.numel() == 0
                     gs, gv, gh = torch.randn_like(s), torch.randn_like(v), torch.randn_like(h)
-                    gx, gv0 = O.lif_bwd(gs, gv, gh, h, 1.7, 0.9, v_reset, decay, detach, sg, alpha)
+                    gx, gv0, _ = O.lif_bwd(gs, gv, gh, h, 1.7, 0.9, v_reset, decay, detach, sg, alpha)
                     with _one_thread():
                         xr, v0r = x.double().requires_grad_(), v0.double().requires_grad_()
                         sr, vr, hr = R.lif(xr, v0r, 1.7, 0.9, v_reset, decay, detach, sg, alpha, return_h=True)
@@ -403,6 +404,33 @@ def _check_lif(g):
                     tol = 1e-4 if dt == torch.float32 else 1e-9
                     _close(gx, gxr, f"lif grad_x {dt} {sg}", rtol=tol, atol=tol)
                     _close(gv0, gv0r, f"lif grad_v0 {dt} {sg}", rtol=tol, atol=tol)
+    # the IF and ParametricLIF charges (csrc/cpu/lif_kernels.h charge_h), k's gradient included
+    for charge, dt, N, decay, v_reset in itertools.product(("if", "plif"), (torch.float32, torch.float64), (4100,),
+                                                           (True, False), (0.0, None)):
+        if charge == "if" and not decay:
+            continue
+        x = (torch.randn(4, N, generator=g) * 1.2 + 0.5).to(dt)
+        v0 = (torch.randn(N, generator=g) * 0.3).to(dt)
+        k = torch.sigmoid(torch.randn((), generator=g)).to(dt) if charge == "plif" else None
+        args = (0.0, 0.9, v_reset, decay, False, "atan", 2.0)
+        s, v, h = O.lif_fwd(x, v0, *args, True, charge, k)
+        with _one_thread():
+            sr, vr, hr = R.lif(x, v0, *args, return_h=True, charge=charge, k=k)
+        assert torch.equal(s, sr) and torch.equal(v, vr) and torch.equal(h, hr), f"{charge} fwd {dt} {decay} {v_reset}"
+        gs, gv = torch.randn_like(s), torch.randn_like(v)
+        gx, gv0, gk = O.lif_bwd(gs, gv, None, h, *args, charge, k, x if k is not None else None,
+                                v0 if k is not None else None)
+        with _one_thread():
+            xr, v0r = x.double().requires_grad_(), v0.double().requires_grad_()
+            kr = None if k is None else k.double().requires_grad_()
+            sr, vr, _ = R.lif(xr, v0r, *args, charge=charge, k=kr)
+            want = torch.autograd.grad((sr * gs.double()).sum() + (vr * gv.double()).sum(),
+                                       (xr, v0r) + ((kr,) if kr is not None else ()))
+        tol = 1e-4 if dt == torch.float32 else 1e-9
+        _close(gx, want[0], f"{charge} grad_x {dt}", rtol=tol, atol=tol)
+        _close(gv0, want[1], f"{charge} grad_v0 {dt}", rtol=tol, atol=tol)
+        if k is not None:
+            _close(gk, want[2], f"{charge} grad_k {dt}", rtol=tol, atol=tol * max(1.0, float(want[2].abs())) * 100)
 
 
 def _worker(seed):

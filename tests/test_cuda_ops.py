@@ -187,25 +187,35 @@ def test_emu_weight_grad(emu, rng, case, sms):
         torch.testing.assert_close(gw.double(), wd.grad, rtol=rtol, atol=atol * max(1.0, wd.grad.abs().max().item()))
 
 
-def emu_lif_fwd(lib, x, v0, tau, vth, vr, decay):
+CHARGE_ID = {"lif": 0, "if": 1, "plif": 2}  # csrc/cuda/lif_kernels.cuh Charge
+
+
+def emu_lif_fwd(lib, x, v0, tau, vth, vr, decay, charge="lif", k=None):
     t, n = x.shape
     s, vl, h = torch.full_like(x, float("nan")), torch.full_like(v0, float("nan")), torch.full_like(x, float("nan"))
-    rc = lib.emu_lif_fwd(EMU_DT[x.dtype], _ptr(x), _ptr(v0), _ptr(s), _ptr(vl), _ptr(h), ctypes.c_longlong(t),
-                         ctypes.c_longlong(n), ctypes.c_double(tau), ctypes.c_double(vth), int(vr is not None),
-                         ctypes.c_double(0.0 if vr is None else vr), int(decay))
+    rc = lib.emu_lif_fwd(EMU_DT[x.dtype], _ptr(x), _ptr(v0), _ptr(s), _ptr(vl), _ptr(h), _ptr(k),
+                         ctypes.c_longlong(t), ctypes.c_longlong(n), ctypes.c_double(tau), ctypes.c_double(vth),
+                         int(vr is not None), ctypes.c_double(0.0 if vr is None else vr), int(decay),
+                         CHARGE_ID[charge])
     assert rc == 0
     return s, vl, h
 
 
-def emu_lif_bwd(lib, gs, gvl, gh, h, tau, vth, vr, decay, detach, name, alpha):
+def emu_lif_bwd(lib, gs, gvl, gh, h, tau, vth, vr, decay, detach, name, alpha, charge="lif", k=None, x=None,
+                v0=None):
+    """(grad_x, grad_v0, grad_k): grad_k (the per-neuron sums of the kernel, summed here as the host
+    launcher does) when x and v0 are given, else None."""
     t, n = h.shape
     gx, gv0 = torch.full_like(h, float("nan")), torch.full((n,), float("nan"), dtype=h.dtype)
-    rc = lib.emu_lif_bwd(EMU_DT[h.dtype], _ptr(gs), _ptr(gvl), _ptr(gh), _ptr(h), _ptr(gx), _ptr(gv0),
-                         ctypes.c_longlong(t), ctypes.c_longlong(n), ctypes.c_double(tau), ctypes.c_double(vth),
-                         int(vr is not None), ctypes.c_double(0.0 if vr is None else vr), int(decay), int(detach),
-                         SG_ID[name], ctypes.c_double(alpha))
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    gkn = torch.full((n,), float("nan"), dtype=acc) if x is not None else None
+    rc = lib.emu_lif_bwd(EMU_DT[h.dtype], _ptr(gs), _ptr(gvl), _ptr(gh), _ptr(h), _ptr(gx), _ptr(gv0), _ptr(k),
+                         _ptr(x), _ptr(v0), _ptr(gkn), ctypes.c_longlong(t), ctypes.c_longlong(n),
+                         ctypes.c_double(tau), ctypes.c_double(vth), int(vr is not None),
+                         ctypes.c_double(0.0 if vr is None else vr), int(decay), int(detach), SG_ID[name],
+                         ctypes.c_double(alpha), CHARGE_ID[charge])
     assert rc == 0
-    return gx, gv0
+    return gx, gv0, (None if gkn is None else gkn.sum().to(h.dtype))
 
 
 _LIF_EMU = [  # dtype, tau, v_reset values. fp16/bf16 only where CPU and CUDA torch round alike
@@ -236,7 +246,7 @@ def test_emu_lif(emu, rng, dtype, tau, resets, t):
         gs = torch.randn((t, n), generator=rng).to(dtype)
         gvl = torch.randn((n,), generator=rng).to(dtype)
         torch.autograd.backward([sr, vlr], [gs, gvl])
-        gx, gv0 = emu_lif_bwd(emu, gs, gvl, None, h, tau, 1.0, v_reset, decay, detach, name, alpha)
+        gx, gv0, _ = emu_lif_bwd(emu, gs, gvl, None, h, tau, 1.0, v_reset, decay, detach, name, alpha)
         # The reference's fp16/bf16 autograd rounds every op; the kernel accumulates in fp32.
         rtol, atol = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-5, 1e-5), torch.float16: (1e-2, 1e-2),
                       torch.bfloat16: (5e-2, 5e-2)}[dtype]
@@ -258,8 +268,40 @@ def test_emu_lif_grad_h_and_threshold_ties(emu, rng):
     sr, vlr, hr = reference.lif(xr, v0, 2.0, 1.0, None, True, False, "sigmoid", 4.0, return_h=True)
     gs, gh = torch.randn((t, n), generator=rng), torch.randn((t, n), generator=rng)
     torch.autograd.backward([sr, hr], [gs, gh])
-    gx, _ = emu_lif_bwd(emu, gs, None, gh, h, 2.0, 1.0, None, True, False, "sigmoid", 4.0)
+    gx, _, _ = emu_lif_bwd(emu, gs, None, gh, h, 2.0, 1.0, None, True, False, "sigmoid", 4.0)
     torch.testing.assert_close(gx, xr.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("charge,decay", [("if", True), ("plif", True), ("plif", False)])
+def test_emu_neuron_charges(emu, rng, dtype, charge, decay):
+    """IF / ParametricLIF charges of the CUDA kernels: forward bit-identical to the reference (fp32/fp64; the
+    fp16/bf16 rounding replay too), gradients of x, v0 and k (the per-neuron sums + host sum) vs autograd."""
+    t, n = 5, 300  # two blocks of 256 threads
+    resets = (0.0, None, -0.3) if dtype in (torch.float32, torch.float64) else (0.0, None)
+    for v_reset, detach, name in itertools.product(resets, (False, True), ("sigmoid", "atan", "erf")):
+        x = (torch.randn((t, n), generator=rng) * 1.5 + 0.5).to(dtype)
+        v0 = (torch.randn((n,), generator=rng) * 0.3).to(dtype)
+        k = torch.sigmoid(torch.randn((), generator=rng)).to(dtype) if charge == "plif" else None
+        s, vl, h = emu_lif_fwd(emu, x, v0, 0.0, 1.0, v_reset, decay, charge, k)
+        xr, v0r = x.clone().requires_grad_(), v0.clone().requires_grad_()
+        kr = None if k is None else k.clone().requires_grad_()
+        sr, vlr, hr = reference.lif(xr, v0r, 0.0, 1.0, v_reset, decay, detach, name, 2.0, return_h=True,
+                                    charge=charge, k=kr)
+        what = f"{charge} {dtype} v_reset={v_reset} decay={decay} detach={detach} {name}"
+        assert torch.equal(s, sr.detach()), what
+        assert torch.equal(h, hr.detach()) and torch.equal(vl, vlr.detach()), what
+        gs = torch.randn((t, n), generator=rng).to(dtype)
+        gvl = torch.randn((n,), generator=rng).to(dtype)
+        torch.autograd.backward([sr, vlr], [gs, gvl])
+        gx, gv0, gk = emu_lif_bwd(emu, gs, gvl, None, h, 0.0, 1.0, v_reset, decay, detach, name, 2.0, charge, k,
+                                  x if k is not None else None, v0 if k is not None else None)
+        rtol, atol = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-5, 1e-5), torch.float16: (1e-2, 1e-2),
+                      torch.bfloat16: (5e-2, 5e-2)}[dtype]
+        pairs = [(gx, xr.grad), (gv0, v0r.grad)] + ([(gk, kr.grad)] if k is not None else [])
+        for got, want in pairs:
+            scale = max(1.0, want.abs().max().item()) * (math.sqrt(n) if got.dim() == 0 else 1.0)
+            torch.testing.assert_close(got, want, rtol=rtol * 10, atol=atol * scale, msg=what)
 
 
 # ================================================================================================
@@ -457,7 +499,7 @@ def test_gpu_edges_empty_and_zero():
     s, v, h = torch.ops.snnsparse.lif_fwd(torch.zeros(0, 6, device=DEV), torch.ones(6, device=DEV), 2.0, 1.0,
                                           0.0, True, False, "sigmoid", 4.0, True)
     assert s.shape == (0, 6) and h.shape == (0, 6) and torch.equal(v, torch.ones(6, device=DEV))
-    gx, gv0 = torch.ops.snnsparse.lif_bwd(torch.zeros(0, 6, device=DEV), torch.ones(6, device=DEV), None,
+    gx, gv0, _ = torch.ops.snnsparse.lif_bwd(torch.zeros(0, 6, device=DEV), torch.ones(6, device=DEV), None,
                                           torch.zeros(0, 6, device=DEV), 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0)
     assert gx.shape == (0, 6) and torch.equal(gv0, torch.ones(6, device=DEV))
     out = ss.functional.spike_conv2d(torch.ones(1, 2, 3, 3, device=DEV),
@@ -553,6 +595,11 @@ def _opcheck_cases(gen):
         (ops.lif_fwd.default, (xs, v0, 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True)),
         (ops.lif_bwd.default, (torch.ones_like(h), None, torch.ones_like(h), h, 2.0, 1.0, None, False, True, "atan",
                                  2.0)),
+        (ops.lif_fwd.default, (xs, v0, 0.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True, "if", None)),
+        (ops.lif_fwd.default, (xs, v0, 0.0, 1.0, None, False, False, "atan", 2.0, True, "plif",
+                               _to(torch.tensor(0.4)).requires_grad_())),
+        (ops.lif_bwd.default, (torch.ones_like(h), torch.ones_like(v0), None, h, 0.0, 1.0, -0.1, True, False, "erf",
+                               2.0, "plif", _to(torch.tensor(0.4)), xs.detach(), v0)),
     ]
 
 

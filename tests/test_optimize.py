@@ -74,7 +74,7 @@ def _images(rng, c=3, size=32):
 # ------------------------------------------------------------------------------------------------
 # Running and comparing.
 def _is_neuron(m):
-    return isinstance(m, (neuron.BaseNode, ss.nn.LIF))
+    return isinstance(m, (neuron.BaseNode, ss.nn.FusedNeuron))
 
 
 def _run(model, x, step_mode):
@@ -220,7 +220,8 @@ def test_sew_resnet18(rng, cnf, node):
     else:
         for name in later:
             assert report[name].action == "packed-event" and "SEW AND/IAND" in report[name].reason
-        assert all(r.action == "left" and "no fused kernel yet" in r.reason for r in _rows(report, original="IFNode"))
+        if_rows = _rows(report, original="IFNode")
+        assert if_rows and all(r.action == "neuron-fused" and "ss.nn.IF" in r.reason for r in if_rows)
     assert all(r.action == "packed-event" for r in _rows(report, original="Conv2d") if r.name.endswith("conv2"))
     _assert_fires(_compare(model, opt, x)[0])
     _assert_packed_only(opt, model)
@@ -283,8 +284,8 @@ def test_plif_cifar10net(rng, step_mode):
     report = opt.report()
     print(report)
     _assert_bn_all_folded(report, 6)
-    assert all(r.action == "left" and "no fused kernel yet" in r.reason
-               for r in _rows(report, original="ParametricLIFNode"))
+    plif_rows = _rows(report, original="ParametricLIFNode")
+    assert plif_rows and all(r.action == "neuron-fused" and "ss.nn.ParametricLIF" in r.reason for r in plif_rows)
     assert report["conv_fc.22"].action == "packed-event" and report["conv_fc.25"].action == "packed-event"
     assert report["conv_fc.21"].action == "left"  # eval-mode dropout: spikes stay spikes
     _assert_fires(_compare(model, opt, x, step_mode)[0])

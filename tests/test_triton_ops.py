@@ -342,6 +342,73 @@ def test_lif_edges_and_functional(rng):
     assert not bool(T.lif(-big, torch.zeros(40, device=DEV), 2.0, 1.0, 0.0, True, False, "atan", 2.0)[0].any())
 
 
+NEURON_CASES = [("if", None, True), ("plif", 0.37, True), ("plif", 0.62, False)]
+
+
+@pytest.mark.parametrize("charge,k,decay_input", NEURON_CASES)
+@pytest.mark.parametrize("v_reset,detach_reset,surrogate", [(0.0, False, "sigmoid"), (None, True, "atan"),
+                                                            (-0.2, False, "erf")])
+def test_neuron_charges_forward_backward(charge, k, decay_input, v_reset, detach_reset, surrogate, rng):
+    """IF / ParametricLIF charges: spikes, v and h bit-identical to the torch loop; gradients of x, v0 and k
+    against autograd through the float64 reference."""
+    t, n = 6, 70
+    x = randn((t, n), rng) * 1.5 + 0.4
+    v0 = randn((n,), rng) * 0.3
+    args = (0.0, 1.0, v_reset, decay_input, detach_reset, surrogate, 2.0)
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        kd = None if k is None else torch.tensor(k, dtype=dtype, device=DEV).requires_grad_()
+        xd, vd = x.to(DEV, dtype).requires_grad_(), v0.to(DEV, dtype).requires_grad_()
+        s, v, h = T.lif(xd, vd, *args, True, charge=charge, k=kd)
+        rs, rv, rh = R.lif(xd.detach(), vd.detach(), *args, True, charge=charge,
+                           k=None if kd is None else kd.detach())
+        assert torch.equal(s, rs) and torch.equal(v, rv) and torch.equal(h, rh), dtype
+        if dtype == torch.float16:
+            continue
+        gs, gv = randn((t, n), rng).to(DEV, dtype), randn((n,), rng).to(DEV, dtype)
+        inputs = (xd, vd) + ((kd,) if kd is not None else ())
+        got = torch.autograd.grad((s * gs).sum() + (v * gv).sum(), inputs)
+        xr, vr_ = x.to(dtype).double().requires_grad_(), v0.to(dtype).double().requires_grad_()
+        kr = None if kd is None else kd.detach().double().requires_grad_()
+        sr, vlr, _ = R.lif(xr, vr_, *args, charge=charge, k=kr)
+        if not torch.equal(sr.to(dtype), s.detach()):
+            continue  # a float32 H within rounding of the threshold: the float64 spike train differs
+        want = torch.autograd.grad((sr * gs.double()).sum() + (vlr * gv.double()).sum(),
+                                   (xr, vr_) + ((kr,) if kr is not None else ()))
+        tol = 1e-9 if dtype == torch.float64 else 1e-4
+        for a, e in zip(got, want):
+            assert_close64(a.cpu(), e, rtol=tol, atol=tol * max(1.0, float(e.abs().max())))
+
+
+def test_neuron_op_schemas_match_snnsparse():
+    """One schema per op: snnsparse_triton's lif_fwd / lif_bwd (inferred from the Python signatures) equal
+    snnsparse::'s (csrc/registration.cpp): argument names, types and defaults, and the returns."""
+    from snnsparse.ops.registry import require_cpp
+    require_cpp("test_neuron_op_schemas_match_snnsparse")
+    for name in ("lif_fwd", "lif_bwd"):
+        a = getattr(torch.ops.snnsparse, name).default._schema
+        b = getattr(ops, name).default._schema
+        assert [(x.name, str(x.type), x.default_value) for x in a.arguments] == \
+            [(x.name, str(x.type), x.default_value) for x in b.arguments], name
+        assert [str(x.type) for x in a.returns] == [str(x.type) for x in b.returns], name
+
+
+def test_neuron_ss_modules_on_triton(rng):
+    """ss.nn.IF / ParametricLIF on the triton backend equal the reference backend, gradient of w too."""
+    x = randn((4, 2, 9), rng).to(DEV) + 0.7
+    for cls in (ss.nn.IF, ss.nn.ParametricLIF):
+        outs = []
+        for backend in ("triton", "reference"):
+            m = cls(backend=backend).to(DEV)
+            xx = x.clone().requires_grad_()
+            s = m(xx)
+            (s * torch.arange(s.numel(), device=DEV).reshape(s.shape).cos()).sum().backward()
+            outs.append((s, xx.grad, getattr(m, "w", None)))
+        assert torch.equal(outs[0][0], outs[1][0])
+        assert_close64(outs[0][1].cpu(), outs[1][1].cpu(), rtol=1e-5, atol=1e-5)
+        if cls is ss.nn.ParametricLIF:
+            assert_close64(outs[0][2].grad.cpu(), outs[1][2].grad.cpu(), rtol=1e-5, atol=1e-5)
+
+
 def test_lif_packed_spikes_and_counts(rng):
     t, n = 3, 100
     x, v0 = randn((t, n), rng).to(DEV) * 2, torch.zeros(n, device=DEV)
@@ -554,6 +621,11 @@ def test_opcheck_all_ops(rng):
     h = T.lif(xl.detach(), v0, 2.0, 1.0, None, True, False, "atan", 2.0, True)[2]
     torch.library.opcheck(ops.lif_bwd, (torch.randn_like(h), torch.randn_like(v0), torch.randn_like(h), h, 2.0, 1.0,
                                         None, True, False, "atan", 2.0))
+    k = torch.tensor(0.4, device=DEV).requires_grad_()
+    torch.library.opcheck(ops.lif_fwd, (xl, v0, 0.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True, "plif", k))
+    torch.library.opcheck(ops.lif_fwd, (xl, v0, 0.0, 1.0, None, True, True, "atan", 2.0, True, "if", None))
+    torch.library.opcheck(ops.lif_bwd, (torch.randn_like(h), torch.randn_like(v0), None, h, 0.0, 1.0, -0.1, False,
+                                        False, "erf", 2.0, "plif", k.detach(), xl.detach(), v0))
 
 
 def test_torch_compile_fullgraph(rng):

@@ -30,6 +30,9 @@ constexpr int64_t kCh = 64;
 // Surrogate gradients of the LIF backward (names parsed in lif.cpp).
 enum Surrogate { kSigmoid = 0, kAtan = 1, kPiecewiseQuadratic = 2, kSoftSign = 3, kErf = 4 };
 
+// How the neuron charges (the op's `charge`, csrc/registration.cpp): LIFNode, IFNode, ParametricLIFNode.
+enum Charge { kChargeLif = 0, kChargeIf = 1, kChargePlif = 2 };
+
 template <typename T>
 struct LifFwdArgs {
   const T* x;      // [Tn, N]
@@ -38,7 +41,9 @@ struct LifFwdArgs {
   T* vlast;        // [N]
   T* h;            // [Tn, N] pre-fire potential, or nullptr (not saved)
   int64_t Tn, N;
-  T tau, vth, vr;  // vr is 0 for a soft reset
+  T c;             // the charge's constant: tau (kChargeLif), k = sigmoid(w) (kChargePlif), unused (kChargeIf)
+  T vth, vr;       // vr is 0 for a soft reset
+  Charge charge;
   bool decay_input, hard;
 };
 
@@ -51,9 +56,17 @@ struct LifBwdArgs {
   T* gx;         // [Tn, N]
   T* gv0;        // [N]
   int64_t Tn, N;
-  T tau, vth, vr, alpha;
-  bool decay_input, hard, detach_reset;
+  T dhdx, dhdv;  // dH[t]/dX[t] and dH[t]/dV[t-1] of the charge (constants for every charge)
+  T vth, vr, alpha;
+  bool hard, detach_reset;
   Surrogate surrogate;
+  // Gradient of the charge constant k (kChargePlif): per-neuron sums over t of dL/dH[t] * dH[t]/dk,
+  // written to gk [N] when gk is not nullptr. V[t-1] is recomputed from h_seq (V[-1] = v0); x is read
+  // only when decay_input (dH/dk = X - (V - vr); else -(V - vr)).
+  T* gk;         // [N] or nullptr
+  const T* x;    // [Tn, N] the forward's input (gk only)
+  const T* v0;   // [N] the forward's v0 (gk only)
+  bool decay_input;
 };
 
 // Kernels of one dtype. Every kernel returning int64_t returns the number of weight accumulations

@@ -1,4 +1,5 @@
-// SIMD kernels of the fused multi-step LIF (csrc/cpu/lif.cpp has the ops and their checks).
+// SIMD kernels of the fused multi-step neuron: LIF, IF and ParametricLIF charges (csrc/cpu/lif.cpp has the
+// ops and their checks; the charges' equations are in csrc/registration.cpp).
 // Part of the ISA-compiled kernel source: included only by isa_variant.h, inside namespace
 // snnsparse::cpu::<variant> and its `#pragma GCC target`; include no header here.
 //
@@ -90,8 +91,25 @@ inline T surrogate_grad(T x, T alpha) {
   }
 }
 
-template <typename T, bool kDecay, bool kHard, bool kSaveH>
-void lif_fwd_kernel(const T* x, const T* v0, T* s, T* vlast, T* hs, int64_t Tn, int64_t N, T tau, T vth, T vr) {
+// H[t] from X[t] and V[t-1], in SpikingJelly's float operation order (csrc/registration.cpp, lif_fwd).
+// c is tau (kChargeLif) or k (kChargePlif).
+template <Charge kC, bool kDecay, typename T>
+inline T charge_h(T v, T x, T c, T vr) {
+  if constexpr (kC == kChargeIf) return v + x;
+  else if constexpr (kC == kChargeLif) return kDecay ? v + (x - (v - vr)) / c : v - (v - vr) / c + x;
+  else return kDecay ? v + (x - (v - vr)) * c : v - (v - vr) * c + x;
+}
+
+// V[t] from H[t] (fire and reset). Hard reset as the reference's S*V_reset + (1-S)*H: vr + 0*h is vr for
+// finite h (bit-exact) and NaN for h = +inf, as torch gives; a plain select would hide the overflow.
+template <bool kHard, typename T>
+inline T reset_v(T h, T vth, T vr) {
+  const bool fire = h >= vth;
+  return kHard ? (fire ? vr + T(0) * h : h) : (fire ? h - vth : h);
+}
+
+template <typename T, Charge kC, bool kDecay, bool kHard, bool kSaveH>
+void lif_fwd_kernel(const T* x, const T* v0, T* s, T* vlast, T* hs, int64_t Tn, int64_t N, T c, T vth, T vr) {
   at::parallel_for(0, N, kLifBlock, [&](int64_t i0, int64_t i1) {
     alignas(64) T v[kLifBlock];
     alignas(64) T sb[kLifBlock];
@@ -105,14 +123,10 @@ void lif_fwd_kernel(const T* x, const T* v0, T* s, T* vlast, T* hs, int64_t Tn, 
         T* __restrict__ ht = hb;
 #pragma omp simd
         for (int64_t i = 0; i < nb; ++i) {
-          const T vv = v[i];
-          const T h = kDecay ? vv + (xt[i] - (vv - vr)) / tau : vv - (vv - vr) / tau + xt[i];
-          const bool fire = h >= vth;
-          st[i] = fire ? T(1) : T(0);
+          const T h = charge_h<kC, kDecay>(v[i], xt[i], c, vr);
+          st[i] = h >= vth ? T(1) : T(0);
           if (kSaveH) ht[i] = h;
-          // Hard reset as the reference's S*V_reset + (1-S)*H: vr + 0*h is vr for finite h (bit-exact)
-          // and NaN for h = +inf, as torch gives; a plain select would hide the overflow.
-          v[i] = kHard ? (fire ? vr + T(0) * h : h) : (fire ? h - vth : h);
+          v[i] = reset_v<kHard>(h, vth, vr);
         }
         store_block(s + t * N + b0, sb, nb);
         if (kSaveH) store_block(hs + t * N + b0, hb, nb);
@@ -123,25 +137,37 @@ void lif_fwd_kernel(const T* x, const T* v0, T* s, T* vlast, T* hs, int64_t Tn, 
   });
 }
 
+// gk (kChargePlif's dL/dk per neuron) needs V[t-1]: recomputed from h_seq[t-1] by the forward's reset
+// (bit-identical to the forward's), v0 at t = 0.
 template <typename T, Surrogate S, bool kHard, bool kDetach>
-void lif_bwd_kernel(const T* gs, const T* gvl, const T* gh, const T* hs, T* gx, T* gv0, int64_t Tn, int64_t N,
-                    T tau, T vth, T vr, bool decay, T alpha) {
-  const T dhdx = decay ? T(1) / tau : T(1);
-  const T dhdv = T(1) - T(1) / tau;
+void lif_bwd_kernel(const LifBwdArgs<T>& a) {
+  const T* gs = a.gs;
+  const T* gvl = a.gvl;
+  const T* gh = a.gh;
+  const T* hs = a.hs;
+  const int64_t Tn = a.Tn, N = a.N;
+  const T dhdx = a.dhdx, dhdv = a.dhdv, vth = a.vth, vr = a.vr, alpha = a.alpha;
   at::parallel_for(0, N, kLifBlock, [&](int64_t i0, int64_t i1) {
     alignas(64) T gv[kLifBlock];
     alignas(64) T gb[kLifBlock];
+    alignas(64) T gHb[kLifBlock];  // dL/dH[t] of the block (gk only)
+    alignas(64) T gkb[kLifBlock];
     for (int64_t b0 = i0; b0 < i1; b0 += kLifBlock) {
       const int64_t nb = std::min(kLifBlock, i1 - b0);
       for (int64_t i = 0; i < nb; ++i) gv[i] = gvl ? gvl[b0 + i] : T(0);
+      if (a.gk)
+        for (int64_t i = 0; i < nb; ++i) gkb[i] = T(0);
       for (int64_t t = Tn - 1; t >= 0; --t) {
         const T* __restrict__ ht = hs + t * N + b0;
         const T* __restrict__ gst = gs + t * N + b0;
         const T* __restrict__ ght = gh ? gh + t * N + b0 : nullptr;
         T* __restrict__ gxt = gb;
-        // One loop body, instantiated with and without the h_seq gradient (no per-element branch).
-        auto step = [&](auto with_gh) {
+        T* __restrict__ gHt = gHb;
+        // One loop body, instantiated with and without the h_seq gradient and the k gradient (no
+        // per-element branch).
+        auto step = [&](auto with_gh, auto with_gk) {
           constexpr bool kGradH = decltype(with_gh)::value;
+          constexpr bool kGradK = decltype(with_gk)::value;
 #pragma omp simd
           for (int64_t i = 0; i < nb; ++i) {
             const T h = ht[i];
@@ -152,15 +178,35 @@ void lif_bwd_kernel(const T* gs, const T* gvl, const T* gh, const T* hs, T* gx, 
             else dvdh = kDetach ? T(1) : T(1) - vth * sg;
             T g = gst[i] * sg + gv[i] * dvdh;
             if constexpr (kGradH) g = g + ght[i];
+            if constexpr (kGradK) gHt[i] = g;
             gxt[i] = g * dhdx;
             gv[i] = g * dhdv;
           }
         };
-        if (ght) step(std::true_type());
-        else step(std::false_type());
-        store_block(gx + t * N + b0, gb, nb);
+        if (ght) {
+          if (a.gk) step(std::true_type(), std::true_type());
+          else step(std::true_type(), std::false_type());
+        } else {
+          if (a.gk) step(std::false_type(), std::true_type());
+          else step(std::false_type(), std::false_type());
+        }
+        store_block(a.gx + t * N + b0, gb, nb);
+        if (a.gk) {
+          const T* __restrict__ hp = t > 0 ? hs + (t - 1) * N + b0 : nullptr;
+          const T* __restrict__ vp0 = a.v0 + b0;
+          const T* __restrict__ xt = a.x ? a.x + t * N + b0 : nullptr;
+          const bool decay = a.decay_input;
+#pragma omp simd
+          for (int64_t i = 0; i < nb; ++i) {
+            const T vp = hp ? reset_v<kHard>(hp[i], vth, vr) : vp0[i];
+            const T f = decay ? xt[i] - (vp - vr) : -(vp - vr);  // dH[t]/dk
+            gkb[i] = gkb[i] + gHt[i] * f;
+          }
+        }
       }
-      for (int64_t i = 0; i < nb; ++i) gv0[b0 + i] = gv[i];
+      for (int64_t i = 0; i < nb; ++i) a.gv0[b0 + i] = gv[i];
+      if (a.gk)
+        for (int64_t i = 0; i < nb; ++i) a.gk[b0 + i] = gkb[i];
     }
     store_fence();
   });
@@ -169,19 +215,24 @@ void lif_bwd_kernel(const T* gs, const T* gvl, const T* gh, const T* hs, T* gx, 
 // ---- table entries: the runtime options select a compiled instantiation ----
 template <typename T>
 void lif_fwd(const LifFwdArgs<T>& a) {
-  auto run = [&](auto d, auto hd, auto sv) {
-    lif_fwd_kernel<T, decltype(d)::value, decltype(hd)::value, decltype(sv)::value>(a.x, a.v0, a.s, a.vlast, a.h, a.Tn,
-                                                                                 a.N, a.tau, a.vth, a.vr);
+  auto run = [&](auto ch, auto d, auto hd, auto sv) {
+    lif_fwd_kernel<T, decltype(ch)::value, decltype(d)::value, decltype(hd)::value, decltype(sv)::value>(
+        a.x, a.v0, a.s, a.vlast, a.h, a.Tn, a.N, a.c, a.vth, a.vr);
   };
   using Y = std::true_type;
   using F = std::false_type;
-  const bool save_h = a.h != nullptr;
-  if (a.decay_input) {
-    if (a.hard) { if (save_h) run(Y(), Y(), Y()); else run(Y(), Y(), F()); }
-    else { if (save_h) run(Y(), F(), Y()); else run(Y(), F(), F()); }
-  } else {
-    if (a.hard) { if (save_h) run(F(), Y(), Y()); else run(F(), Y(), F()); }
-    else { if (save_h) run(F(), F(), Y()); else run(F(), F(), F()); }
+  auto by_reset = [&](auto ch, auto d) {
+    const bool save_h = a.h != nullptr;
+    if (a.hard) { if (save_h) run(ch, d, Y(), Y()); else run(ch, d, Y(), F()); }
+    else { if (save_h) run(ch, d, F(), Y()); else run(ch, d, F(), F()); }
+  };
+  using Lif = std::integral_constant<Charge, kChargeLif>;
+  using If = std::integral_constant<Charge, kChargeIf>;
+  using Plif = std::integral_constant<Charge, kChargePlif>;
+  switch (a.charge) {
+    case kChargeIf: by_reset(If(), Y()); break;  // no decay_input variants: V + X either way
+    case kChargeLif: if (a.decay_input) by_reset(Lif(), Y()); else by_reset(Lif(), F()); break;
+    case kChargePlif: if (a.decay_input) by_reset(Plif(), Y()); else by_reset(Plif(), F()); break;
   }
 }
 
@@ -190,11 +241,11 @@ void lif_bwd(const LifBwdArgs<T>& a) {
   auto run = [&](auto sur_c) {
     constexpr Surrogate SC = decltype(sur_c)::value;
     if (a.hard) {
-      if (a.detach_reset) lif_bwd_kernel<T, SC, true, true>(a.gs, a.gvl, a.gh, a.hs, a.gx, a.gv0, a.Tn, a.N, a.tau, a.vth, a.vr, a.decay_input, a.alpha);
-      else lif_bwd_kernel<T, SC, true, false>(a.gs, a.gvl, a.gh, a.hs, a.gx, a.gv0, a.Tn, a.N, a.tau, a.vth, a.vr, a.decay_input, a.alpha);
+      if (a.detach_reset) lif_bwd_kernel<T, SC, true, true>(a);
+      else lif_bwd_kernel<T, SC, true, false>(a);
     } else {
-      if (a.detach_reset) lif_bwd_kernel<T, SC, false, true>(a.gs, a.gvl, a.gh, a.hs, a.gx, a.gv0, a.Tn, a.N, a.tau, a.vth, a.vr, a.decay_input, a.alpha);
-      else lif_bwd_kernel<T, SC, false, false>(a.gs, a.gvl, a.gh, a.hs, a.gx, a.gv0, a.Tn, a.N, a.tau, a.vth, a.vr, a.decay_input, a.alpha);
+      if (a.detach_reset) lif_bwd_kernel<T, SC, false, true>(a);
+      else lif_bwd_kernel<T, SC, false, false>(a);
     }
   };
   switch (a.surrogate) {

@@ -54,9 +54,10 @@ def _is_snnsparse_spike_layer(module: nn.Module) -> bool:
 
 
 def _is_neuron(module: nn.Module) -> bool:
-    """A multi-step snnsparse LIF or a SpikingJelly neuron (a MemoryModule with a step_mode)."""
-    from ..nn import LIF
-    if isinstance(module, LIF):
+    """An snnsparse fused neuron (LIF, IF, ParametricLIF) or a SpikingJelly neuron (a MemoryModule with a
+    step_mode)."""
+    from ..nn import FusedNeuron
+    if isinstance(module, FusedNeuron):
         return True
     return _is_spikingjelly(module) and hasattr(module, "step_mode") and any(
         c.__name__ == "MemoryModule" for c in type(module).__mro__)
@@ -199,8 +200,8 @@ def _call(model: nn.Module, inputs: Inputs):
 
 
 def _resettable(module: nn.Module) -> bool:
-    from ..nn import LIF
-    return (isinstance(module, LIF) or _is_neuron(module)) and callable(getattr(module, "reset", None))
+    from ..nn import FusedNeuron
+    return (isinstance(module, FusedNeuron) or _is_neuron(module)) and callable(getattr(module, "reset", None))
 
 
 def count(model: nn.Module, inputs: Inputs, *, preset: Union[str, EnergyConstants] = "fp32",

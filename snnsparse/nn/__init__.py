@@ -1,7 +1,7 @@
 """Drop-in torch layers: SpikeLinear, SpikeConv2d (nn.Linear / nn.Conv2d with a weight_mask and
-event-driven kernels for binary input), the multi-step LIF neuron, and convert()."""
+event-driven kernels for binary input), the fused multi-step neurons (LIF, IF, ParametricLIF), and convert()."""
 from .layers import SpikeConv2d, SpikeLinear  # noqa: F401
-from .lif import LIF  # noqa: F401
+from .lif import IF, LIF, FusedNeuron, ParametricLIF  # noqa: F401
 from .leaky import Leaky  # noqa: F401
 from .convert import ConvertRecord, ConvertWarning, convert  # noqa: F401
 from .fuse import fuse_conv_bn  # noqa: F401

@@ -1,7 +1,9 @@
 """convert(): swap nn.Linear / nn.Conv2d (and SpikingJelly's layer.Linear / layer.Conv2d, in step
 mode "m" or "s") for SpikeLinear / SpikeConv2d in place, keeping weights, biases and masks;
-SpikingJelly's neuron.LIFNode becomes ss.nn.LIF with identical parameters. Containers (SpikingJelly's
-SeqToANNContainer, nn.Sequential, ...) are kept; their children are converted. The Spike* layers take
+SpikingJelly's neuron.LIFNode becomes ss.nn.LIF with identical parameters, IFNode ss.nn.IF and
+ParametricLIFNode ss.nn.ParametricLIF (its w copied); a neuron that cannot be mapped exactly is left
+(lif_blocker says why). Containers (SpikingJelly's SeqToANNContainer, nn.Sequential, ...) are kept; their
+children are converted. The Spike* layers take
 [T, B, ...] and flat input alike, so step modes need no wrapper.
 
 Each converted layer gets input_kind "auto" (it decides at its first forward whether its input is
@@ -26,7 +28,7 @@ from torch.nn.utils import parametrize
 
 from .layers import SpikeConv2d, SpikeLinear, _SpikeMixin, check_backend_name, check_input_kind
 from .leaky import Leaky, is_snntorch_leaky, snntorch_blocker
-from .lif import LIF
+from .lif import IF, LIF, ParametricLIF
 
 REPORT_ATTR = "snnsparse_convert_report"
 
@@ -59,8 +61,21 @@ class _Decision(NamedTuple):
     descend: bool              # convert the module's children too (containers and unknown modules)
 
 
+# SpikingJelly neuron class name -> the fused snnsparse neuron that computes it exactly.
+SJ_NEURONS = {"LIFNode": LIF, "IFNode": IF, "ParametricLIFNode": ParametricLIF}
+
+
+def sj_neuron_class(module: nn.Module):
+    """The snnsparse neuron class for exactly SpikingJelly's LIFNode / IFNode / ParametricLIFNode (not a
+    subclass: it may change the dynamics), else None."""
+    cls = type(module)
+    if not cls.__module__.startswith("spikingjelly."):
+        return None
+    return SJ_NEURONS.get(cls.__name__)
+
+
 def _is_spikingjelly_lif(module: nn.Module) -> bool:
-    return type(module).__name__ == "LIFNode" and type(module).__module__.startswith("spikingjelly.")
+    return sj_neuron_class(module) is not None
 
 
 def _plain_spike_class(module: nn.Module):
@@ -111,15 +126,32 @@ def _left(name: str, module: nn.Module, reason: str) -> _Decision:
 
 
 def lif_blocker(module: nn.Module) -> Optional[str]:
-    """Why a SpikingJelly LIFNode cannot become ss.nn.LIF exactly (None when it can): the fused neuron
-    emits binary spikes and keeps no v_seq and no precision profile."""
+    """Why a SpikingJelly LIFNode / IFNode / ParametricLIFNode cannot become its fused snnsparse neuron
+    exactly (None when it can): the fused neuron emits binary spikes, keeps no v_seq and no precision
+    profile, and starts from v_reset (0 for a soft reset) after reset()."""
     if getattr(module, "store_v_seq", False):
-        return "store_v_seq=True: ss.nn.LIF does not record v_seq"
+        return "store_v_seq=True: the fused neuron does not record v_seq"
     if getattr(module, "_neuron_precision", None) is not None:
-        return "it has a neuron precision setting (functional.set_neuron_precision) ss.nn.LIF does not follow"
+        return "it has a neuron precision setting (functional.set_neuron_precision) the fused neuron does not follow"
     if not getattr(getattr(module, "surrogate_function", None), "spiking", True):
         return "its surrogate function is not in spiking mode: its output is the smooth function, not spikes"
+    start = 0.0 if module.v_reset is None else module.v_reset
+    reset_value = getattr(module, "_memories_rv", {}).get("v", start)
+    if not (isinstance(reset_value, float) and reset_value == start):
+        return (f"its membrane resets to {reset_value!r} (set_reset_value), not to v_reset "
+                f"({module.v_reset!r}; 0 for a soft reset) as the fused neuron does")
+    v = getattr(module, "v", start)
+    if not isinstance(v, torch.Tensor) and v != start:
+        return f"its membrane potential is {v!r}, not its reset value {start!r}"
+    if type(module).__name__ == "ParametricLIFNode":
+        w = getattr(module, "w", None)
+        if not (isinstance(w, torch.Tensor) and w.is_floating_point() and w.dim() == 0):
+            return (f"its w is not a 0-dim floating tensor ({type(w).__name__}"
+                    f"{'' if not isinstance(w, torch.Tensor) else f' {w.dtype} {tuple(w.shape)}'})")
     return None
+
+
+neuron_blocker = lif_blocker
 
 
 def _neuron_converter(module: nn.Module):
@@ -162,7 +194,7 @@ def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend:
         blocker = lif_blocker(module)
         if blocker:
             return _left(name, module, blocker)
-        new = LIF.from_spikingjelly(module, backend="auto" if backend == "dense" else backend)
+        new = sj_neuron_class(module).from_spikingjelly(module, backend="auto" if backend == "dense" else backend)
     else:
         new = spike_cls.from_dense(module, mask, backend=backend)
     return _Decision(new, ConvertRecord(name, cls, "converted", type(new).__name__), False)
@@ -209,13 +241,13 @@ def _input_kinds_by_module(model: nn.Module, input_kinds) -> Dict[int, tuple]:
 def convert(model: nn.Module, masks: Optional[Mapping[str, torch.Tensor]] = None, *, backend: str = "auto",
             inplace: bool = True, input_kinds: Optional[Mapping[str, str]] = None,
             first_layer: str = "auto") -> nn.Module:
-    """Replace every nn.Linear / nn.Conv2d (and SpikingJelly layer.Linear / layer.Conv2d / LIFNode)
-    in `model` by its snnsparse twin.
+    """Replace every nn.Linear / nn.Conv2d (and SpikingJelly layer.Linear / layer.Conv2d / LIFNode / IFNode /
+    ParametricLIFNode) in `model` by its snnsparse twin.
 
     masks: optional {parameter name ("features.0.weight") -> bool tensor of exactly the weight's
     shape}; a module pruned with torch.nn.utils.prune keeps its mask (checked to be exactly 0/1).
     backend: for the new layers; one of snnsparse.backends.NAMES, "auto" or "dense" ("dense" applies
-    to the Spike* layers; LIF layers get "auto").
+    to the Spike* layers; neurons get "auto").
     first_layer: "auto" (default: the first layer decides at its first forward, as every other
     layer) or "analog": the first Linear / Conv2d in module registration order gets input_kind
     "analog" (the encoding layer that sees pixels: dense torch, never an event kernel, MACs counted;

@@ -84,8 +84,8 @@ def _snnsparse_types():
     from ..models import SeqToANN
     from .inference import InferenceLayer
     from .layers import _SpikeMixin
-    from .lif import LIF
-    return _SpikeMixin, LIF, SeqToANN, InferenceLayer
+    from .lif import FusedNeuron  # LIF, IF, ParametricLIF
+    return _SpikeMixin, FusedNeuron, SeqToANN, InferenceLayer
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,9 +100,10 @@ SJ_SPIKING_NEURONS = ("LIFNode", "IFNode", "ParametricLIFNode")
 
 
 def neuron_class(module: nn.Module) -> Optional[str]:
-    """"lif" (snnsparse LIF), the class name of a SpikingJelly neuron (BaseNode subclass), or None."""
-    _, LIF, _, _ = _snnsparse_types()
-    if isinstance(module, LIF):
+    """"lif" (an snnsparse fused neuron: LIF, IF, ParametricLIF), the class name of a SpikingJelly neuron
+    (BaseNode subclass), or None."""
+    _, FusedNeuron, _, _ = _snnsparse_types()
+    if isinstance(module, FusedNeuron):
         return "lif"
     sj = spikingjelly()
     base_node = _sj_types(sj, "neuron", ("BaseNode",))

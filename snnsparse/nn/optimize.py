@@ -18,9 +18,10 @@ What it does, in order:
    PackedLinear, which keep only a PackedWeight made here and the bias; anything else -> dense
    torch with the folded, masked weight. Which classes have a known forward (and so can be
    replaced) are snnsparse.nn.convert's rules.
-4. SpikingJelly LIFNode -> ss.nn.LIF (LIF.from_spikingjelly). A multi-step one called once per forward
+4. SpikingJelly LIFNode / IFNode / ParametricLIFNode -> ss.nn.LIF / IF / ParametricLIF (convert's mapping
+   and blockers, from_spikingjelly): one fused kernel over T. A multi-step one called once per forward
    is stateless per call (SpikingJelly's results with functional.reset_net between calls); one called
-   more often keeps v between calls, as SpikingJelly does. IFNode and ParametricLIFNode stay.
+   more often keeps v between calls, as SpikingJelly does.
 5. Anything it cannot do exactly stays the original module; `model.report()` has one row per layer:
    name, original type, action, packing format and density, and why.
 """
@@ -44,12 +45,12 @@ from ..ops import linear as _linear
 from ..ops.reference import masked_weight
 from . import graph as G
 # convert's rules of which classes have a known forward (and so can be replaced), and its hook check.
-from .convert import _decide, _foreign_hooks
+from .convert import _decide, _foreign_hooks, sj_neuron_class
 from .fuse import fold_bn
 from .inference import (PACKED_LAYERS, DenseConv2d, DenseLinear, PackedConv2d, PackedLinear, PackedPlanesConv2d,
                         bit_planes)
 from .layers import SpikeConv2d
-from .lif import LIF
+from .lif import FusedNeuron
 
 WHERE = "optimize_for_inference"
 ACTIONS = ("packed-event", "dense-analog", "bn-folded", "neuron-fused", "left")
@@ -181,10 +182,10 @@ def _describe(inputs: tuple) -> str:
 
 
 def _reset_states(model: nn.Module) -> None:
-    """Reset every neuron state (snnsparse LIF, SpikingJelly memory modules): the optimized model starts
-    fresh, and the example run leaves nothing behind."""
+    """Reset every neuron state (snnsparse fused neurons, SpikingJelly memory modules): the optimized model
+    starts fresh, and the example run leaves nothing behind."""
     sj = G.spikingjelly()
-    memory = (LIF,) + ((sj.base.MemoryModule,) if sj is not None else ())
+    memory = (FusedNeuron,) + ((sj.base.MemoryModule,) if sj is not None else ())
     for m in model.modules():
         if isinstance(m, memory):
             m.reset()
@@ -714,21 +715,18 @@ class _Optimizer:
 
     # -- neurons and the rest ----------------------------------------------------------------------
     def neuron(self, module: nn.Module, name: str, one_call: bool = False) -> Optional[nn.Module]:
-        """The ss.nn.LIF replacing a SpikingJelly LIFNode (None: the module stays). one_call: the module is
-        called exactly once per forward (one call site in a traced graph), so a multi-step LIF may be
-        stateless per call; otherwise it keeps v between calls as SpikingJelly does (a node called twice
-        in one forward carries v from the first call into the second)."""
+        """The fused snnsparse neuron replacing a SpikingJelly LIFNode / IFNode / ParametricLIFNode (None: the
+        module stays). one_call: the module is called exactly once per forward (one call site in a traced
+        graph), so a multi-step neuron may be stateless per call; otherwise it keeps v between calls as
+        SpikingJelly does (a node called twice in one forward carries v from the first call into the second)."""
         kind = G.neuron_class(module)
         if kind == "lif":
-            self.row(name, module, "neuron-fused", reason="already ss.nn.LIF (one fused kernel over T)")
+            self.row(name, module, "neuron-fused",
+                     reason=f"already ss.nn.{type(module).__name__} (one fused kernel over T)")
             return None
-        sj_lif = G._sj_types(G.spikingjelly(), "neuron", ("LIFNode",))
-        if type(module) not in sj_lif:
-            if type(module) in G._sj_types(G.spikingjelly(), "neuron", G.SJ_SPIKING_NEURONS):
-                why = "no fused kernel yet (runs as SpikingJelly's module; its output is spikes)"
-            else:
-                why = (f"no fused kernel for SpikingJelly's {kind}; its output is "
-                       f"{'spikes' if G.emits_spikes(module) else 'taken as analog (not known to be binary)'}")
+        if sj_neuron_class(module) is None:
+            why = (f"no fused kernel for SpikingJelly's {kind}; its output is "
+                   f"{'spikes' if G.emits_spikes(module) else 'taken as analog (not known to be binary)'}")
             self.row(name, module, "left", reason=why)
             return None
         blocker = None
@@ -750,8 +748,8 @@ class _Optimizer:
                    "until reset(), as SpikingJelly")
         else:
             how = "single-step: keeps v between calls until reset(), as SpikingJelly"
-        self.row(name, module, "neuron-fused",
-                 reason=f"SpikingJelly LIFNode -> ss.nn.LIF, one fused kernel over T ({how})")
+        self.row(name, module, "neuron-fused", reason=f"SpikingJelly {type(module).__name__} -> "
+                                                      f"ss.nn.{type(new).__name__}, one fused kernel over T ({how})")
         return new
 
     def other(self, module: nn.Module, name: str) -> None:

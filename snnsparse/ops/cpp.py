@@ -79,11 +79,12 @@ def spike_conv2d(x, weight, bias, mask, stride, padding, dilation, groups, *, co
                            dense_weight_grad=dense_weight_grad)
 
 
-def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_h=False):
+def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_h=False,
+        charge="lif", k=None):
     if x_seq.dtype in _LOW:
         s, v, h = lif(x_seq.float(), v0.float(), tau, v_threshold, v_reset, decay_input, detach_reset,
-                      surrogate, alpha, return_h)
+                      surrogate, alpha, return_h, charge, _up(k))
         dt = x_seq.dtype
         return s.to(dt), v.to(dt), (None if h is None else h.to(dt))
     return _lif.run(x_seq, v0.to(x_seq.dtype), tau, v_threshold, v_reset, decay_input, detach_reset, surrogate,
-                    alpha, return_h)
+                    alpha, return_h, charge=charge, k=k)

@@ -113,6 +113,7 @@ def spike_conv2d(x, weight, bias, mask, stride, padding, dilation, groups, *, co
                            dense_weight_grad=dense_weight_grad)
 
 
-def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_h=False):
+def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_h=False,
+        charge="lif", k=None):
     return _lif.run(x_seq, v0.to(x_seq.dtype), tau, v_threshold, v_reset, decay_input, detach_reset, surrogate,
-                    alpha, return_h)
+                    alpha, return_h, charge=charge, k=k)

@@ -68,21 +68,30 @@ def spike_conv2d(x, weight, bias, mask, stride, padding, dilation, groups, *, co
     return out, n
 
 
-def lif_charge(x, v, tau: float, decay_input: bool, v_reset):
-    """H[t] from X[t] and V[t-1] (SpikingJelly's float operation order)."""
+def lif_charge(x, v, tau: float, decay_input: bool, v_reset, charge: str = "lif", k=None):
+    """H[t] from X[t] and V[t-1] (SpikingJelly's float operation order; charges: snnsparse/ops/lif.py)."""
+    if charge == "if":
+        return v + x
     vr = 0.0 if v_reset is None else v_reset
+    if charge == "plif":
+        if decay_input:
+            return v + (x - (v - vr)) * k
+        return v - (v - vr) * k + x
     if decay_input:
         return v + (x - (v - vr)) / tau
     return v - (v - vr) / tau + x
 
 
 def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_name, alpha,
-        return_h=False):
-    """Multi-step LIF loop, x_seq [T, ...], v0 [...]: (spikes [T, ...], v_last, h_seq or None)."""
+        return_h=False, charge="lif", k=None):
+    """Multi-step neuron loop, x_seq [T, ...], v0 [...]: (spikes [T, ...], v_last, h_seq or None).
+    charge "lif" (tau), "if" or "plif" (k: a 0-dim tensor, cast to x_seq's dtype; its gradient by autograd)."""
+    if k is not None:
+        k = k.to(x_seq.dtype)
     v = v0
     spikes, hs = [], []
     for x in x_seq:
-        h = lif_charge(x, v, tau, decay_input, v_reset)
+        h = lif_charge(x, v, tau, decay_input, v_reset, charge, k)
         s = surrogate.spike(h - v_threshold, surrogate_name, alpha)
         sr = s.detach() if detach_reset else s
         if v_reset is None:

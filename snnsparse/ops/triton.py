@@ -385,9 +385,12 @@ def spike_conv2d_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tens
 @_define("lif_fwd")
 def lif_fwd(x_seq: torch.Tensor, v0: torch.Tensor, tau: float, v_threshold: float, v_reset: Optional[float],
             decay_input: bool, detach_reset: bool, surrogate: str, alpha: float,
-            save_h: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x_seq [T, N], v0 [N] -> spikes [T, N], v_last [N], h_seq [T, N] (empty [0] unless save_h)."""
-    _check_dtypes("lif", x_seq=x_seq, v0=v0)
+            save_h: bool, charge: str = "lif",
+            k: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x_seq [T, N], v0 [N] -> spikes [T, N], v_last [N], h_seq [T, N] (empty [0] unless save_h).
+    charge "lif" | "if" | "plif" (k: 0-dim, x_seq's dtype; see csrc/registration.cpp)."""
+    _check_dtypes("lif", x_seq=x_seq, v0=v0, k=k)
+    ch = _lif_glue.check_charge("snnsparse_triton::lif_fwd", charge, tau, k, x_seq)
     t, n = x_seq.shape
     x = x_seq.contiguous()
     s = x.new_empty(x.shape)                       # every output contiguous, as the kernels write them
@@ -398,38 +401,53 @@ def lif_fwd(x_seq: torch.Tensor, v0: torch.Tensor, tau: float, v_threshold: floa
         return (s, v_last, h)
     block = _lif_block()
     _launch(_klif.lif_fwd_kernel)[(cdiv(n, block),)](
-        x, v0.contiguous(), s, v_last, h if save_h else s, s, s, t, n, 1, float(tau), float(v_threshold),
-        0.0 if v_reset is None else float(v_reset),
-        DECAY_INPUT=decay_input, HARD_RESET=v_reset is not None, SAVE_H=save_h, EMIT_BITS=False,
-        ROUND=x.dtype in (torch.float16, torch.bfloat16), BLOCK=block)
+        x, v0.contiguous(), s, v_last, h if save_h else s, s, s, k if k is not None else s, t, n, 1, float(tau),
+        float(v_threshold), 0.0 if v_reset is None else float(v_reset),
+        CHARGE=ch, DECAY_INPUT=decay_input, HARD_RESET=v_reset is not None, SAVE_H=save_h, EMIT_BITS=False,
+        ROUND=x.dtype in (torch.float16, torch.bfloat16), EXACT_MUL=not INTERPRET, BLOCK=block)
     return (s, v_last, h)
 
 
 @_define("lif_bwd")
 def lif_bwd(grad_spikes: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_h: Optional[torch.Tensor],
             h_seq: torch.Tensor, tau: float, v_threshold: float, v_reset: Optional[float], decay_input: bool,
-            detach_reset: bool, surrogate: str, alpha: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Grads of x_seq and v0 from those of spikes, v_last (None: 0) and h_seq (None: 0; h_seq is an output)."""
-    _check_dtypes("lif backward", grad_spikes=grad_spikes, grad_v_last=grad_v_last, grad_h=grad_h, h_seq=h_seq)
+            detach_reset: bool, surrogate: str, alpha: float, charge: str = "lif", k: Optional[torch.Tensor] = None,
+            x_seq: Optional[torch.Tensor] = None,
+            v0: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grads of x_seq, v0 and k from those of spikes, v_last (None: 0) and h_seq (None: 0; h_seq is an output).
+    grad_k (0-dim) only when x_seq and v0 are given (charge "plif"), else an empty tensor."""
+    _check_dtypes("lif backward", grad_spikes=grad_spikes, grad_v_last=grad_v_last, grad_h=grad_h, h_seq=h_seq,
+                  k=k, x_seq=x_seq, v0=v0)
+    op = "snnsparse_triton::lif_bwd"
+    ch = _lif_glue.check_charge(op, charge, tau, k, h_seq)
+    want_k = _lif_glue.check_k_grad_inputs(op, charge, x_seq, v0, h_seq)
     t, n = h_seq.shape
     gx = h_seq.new_empty(h_seq.shape)
     gv0 = h_seq.new_empty((n,))
+    gk = h_seq.new_zeros(()) if want_k else h_seq.new_empty((0,))
     if t == 0 or n == 0:
         if grad_v_last is not None:
             gv0.copy_(grad_v_last)          # v_last is v0 when there is no step
         else:
             gv0.zero_()
-        return (gx, gv0)
+        return (gx, gv0, gk)
     gs = grad_spikes.contiguous()
+    # per-neuron sums of dL/dk in the kernels' accumulation dtype, summed over neurons here
+    gkn = h_seq.new_empty((n,), dtype=torch.float64 if h_seq.dtype == torch.float64 else torch.float32) \
+        if want_k else gs
     block = _lif_block()
     _launch(_klif.lif_bwd_kernel)[(cdiv(n, block),)](
         gs, grad_v_last.contiguous() if grad_v_last is not None else gs,
-        grad_h.contiguous() if grad_h is not None else gs, h_seq.contiguous(), gx, gv0, t, n,
+        grad_h.contiguous() if grad_h is not None else gs, h_seq.contiguous(), gx, gv0,
+        k if k is not None else gs, x_seq.contiguous() if want_k and decay_input else gs,
+        v0.contiguous() if want_k else gs, gkn, t, n,
         float(tau), float(v_threshold), 0.0 if v_reset is None else float(v_reset), float(alpha),
-        HAS_GV=grad_v_last is not None, HAS_GH=grad_h is not None, DECAY_INPUT=decay_input,
+        HAS_GV=grad_v_last is not None, HAS_GH=grad_h is not None, CHARGE=ch, DECAY_INPUT=decay_input,
         HARD_RESET=v_reset is not None, DETACH_RESET=detach_reset, SURROGATE=_klif.SURROGATES.index(surrogate),
-        BLOCK=block)
-    return (gx, gv0)
+        GRAD_K=want_k, ROUND=h_seq.dtype in (torch.float16, torch.bfloat16), BLOCK=block)
+    if want_k:
+        gk = gkn.sum().to(h_seq.dtype)
+    return (gx, gv0, gk)
 
 
 # One schema per op, identical to snnsparse::'s (csrc/registration.cpp): the fakes and the one backward
@@ -451,9 +469,10 @@ def spike_conv2d(x, weight, bias, mask, stride, padding, dilation, groups, *, co
                                 dense_weight_grad=dense_weight_grad, ns=NS)
 
 
-def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_h=False):
+def lif(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_h=False,
+        charge="lif", k=None):
     return _lif_glue.run(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha,
-                         return_h, ns=NS)
+                         return_h, ns=NS, charge=charge, k=k)
 
 
 def lif_packed(x_seq: torch.Tensor, v0: torch.Tensor, tau: float = 2.0, v_threshold: float = 1.0,
@@ -470,9 +489,9 @@ def lif_packed(x_seq: torch.Tensor, v0: torch.Tensor, tau: float = 2.0, v_thresh
     bits = torch.zeros((t, nw), dtype=torch.int32, device=x.device)
     cnt = torch.zeros((t, nb), dtype=torch.int32, device=x.device)
     if t and n:
-        _klif.lif_fwd_kernel[(nb,)](x, v0.contiguous(), s, v_last, s, bits, cnt, t, n, nw, float(tau),
+        _klif.lif_fwd_kernel[(nb,)](x, v0.contiguous(), s, v_last, s, bits, cnt, s, t, n, nw, float(tau),
                                     float(v_threshold), 0.0 if v_reset is None else float(v_reset),
-                                    DECAY_INPUT=decay_input, HARD_RESET=v_reset is not None, SAVE_H=False,
+                                    CHARGE=0, DECAY_INPUT=decay_input, HARD_RESET=v_reset is not None, SAVE_H=False,
                                     EMIT_BITS=True, ROUND=x.dtype in (torch.float16, torch.bfloat16),
-                                    BLOCK=block)
+                                    EXACT_MUL=not INTERPRET, BLOCK=block)
     return s, v_last, bits, cnt
