@@ -21,9 +21,11 @@ parameters are refused (ValueError naming the node and the parameter), never app
   which computes v = beta * v + I, fires at v > v_threshold and resets to 0 (snnTorch's arithmetic):
   LIF with v_leak = 0, v_reset = 0, r * dt / tau = 1, beta = 1 - dt / tau (per-neuron values kept);
   IF with v_reset = 0 and dt * r = 1 (beta = 1). v_threshold > 0 (per neuron allowed).
-- SpikingJelly's family -> ss.nn.LIF (the fused kernel; SpikingJelly's LIFNode arithmetic):
-  LIF with v_leak = v_reset, tau / dt > 1 and r = 1 (decay_input=True: v + (I - (v - v_reset)) / tau')
-  or r = tau / dt (decay_input=False), tau' = tau / dt, uniform values. ss.nn.LIF fires at
+- SpikingJelly's family -> ss.nn.LIF / ss.nn.IF (the fused kernels; SpikingJelly's LIFNode / IFNode
+  arithmetic): LIF with v_leak = v_reset, tau / dt > 1 and r = 1 (decay_input=True:
+  v + (I - (v - v_reset)) / tau') or r = tau / dt (decay_input=False), tau' = tau / dt; IF with
+  dt * r = 1; uniform values. A LIF node that ss.nir.save wrote for a ss.nn.ParametricLIF carries its w
+  ("snnsparse_plif_w") and loads as one. These neurons fire at
   v >= v_threshold, not NIR's v > v_threshold, so this family is used only where the graph says so
   (metadata written by ss.nir.save, "snnsparse_fires_at_threshold") or the caller passes
   fires_at_threshold=True (what SpikingJelly's own importer does with its exports).
@@ -34,8 +36,10 @@ CubaLIF (current-based) has no exact snnsparse neuron yet and is refused.
 Export writes each weight dense with its pruned entries as zeros (the NIR weight computes exactly
 what the pruned layer computes), and the mask (bool, "snnsparse_mask") and its density
 ("snnsparse_density") in the node's metadata, so ss.nir.load restores the mask, also where a kept
-weight is 0. Neurons: ss.nn.LIF -> LIF in SpikingJelly's form (hard reset only), ss.nn.Leaky -> LIF in
-snnTorch's form (reset_mechanism "zero" with reset_delay=False only: NIR has no subtractive reset).
+weight is 0. Neurons: ss.nn.LIF / ParametricLIF -> LIF and ss.nn.IF -> IF in SpikingJelly's form (hard
+reset only; SpikingJelly's exporter writes the same), ss.nn.Leaky -> LIF in snnTorch's form
+(reset_mechanism "zero" with reset_delay=False only: NIR has no subtractive reset). Surrogate settings,
+which NIR has no field for, go in the metadata too.
 """
 from __future__ import annotations
 
@@ -50,9 +54,10 @@ import torch.nn.functional as F
 
 from .nn.layers import SpikeConv2d, SpikeLinear, _SpikeMixin
 from .nn.leaky import Leaky
-from .nn.lif import LIF
+from .nn.lif import IF, LIF, ParametricLIF
 
 MASK_KEY, DENSITY_KEY, FIRES_KEY = "snnsparse_mask", "snnsparse_density", "snnsparse_fires_at_threshold"
+PLIF_W_KEY = "snnsparse_plif_w"  # a ParametricLIF's w (1/tau = sigmoid(w)), so that it loads as one
 # Training settings NIR has no field for (the surrogate gradient), kept so that a round trip loses nothing.
 SURROGATE_KEY, ALPHA_KEY, DETACH_KEY = "snnsparse_surrogate", "snnsparse_alpha", "snnsparse_detach_reset"
 _ULPS = 4 * float(np.finfo(np.float32).eps)
@@ -203,9 +208,19 @@ def _neuron(node, name, dt, fires_at_threshold, backend):
         return Leaky(_neuron_param(beta, shape), _neuron_param(node.v_threshold, shape), reset_mechanism="zero",
                      reset_delay=False, step_mode="m", **train)
     if kind == "IF":
-        raise ValueError(f"ss.nir.load: IF node {name!r} ({why_not_leaky or 'fires_at_threshold=True'}) does not map "
-                         f"exactly onto an snnsparse neuron: ss.nn.Leaky needs dt * r = 1, v_reset = 0, v_threshold > 0 "
-                         f"and NIR's v > v_threshold rule")
+        r = _uniform(node.r, name, "r")
+        v_reset, v_th = _uniform(node.v_reset, name, "v_reset"), _uniform(node.v_threshold, name, "v_threshold")
+        if_reason = None if _equal(r * dt, 1.0) else f"dt * r = {r * dt} != 1"
+        if if_reason is None and fires:
+            return IF(v_threshold=v_th, v_reset=v_reset, backend=backend, **_training_meta(node))
+        forms = (f"snnTorch's form (ss.nn.Leaky, beta = 1: dt * r = 1, v_reset = 0, v_threshold > 0): "
+                 f"{why_not_leaky or 'matches, but fires_at_threshold=True asks for v >= v_threshold'}; "
+                 f"SpikingJelly's form (ss.nn.IF: dt * r = 1): {if_reason or 'matches'}")
+        if if_reason is None:
+            raise ValueError(f"ss.nir.load: IF node {name!r} is in SpikingJelly's form, which ss.nn.IF runs with "
+                             f"SpikingJelly's rule v >= v_threshold, not NIR's v > v_threshold; pass "
+                             f"fires_at_threshold=True to accept that (SpikingJelly's own importer does). {forms}")
+        raise ValueError(f"ss.nir.load: IF node {name!r} cannot be run exactly at dt={dt}: {forms}")
     # SpikingJelly's family (ss.nn.LIF)
     tau = _uniform(node.tau, name, "tau") / dt
     r = _uniform(node.r, name, "r")
@@ -219,6 +234,16 @@ def _neuron(node, name, dt, fires_at_threshold, backend):
     elif not (_equal(r, 1.0) or _equal(r, tau)):
         lif_reason = f"r = {r} is neither 1 nor tau / dt = {tau}"
     if lif_reason is None and fires:
+        w = getattr(node, "metadata", {}).get(PLIF_W_KEY)
+        if w is not None:  # written by ss.nir.save for a ParametricLIF: its w, exactly
+            plif = ParametricLIF(decay_input=_equal(r, 1.0), v_threshold=v_th, v_reset=v_reset, backend=backend,
+                                 **_training_meta(node))
+            with torch.no_grad():
+                plif.w.copy_(torch.as_tensor(np.asarray(w)).reshape(()))
+            if not _equal(1.0 / float(plif.k), tau):
+                raise ValueError(f"ss.nir.load: LIF node {name!r}: metadata {PLIF_W_KEY!r} gives tau / dt = "
+                                 f"{1.0 / float(plif.k)}, but the node's tau / dt is {tau}")
+            return plif
         return LIF(tau=tau, v_threshold=v_th, v_reset=v_reset, decay_input=_equal(r, 1.0), backend=backend,
                    **_training_meta(node))
     forms = (f"snnTorch's form (ss.nn.Leaky: v_leak = 0, v_reset = 0, r * dt / tau = 1, v_threshold > 0): "
@@ -350,8 +375,8 @@ def load(graph_or_path, dt: float, *, fires_at_threshold: bool = False, backend:
 # export
 class _ExportTracer(fx.Tracer):
     def is_leaf_module(self, m, qualname):
-        return isinstance(m, (_SpikeMixin, LIF, Leaky, Frames, nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.Flatten)) or \
-            super().is_leaf_module(m, qualname)
+        leaves = (_SpikeMixin, LIF, IF, ParametricLIF, Leaky, Frames, nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.Flatten)
+        return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
 
 
 def _mask_meta(layer: nn.Module) -> dict:
@@ -403,6 +428,20 @@ def _export_node(module, name, in_shape, dt):
                              f"a time-major model flattens from dim 2 on")
         return nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=start - 2 if start >= 0 else start,
                            end_dim=end - 2 if end >= 0 else end)
+    if isinstance(module, (IF, ParametricLIF)):
+        if module.v_reset is None:
+            raise ValueError(f"{where}: soft reset (v_reset=None) has no NIR form (NIR's neurons reset to v_reset)")
+        if module.step_mode != "m":
+            raise ValueError(f"{where}: step_mode 's'; export needs a time-major model (step_mode 'm')")
+        full = lambda v: np.full(tuple(in_shape), v, dtype=np.float64)  # noqa: E731
+        meta = {FIRES_KEY: np.bool_(True), **_meta_out(module.surrogate, module.alpha, module.detach_reset)}
+        if isinstance(module, IF):
+            return nir.IF(r=full(1.0 / dt), v_threshold=full(module.v_threshold), v_reset=full(module.v_reset),
+                          metadata=meta)
+        tau = 1.0 / float(module.k.detach())  # NIR's LIF with SpikingJelly's map of 1/k; w kept for a lossless load
+        meta[PLIF_W_KEY] = np.float64(module.w.detach().double().cpu())
+        return nir.LIF(tau=full(tau * dt), r=full(1.0 if module.decay_input else tau), v_leak=full(module.v_reset),
+                       v_threshold=full(module.v_threshold), v_reset=full(module.v_reset), metadata=meta)
     if isinstance(module, LIF):
         if module.v_reset is None:
             raise ValueError(f"{where}: soft reset (v_reset=None) has no NIR form (NIR's LIF resets to v_reset)")
@@ -431,7 +470,7 @@ def _export_node(module, name, in_shape, dt):
                        v_reset=np.zeros(shape), metadata={FIRES_KEY: np.bool_(False), **(
                            _meta_out(module.surrogate, module.alpha) if module.spike_fn is None else {})})
     raise ValueError(f"{where} has no NIR form in ss.nir.save (supported: SpikeLinear / nn.Linear, SpikeConv2d / "
-                     f"nn.Conv2d, nn.AvgPool2d, nn.Flatten, ss.nn.LIF, ss.nn.Leaky)")
+                     f"nn.Conv2d, nn.AvgPool2d, nn.Flatten, ss.nn.LIF / IF / ParametricLIF, ss.nn.Leaky)")
 
 
 def to_nir(model: nn.Module, example_inputs: torch.Tensor, dt: float):

@@ -313,3 +313,51 @@ def test_residual_sum_exports_as_two_edges_and_round_trips(rng, tmp_path):
     back = ss.nir.load(tmp_path / "res.nir", dt=DT)
     with torch.no_grad():
         torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)
+
+
+def test_spikingjelly_if_and_plif_exports_import_and_round_trip(rng, tmp_path):
+    pytest.importorskip("spikingjelly.activation_based", reason="spikingjelly 2.0 is a test dependency")
+    from spikingjelly.activation_based import functional as sjf, layer, neuron
+    from spikingjelly.activation_based.nir_exchange import export_to_nir
+    torch.manual_seed(rng.initial_seed())
+    net = nn.Sequential(layer.Linear(10, 12, step_mode="m"), neuron.IFNode(v_threshold=0.8, step_mode="m"),
+                        layer.Linear(12, 6, step_mode="m"),
+                        neuron.ParametricLIFNode(init_tau=3.0, decay_input=False, step_mode="m"))
+    x = (torch.rand(7, 4, 10, generator=rng) < 0.5).float()
+    with torch.no_grad():
+        _center(net[0], x, 0.3)
+        net[2].weight.mul_(2.0)
+        sjf.reset_net(net)
+        _center(net[2], net[:2](x), 0.5)
+        sjf.reset_net(net)
+    graph = export_to_nir(net, x, dt=DT)
+    # NIR's rule (v > v_threshold): with v_reset = 0 both neurons are also in snnTorch's form (IF: beta 1;
+    # this LIF: r * dt / tau = 1, since r = tau / dt), so they load as ss.nn.Leaky, NIR-exact.
+    nir_rule = ss.nir.load(graph, dt=DT)
+    assert isinstance(nir_rule.nodes["_1"], ss.nn.Leaky) and float(nir_rule.nodes["_1"].beta) == 1.0
+    assert isinstance(nir_rule.nodes["_3"], ss.nn.Leaky)
+    model = ss.nir.load(graph, dt=DT, fires_at_threshold=True)
+    assert [type(m).__name__ for m in model.nodes.values()] == ["SpikeLinear", "IF", "SpikeLinear", "LIF"]
+    sjf.reset_net(net)
+    with torch.no_grad():
+        ref = net(x)
+        hidden = net[1](net[0](x))
+        sjf.reset_net(net)
+        out = model(x)
+    assert 0 < ref.mean() < 1 and 0 < hidden.mean() < 1
+    assert torch.equal(out, ref)
+    # Our own ParametricLIF / IF round-trip as themselves (w kept exactly in the metadata).
+    ours = ss.nn.convert(net)
+    assert [type(m).__name__ for m in ours] == ["SpikeLinear", "IF", "SpikeLinear", "ParametricLIF"]
+    for m in ours:
+        if hasattr(m, "reset"):
+            m.reset()
+        if hasattr(m, "stateful"):
+            m.stateful = False
+    ss.nir.save(ours, tmp_path / "plif.nir", x, dt=DT)
+    back = ss.nir.load(tmp_path / "plif.nir", dt=DT)
+    assert [type(m).__name__ for m in back.nodes.values()] == ["SpikeLinear", "IF", "SpikeLinear", "ParametricLIF"]
+    assert torch.equal(back.nodes["3"].w, ours[3].w) and back.nodes["1"].v_threshold == 0.8
+    with torch.no_grad():
+        assert torch.equal(back(x), ours(x))
+        assert torch.equal(back(x), ref)
