@@ -240,10 +240,11 @@ def test_spikingjelly_importer_reads_our_export(rng, tmp_path):
     model = nn.Sequential(ss.nn.SpikeConv2d(2, 4, 3, padding=1), ss.nn.LIF(tau=2.0), nn.Flatten(2),
                           ss.nn.SpikeLinear(4 * 6 * 6, 5), ss.nn.LIF(tau=1.5, v_reset=-0.1, decay_input=False))
     model[0].set_mask(mask((4, 2, 3, 3), 0.5, rng))
+    x = (torch.rand(6, 3, 2, 6, 6, generator=rng) < 0.3).float()
     with torch.no_grad():
         model[0].weight.uniform_(-0.5, 2.0, generator=rng)
         model[3].weight.uniform_(-0.3, 0.3, generator=rng)
-    x = (torch.rand(6, 3, 2, 6, 6, generator=rng) < 0.3).float()
+        _center(model[3], model[:3](x), 0.75)  # fires above 0.73 (v* = 1.5 I - 0.1 > 1)
     ss.nir.save(model, tmp_path / "ours.nir", x, dt=DT)
     sj = import_from_nir(tmp_path / "ours.nir", dt=DT, step_mode="m")
     with torch.no_grad():
