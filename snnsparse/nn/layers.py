@@ -99,7 +99,8 @@ class _SpikeMixin:
 
     def extra_repr(self) -> str:
         decided = f" (decided {self._input_decision!r})" if self._input_kind == "auto" and self._input_decision else ""
-        return (f"{super().extra_repr()}, density={self.density():.4g}, backend={self.backend!r}, "
+        density = "?" if self.weight_mask.is_meta else f"{self.density():.4g}"  # a meta tensor has no values
+        return (f"{super().extra_repr()}, density={density}, backend={self.backend!r}, "
                 f"input_kind={self._input_kind!r}{decided}")
 
     def _path(self, x) -> str:
