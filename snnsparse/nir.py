@@ -44,13 +44,12 @@ which NIR has no field for, go in the metadata too.
 from __future__ import annotations
 
 import operator
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .nn.layers import SpikeConv2d, SpikeLinear, _SpikeMixin
 from .nn.leaky import Leaky

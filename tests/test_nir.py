@@ -255,7 +255,7 @@ def test_spikingjelly_importer_reads_our_export(rng, tmp_path):
 
 
 def test_snntorch_importer_reads_our_leaky_export(rng, tmp_path):
-    snn = pytest.importorskip("snntorch", reason="snntorch 1.0.0 is a test dependency")
+    pytest.importorskip("snntorch", reason="snntorch 1.0.0 is a test dependency")
     from snntorch.import_nir import import_from_nir
     torch.manual_seed(rng.initial_seed())
     leaky = dict(reset_mechanism="zero", reset_delay=False)
