@@ -262,10 +262,12 @@ def test_snntorch_importer_reads_our_leaky_export(rng, tmp_path):
     model = nn.Sequential(ss.nn.SpikeLinear(10, 8), ss.nn.Leaky(0.8, 0.7, **leaky), ss.nn.SpikeLinear(8, 4),
                           ss.nn.Leaky(torch.rand(4, generator=rng) * 0.5 + 0.4, 0.5, **leaky))
     model[0].set_mask(mask((8, 10), 0.6, rng))
-    with torch.no_grad():
-        model[0].weight.mul_(2.0)
-        model[2].weight.uniform_(-0.2, 0.6, generator=rng)
     x = (torch.rand(7, 3, 10, generator=rng) < 0.5).float()
+    with torch.no_grad():  # both layers fire sometimes, for any seed
+        model[0].weight.mul_(2.0)
+        _center(model[0], x, 0.3)
+        model[2].weight.uniform_(-0.2, 0.6, generator=rng)
+        _center(model[2], model[:2](x), 0.3)
     ss.nir.save(model, tmp_path / "leaky.nir", x, dt=DT)
     theirs = import_from_nir(nir.read(tmp_path / "leaky.nir"))
     back = ss.nir.load(tmp_path / "leaky.nir", dt=DT)
