@@ -69,7 +69,7 @@ def test_converted_snntorch_leaky_is_bit_exact_with_gradients(rng, reset, delay,
     # fc1 sees analog input (dense path, the same F.linear): layer 1 is bit-exact. fc2 sees spikes and
     # runs the event kernel, whose summation order differs from F.linear's by rounding.
     assert torch.equal(spk, spk_ref) and torch.equal(mem[..., :32], mem_ref[..., :32])
-    torch.testing.assert_close(mem, mem_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mem, mem_ref, rtol=1e-5, atol=1e-5)  # fc2 rounds differently, over T steps
     # The neuron alone, fed the same currents: membranes equal bit for bit for every option.
     for ref_lif, our_lif in ((net.lif1, conv.lif1), (net.lif2, conv.lif2)):
         n = ref_lif.beta.numel() if ref_lif.beta.dim() else 16
