@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.deps-stamp
 BUILT  := $(VENV)/.build-stamp
-SOURCES := $(shell find csrc kernels snnsparse -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null) setup.py
+SOURCES := $(shell find csrc kernels snnsparse -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null) setup.py pyproject.toml
 
 .PHONY: demo test install bench clean nvcc-check
 
@@ -12,11 +12,11 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 
-$(STAMP): $(PY) requirements-dev.txt constraints.txt tools/install_torch.sh
+$(STAMP): $(PY) requirements-dev.txt requirements-nodeps.txt constraints.txt tools/install_torch.sh
 	bash tools/install_torch.sh $(VENV)
 	$(PIP) install -q -c constraints.txt -r requirements-dev.txt
-	# SpikingJelly is a test-only dependency; --no-deps keeps it from pulling torchvision/CUDA torch.
-	$(PIP) install -q --no-deps spikingjelly==2.0.0
+	# SpikingJelly, snnTorch, Norse, nirtorch are test-only; --no-deps keeps them from pulling torchvision/CUDA torch.
+	$(PIP) install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
 $(BUILT): $(STAMP) $(SOURCES)

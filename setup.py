@@ -1,4 +1,4 @@
-"""Build snnsparse and its torch extension snnsparse._C.
+"""Build snnsparse and its torch extension snnsparse._C (metadata: pyproject.toml).
 
 C++ (csrc/registration.cpp, csrc/cpu/*.cpp) is always built, for the baseline target of the
 architecture unless SNNSPARSE_MARCH asks for more (see _march_flags). CUDA sources (csrc/cuda/*.cu)
@@ -76,18 +76,23 @@ def _extensions():
     return [ext], {"build_ext": BuildExtension.with_options(no_python_abi_suffix=False)}
 
 
+def _torch_requirement():
+    """The torch the extension is built against, as the runtime requirement: snnsparse._C uses torch's
+    C++ ABI, which changes between releases (a wheel built against 2.13 does not load in 2.12). The
+    local label (+cpu, +cu128) is dropped: it names the build, not the API, and "torch==2.13.0"
+    matches every 2.13.0 build."""
+    import torch
+    from packaging.version import Version
+
+    return f"torch=={Version(torch.__version__).public}"
+
+
 ext_modules, cmdclass = _extensions()
 
 setup(
-    name="snnsparse",
-    version="0.1.0",
-    description="Event-driven dual-sparse kernels, pruners and energy counting for spiking neural networks",
     packages=find_packages(include=["snnsparse", "snnsparse.*"]) + ["snnsparse.triton_kernels"],
     package_dir={"snnsparse.triton_kernels": "kernels"},
-    python_requires=">=3.10",
-    install_requires=["torch>=2.6", "numpy", "packaging", "tqdm"],
-    extras_require={"triton": ["triton>=3.2"], "demo": ["scikit-learn", "matplotlib"]},
-    entry_points={"console_scripts": ["snnsparse=snnsparse.cli:main"]},
+    install_requires=[_torch_requirement(), "numpy", "packaging", "tqdm"],
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -10,7 +10,7 @@ import importlib
 from . import _ext, backends, functional, models, nn, ops  # noqa: F401
 
 __version__ = "0.1.0"
-_LAZY = ("pruning", "energy", "data", "cli", "zoo")
+_LAZY = ("pruning", "energy", "data", "cli", "zoo", "nir")
 
 
 def __getattr__(name):

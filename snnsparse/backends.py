@@ -145,11 +145,9 @@ def resolve(backend: str, device: torch.device, op: str = "", **shape_info):
 
 
 def check_name(backend, owner: str, *, dense: bool = False) -> str:
-    """Refuse a backend name that no call could ever accept, when the module is built rather than at
-    its first forward. Valid: snnsparse.NAMES, "auto", and (dense=True: Spike* layers and
-    convert) "dense". A known backend that is not available here is not refused: whether it is needs
-    importing it (triton takes seconds), and a model may be built here to run elsewhere; its first
-    forward raises BackendUnavailable with the reason."""
+    """Refuse a backend name that no call could ever accept. Valid: snnsparse.NAMES, "auto", and
+    (dense=True: Spike* layers and convert) "dense". Only the name is checked here; modules and
+    convert use check_usable, which also refuses a backend that cannot run here."""
     valid = tuple(NAMES) + ("auto",) + (("dense",) if dense else ())
     if not isinstance(backend, str):
         raise TypeError(f"{owner}: backend must be a str, one of {valid}, got {type(backend).__name__}")
@@ -157,4 +155,19 @@ def check_name(backend, owner: str, *, dense: bool = False) -> str:
         hint = ("; 'dense' is a SpikeLinear/SpikeConv2d setting (plain torch for those layers), a LIF always "
                 "runs a kernel backend" if backend == "dense" else "")
         raise ValueError(f"{owner}: backend must be one of {valid}, got {backend!r}{hint}")
+    return backend
+
+
+def check_usable(backend, owner: str, *, dense: bool = False) -> str:
+    """check_name, then refuse (BackendUnavailable, with the reason) a named backend that cannot run
+    here, so that a module is refused when it is built, not at its first forward. Only the named
+    backend is probed ("triton" imports triton, which takes seconds, only when it is named). A model
+    meant to run elsewhere is built with "auto" (cuda/triton for CUDA tensors, cpp for CPU tensors),
+    or its layers' `backend` attribute is set where it runs; unpickling and deepcopy do not re-check."""
+    check_name(backend, owner, dense=dense)
+    if backend in NAMES:
+        try:
+            get(backend)
+        except BackendUnavailable as e:
+            raise BackendUnavailable(f"{owner}: {e}") from None
     return backend

@@ -1,6 +1,7 @@
 """SpikeLinear / SpikeConv2d equal their torch twins (output and every gradient); masks survive
 state_dict round-trips; convert() keeps outputs."""
 import io
+import re
 
 import pytest
 import torch
@@ -215,7 +216,7 @@ def test_convert_and_modules_refuse_bad_arguments_early():
         ss.nn.LIF(backend="cupy")
     with pytest.raises(TypeError, match="LIF: backend must be a str"):
         ss.nn.LIF(backend=None)
-    for name in ss.backends.NAMES + ("auto",):
+    for name in [n for n, ok in ss.backends.available().items() if ok is True] + ["auto"]:
         ss.nn.LIF(backend=name)
         ss.nn.SpikeConv2d(1, 2, 3, backend=name)
     ss.nn.SpikeLinear(4, 3, backend="dense")
@@ -223,14 +224,58 @@ def test_convert_and_modules_refuse_bad_arguments_early():
         ss.nn.SpikeConv2d(1, 2, 2, padding="same")  # refused when built, not at the first forward
 
 
-def test_valid_but_unavailable_backend_is_refused_at_forward_with_the_reason(rng):
+def test_valid_but_unavailable_backend_is_refused_when_built_with_the_reason(rng):
     missing = {n: why for n, why in ss.backends.available().items() if why is not True}
     if not missing:
         pytest.skip("every backend is available here")
-    name, why = next(iter(missing.items()))
-    layer = ss.nn.SpikeLinear(4, 3, backend=name)  # a model may be built here and run elsewhere
+    for name, why in missing.items():
+        for build in (lambda: ss.nn.SpikeLinear(4, 3, backend=name), lambda: ss.nn.LIF(backend=name),
+                      lambda: ss.nn.SpikeConv2d.from_dense(nn.Conv2d(1, 2, 3), backend=name)):
+            with pytest.raises(ss.backends.BackendUnavailable, match=re.escape(why)):
+                build()
+        model = nn.Sequential(nn.Linear(4, 3))
+        with pytest.raises(ss.backends.BackendUnavailable, match=rf"convert: backend {name!r} is unavailable"):
+            ss.nn.convert(model, backend=name)
+        assert type(model[0]) is nn.Linear, "a refused convert changes nothing"
+    # A model meant to run elsewhere is built with "auto"; a layer set by hand refuses at its forward.
+    layer = ss.nn.SpikeLinear(4, 3)
+    layer.backend = name
     with pytest.raises(ss.backends.BackendUnavailable, match=name):
         layer(spikes((2, 4), 0.5, rng))
+
+
+def test_plain_checkpoint_loads_into_a_converted_model_with_all_true_masks(rng):
+    torch.manual_seed(rng.initial_seed())
+    plain = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(3 * 2 * 2, 5))
+    state = plain.state_dict()
+    assert not any(k.endswith("weight_mask") for k in state)
+    conv = ss.nn.convert(nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(3 * 2 * 2, 5)),
+                         {"0.weight": mask((3, 2, 3, 3), 0.3, rng), "2.weight": mask((5, 12), 0.3, rng)})
+    assert conv[0].density() < 1 and conv[2].density() < 1
+    result = conv.load_state_dict(state)  # strict
+    assert not result.missing_keys and not result.unexpected_keys
+    assert conv[0].weight_mask.all() and conv[2].weight_mask.all() and conv[0].weight_mask.dtype == torch.bool
+    x = spikes((6, 2, 4, 4), 0.4, rng)
+    with torch.no_grad():
+        assert_close64(conv(x), plain(x), rtol=1e-5, atol=1e-5)
+    # A checkpoint with masks keeps them; one missing the weight too is still reported missing.
+    pruned = {k: v.clone() for k, v in conv.state_dict().items()}
+    pruned["2.weight_mask"] = mask((5, 12), 0.5, rng)
+    conv.load_state_dict(pruned)
+    assert torch.equal(conv[2].weight_mask, pruned["2.weight_mask"])
+    del pruned["2.weight"], pruned["2.weight_mask"]
+    result = conv.load_state_dict(pruned, strict=False)
+    assert sorted(result.missing_keys) == ["2.weight", "2.weight_mask"]
+
+
+def test_spike_layer_repr_shows_density_and_backend(rng):
+    layer = ss.nn.SpikeLinear(4, 3, backend="reference")
+    assert "density=1, backend='reference'" in repr(layer)
+    layer.set_mask(torch.tensor([[1, 0, 0, 0]] * 3, dtype=torch.bool))
+    assert "density=0.25, backend='reference'" in repr(layer)
+    conv = ss.nn.SpikeConv2d(1, 2, 3, backend="dense")
+    conv.set_mask(torch.zeros(2, 1, 3, 3, dtype=torch.bool))
+    assert "density=0, backend='dense', input_kind='auto'" in repr(conv)
 
 
 class _DoubledLinear(nn.Linear):

@@ -3,6 +3,7 @@ weight_mask and event-driven kernels for binary input), the fused multi-step neu
 and convert()."""
 from .layers import SpikeConv1d, SpikeConv2d, SpikeLinear  # noqa: F401
 from .lif import IF, LIF, FusedNeuron, ParametricLIF  # noqa: F401
+from .leaky import Leaky  # noqa: F401
 from .convert import ConvertRecord, ConvertWarning, convert  # noqa: F401
 from .fuse import fuse_conv_bn  # noqa: F401
 from .optimize import optimize_for_inference  # noqa: F401

@@ -1,6 +1,8 @@
 """convert(): swap nn.Linear / nn.Conv1d / nn.Conv2d (and SpikingJelly's layer.Linear / layer.Conv1d /
 layer.Conv2d, in step mode "m" or "s") for SpikeLinear / SpikeConv1d / SpikeConv2d in place, keeping
-weights, biases and masks; SpikingJelly's neuron.LIFNode becomes ss.nn.LIF with identical parameters,
+weights, biases and masks; snnTorch's Leaky becomes ss.nn.Leaky (snnTorch's own update, bit-exact;
+inhibition and state_quant are left, with the reason); Norse's LIF neurons are left, with the reason
+(snnsparse/nn/norse.py); SpikingJelly's neuron.LIFNode becomes ss.nn.LIF with identical parameters,
 IFNode ss.nn.IF and ParametricLIFNode ss.nn.ParametricLIF (its w copied); a neuron that cannot be mapped
 exactly is left (lif_blocker says why). Containers (SpikingJelly's SeqToANNContainer, nn.Sequential, ...)
 are kept; their children are converted. The Spike* layers take
@@ -27,6 +29,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from .layers import SpikeConv1d, SpikeConv2d, SpikeLinear, _SpikeMixin, check_backend_name, check_input_kind
+from .leaky import Leaky, is_snntorch_leaky, snntorch_blocker
 from .lif import IF, LIF, ParametricLIF
 
 REPORT_ATTR = "snnsparse_convert_report"
@@ -155,6 +158,17 @@ def lif_blocker(module: nn.Module) -> Optional[str]:
 neuron_blocker = lif_blocker
 
 
+def _neuron_converter(module: nn.Module):
+    """(reason it cannot be converted or None, builder of the snnsparse neuron) for a neuron of another
+    library that convert knows (snnTorch Leaky, Norse LIFCell / LIF), else None."""
+    if is_snntorch_leaky(module):
+        return snntorch_blocker(module), lambda: Leaky.from_snntorch(module)
+    from .norse import is_norse_lif, norse_converter
+    if is_norse_lif(module):
+        return norse_converter(module)
+    return None
+
+
 def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend: str) -> _Decision:
     """What to do with one module (builds the replacement, so that every error is raised before
     convert changes anything)."""
@@ -163,7 +177,8 @@ def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend:
         return _Decision(None, ConvertRecord(name, cls, "kept", cls), False)
     spike_cls = _plain_spike_class(module)
     is_lif = _is_spikingjelly_lif(module)
-    if spike_cls is None and not is_lif:
+    neuron = _neuron_converter(module)
+    if spike_cls is None and not is_lif and neuron is None:
         if isinstance(module, _LAYER_TYPES):
             return _left(name, module, _unknown_reason(module))
         return _Decision(None, None, True)
@@ -174,7 +189,12 @@ def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend:
         reason = spike_cls.unsupported_reason(module)
         if reason:
             return _left(name, module, reason)
-    if is_lif:
+    if neuron is not None:
+        blocker, build = neuron
+        if blocker:
+            return _left(name, module, blocker)
+        new = build()
+    elif is_lif:
         blocker = lif_blocker(module)
         if blocker:
             return _left(name, module, blocker)

@@ -37,7 +37,7 @@ from .. import functional as SF
 from ..ops.reference import masked_weight
 
 
-check_backend_name = backends.check_name  # noqa: E305  (one rule; kept under this name for callers)
+check_backend_name = backends.check_usable  # noqa: E305  (one rule: the name, and that it runs here)
 
 
 INPUT_KINDS = ("spikes", "analog", "auto")
@@ -99,7 +99,9 @@ class _SpikeMixin:
 
     def extra_repr(self) -> str:
         decided = f" (decided {self._input_decision!r})" if self._input_kind == "auto" and self._input_decision else ""
-        return f"{super().extra_repr()}, input_kind={self._input_kind!r}{decided}"
+        density = "?" if self.weight_mask.is_meta else f"{self.density():.4g}"  # a meta tensor has no values
+        return (f"{super().extra_repr()}, density={density}, backend={self.backend!r}, "
+                f"input_kind={self._input_kind!r}{decided}")
 
     def _path(self, x) -> str:
         """"spikes" or "analog" for this input, deciding (once) for an "auto" layer."""
@@ -150,6 +152,10 @@ class _SpikeMixin:
             from ..pruning.masks import zero_one_mask  # lazy: snnsparse.pruning imports this module
             state_dict[mask_key] = zero_one_mask(state_dict[mask_key], self.weight.shape,
                                                  f"{mask_key!r} in the state_dict")
+        elif prefix + "weight" in state_dict:
+            # A plain checkpoint (nn.Linear / nn.Conv2d, or a model saved before convert) has no mask:
+            # every synapse of that weight is kept, which is what it computed.
+            state_dict[mask_key] = torch.ones(self.weight.shape, dtype=torch.bool)
         key = prefix + "_extra_state"
         present = key in state_dict
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,

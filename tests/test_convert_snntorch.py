@@ -1,0 +1,178 @@
+"""ss.nn.convert on snnTorch and Norse models: snnTorch's Leaky becomes ss.nn.Leaky with the same
+float32 spikes and membranes bit for bit (and the same gradients), its Linear / Conv2d layers Spike*
+layers; options ss.nn.Leaky cannot reproduce and Norse's neurons are left and reported."""
+import copy
+import itertools
+
+import pytest
+import torch
+import torch.nn as nn
+
+import snnsparse as ss
+
+snn = pytest.importorskip("snntorch", reason="snntorch 1.0.0 is a test dependency (requirements-dev.txt)")
+
+
+class _Net(nn.Module):
+    """snnTorch's tutorial network: the state is passed by hand (init_hidden=False)."""
+
+    def __init__(self, **leaky):
+        super().__init__()
+        self.fc1 = nn.Linear(12, 16)
+        self.lif1 = snn.Leaky(**leaky)
+        self.fc2 = nn.Linear(16, 5)
+        self.lif2 = snn.Leaky(**leaky)
+
+    def forward(self, x):
+        mem1, mem2 = self.lif1.reset_mem(), self.lif2.reset_mem()
+        spk_rec, mem_rec = [], []
+        for xt in x:
+            spk1, mem1 = self.lif1(self.fc1(xt), mem1)
+            spk2, mem2 = self.lif2(self.fc2(spk1), mem2)
+            spk_rec.append(spk2)
+            mem_rec.append(torch.cat([spk1, mem1, mem2], -1))
+        return torch.stack(spk_rec), torch.stack(mem_rec)  # [T, B, 5], [T, B, spk1 16 | mem1 16 | mem2 5]
+
+
+def _inputs(rng, t=6, b=4):
+    return torch.rand(t, b, 12, generator=rng) * 1.5
+
+
+CASES = list(itertools.product(("subtract", "zero", "none"), (True, False), (1.0, 0.5)))
+
+
+@pytest.mark.parametrize("reset,delay,gsf", CASES, ids=[f"{r}-delay{d}-gsf{g}" for r, d, g in CASES])
+def test_converted_snntorch_leaky_is_bit_exact_with_gradients(rng, reset, delay, gsf):
+    torch.manual_seed(rng.initial_seed())
+    beta = torch.rand(16, generator=rng) * 0.5 + 0.45  # per-neuron decay on the hidden layer
+    net = _Net(beta=0.9, threshold=0.7, reset_mechanism=reset, reset_delay=delay, graded_spikes_factor=gsf,
+               learn_beta=True)
+    net.lif1 = snn.Leaky(beta=beta, threshold=0.6, reset_mechanism=reset, reset_delay=delay,
+                         graded_spikes_factor=gsf)
+    x = _inputs(rng)
+    with torch.no_grad():  # both layers fire sometimes, and not always (checked below), for any seed
+        net.fc1.weight.mul_(2.5)
+        net.fc2.weight.uniform_(-0.6 / gsf, 0.6 / gsf, generator=rng)
+        cur = net.fc2(net(x)[1][..., :16]).flatten(0, 1)  # fc2's currents from the hidden spikes
+        net.fc2.bias += 0.15 - cur.median(0).values
+    conv = ss.nn.convert(copy.deepcopy(net))
+    assert isinstance(conv.fc1, ss.nn.SpikeLinear) and isinstance(conv.fc2, ss.nn.SpikeLinear)
+    assert isinstance(conv.lif1, ss.nn.Leaky) and isinstance(conv.lif2, ss.nn.Leaky)
+    assert isinstance(conv.lif2.beta, nn.Parameter) and not isinstance(conv.lif1.beta, nn.Parameter)
+    report = {r.name: (r.original, r.action, r.result) for r in conv.snnsparse_convert_report}
+    assert report["lif1"] == ("Leaky", "converted", "Leaky") and report["fc2"][1] == "converted"
+    xr, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    spk_ref, mem_ref = net(xr)
+    spk, mem = conv(xc)
+    for fired in (spk_ref, mem_ref[..., :16]):  # output and hidden spikes
+        assert 0 < fired.mean() < gsf, "both layers must fire sometimes"
+    # fc1 sees analog input (dense path, the same F.linear): layer 1 is bit-exact. fc2 sees spikes and
+    # runs the event kernel, whose summation order differs from F.linear's by rounding.
+    assert torch.equal(spk, spk_ref) and torch.equal(mem[..., :32], mem_ref[..., :32])
+    torch.testing.assert_close(mem, mem_ref, rtol=1e-5, atol=1e-5)  # fc2 rounds differently, over T steps
+    # The neuron alone, fed the same currents: membranes equal bit for bit for every option.
+    for ref_lif, our_lif in ((net.lif1, conv.lif1), (net.lif2, conv.lif2)):
+        n = ref_lif.beta.numel() if ref_lif.beta.dim() else 16
+        m_ref, m_ours = ref_lif.reset_mem(), our_lif.reset_mem()
+        for _ in range(8):
+            cur = torch.randn(3, n, generator=rng)
+            s_ref, m_ref = ref_lif(cur, m_ref)
+            s_ours, m_ours = our_lif(cur, m_ours)
+            assert torch.equal(s_ours, s_ref) and torch.equal(m_ours, m_ref)
+    (mem_ref.square().sum() + spk_ref.sum()).backward()
+    (mem.square().sum() + spk.sum()).backward()
+    # Gradients to rounding (fc2's backward sums in another order), relative to the largest entry.
+    for ours, ref in ((xc.grad, xr.grad), (conv.lif2.beta.grad, net.lif2.beta.grad),
+                      (conv.fc1.weight.grad, net.fc1.weight.grad), (conv.fc2.weight.grad, net.fc2.weight.grad)):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_converted_init_hidden_sequential_and_checkpoint(rng):
+    """init_hidden=True layers in an nn.Sequential (the last with output=True), one step per call."""
+    torch.manual_seed(rng.initial_seed())
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), snn.Leaky(beta=0.8, init_hidden=True), nn.AvgPool2d(2),
+                        nn.Flatten(), nn.Linear(4 * 3 * 3, 3), snn.Leaky(beta=0.7, init_hidden=True, output=True))
+    with torch.no_grad():
+        net[0].weight.mul_(3.0)
+    conv = ss.nn.convert(copy.deepcopy(net))
+    assert [type(m).__name__ for m in conv] == ["SpikeConv2d", "Leaky", "AvgPool2d", "Flatten", "SpikeLinear", "Leaky"]
+    x = torch.rand(5, 2, 1, 6, 6, generator=rng) * 2
+
+    def run(model):
+        for m in model.modules():
+            if hasattr(m, "reset_mem"):
+                m.reset_mem()
+            elif isinstance(m, ss.nn.Leaky):
+                m.reset()
+        out = [model(xt) for xt in x]
+        return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
+
+    with torch.no_grad():
+        spk_ref, mem_ref = run(net)
+        spk, mem = run(conv)
+    assert torch.equal(spk, spk_ref) and torch.equal(mem, mem_ref)
+    # snnTorch's checkpoint (reset_mechanism_val included) loads; another reset mechanism is refused.
+    conv.load_state_dict(net.state_dict())
+    state = net.state_dict()
+    state["1.reset_mechanism_val"] = torch.tensor(1)
+    with pytest.raises(RuntimeError, match="reset mechanism .* is not this Leaky's 'subtract'"):
+        conv.load_state_dict(state)
+
+
+def test_ss_leaky_multistep_equals_snntorch(rng):
+    """ss.nn.Leaky built directly (its own (u > 0) spike with an atan surrogate), time-major."""
+    for reset, delay in itertools.product(("subtract", "zero", "none"), (True, False)):
+        ref = snn.Leaky(beta=0.85, threshold=0.5, reset_mechanism=reset, reset_delay=delay)
+        ours = ss.nn.Leaky(0.85, 0.5, reset_mechanism=reset, reset_delay=delay)
+        x = torch.randn(7, 3, 10, generator=rng) * 0.6 + 0.2
+        xr, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+        mem = ref.reset_mem()
+        spk_ref = []
+        for xt in xr:
+            s, mem = ref(xt, mem)
+            spk_ref.append(s)
+        spk_ref = torch.stack(spk_ref)
+        spk = ours(xo)
+        assert torch.equal(spk, spk_ref), (reset, delay)
+        assert torch.equal(ours.mem, mem.detach())
+        spk_ref.sum().backward()
+        spk.sum().backward()
+        torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-5, atol=1e-6)
+    assert ss.nn.Leaky(0.5)(torch.zeros(0, 2)).shape == (0, 2)
+
+
+def test_leaky_refuses_bad_arguments_when_built():
+    with pytest.raises(ValueError, match="reset_mechanism must be one of"):
+        ss.nn.Leaky(0.9, reset_mechanism="soft")
+    with pytest.raises(ValueError, match="graded_spikes_factor must be nonzero"):
+        ss.nn.Leaky(0.9, graded_spikes_factor=0.0)
+    with pytest.raises(ValueError, match="beta must be finite"):
+        ss.nn.Leaky(float("nan"))
+    with pytest.raises(TypeError, match="reset_delay must be a bool"):
+        ss.nn.Leaky(0.9, reset_delay=0)
+    with pytest.raises(ValueError, match="surrogate must be one of"):
+        ss.nn.Leaky(0.9, surrogate="relu")
+
+
+def test_convert_leaves_snntorch_options_it_cannot_reproduce(rng):
+    net = nn.Sequential(nn.Linear(4, 6), snn.Leaky(beta=0.9, init_hidden=True, inhibition=True),
+                        nn.Linear(6, 3), snn.Leaky(beta=0.9, init_hidden=True, state_quant=lambda m: m.round()))
+    with pytest.warns(ss.nn.ConvertWarning) as caught:
+        conv = ss.nn.convert(net)
+    (message,) = [str(w.message) for w in caught if w.category is ss.nn.ConvertWarning]
+    assert "'1' (Leaky): inhibition=True" in message and "'3' (Leaky): state_quant" in message
+    assert type(conv[1]) is snn.Leaky and type(conv[3]) is snn.Leaky
+    assert isinstance(conv[0], ss.nn.SpikeLinear) and isinstance(conv[2], ss.nn.SpikeLinear)
+
+
+def test_convert_leaves_norse_neurons_and_says_why(rng):
+    norse = pytest.importorskip("norse.torch", reason="norse 1.1.0 is a test dependency")
+    net = nn.Sequential(nn.Linear(4, 6), norse.LIFCell(), )
+    with pytest.warns(ss.nn.ConvertWarning, match=r"'1' \(LIFCell\): Norse LIFCell integrates"):
+        conv = ss.nn.convert(net)
+    assert isinstance(conv[0], ss.nn.SpikeLinear) and type(conv[1]) is norse.LIFCell
+    (rec,) = [r for r in conv.snnsparse_convert_report if r.name == "1"]
+    assert rec.action == "left" and "fires at v > v_th" in rec.reason
+    x = (torch.rand(3, 4, generator=rng) > 0.5).float()
+    z, _ = conv[1](conv[0](x))  # still runs as Norse
+    assert z.shape == (3, 6)
