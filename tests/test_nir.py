@@ -195,7 +195,7 @@ def _pruned_model(rng):
     model[3].set_mask(mask((5, 144), 0.1, rng))
     with torch.no_grad():
         model[0].weight.uniform_(-0.5, 2.0, generator=rng)
-        model[3].weight.uniform_(-0.2, 1.0, generator=rng)
+        model[3].weight.uniform_(-0.6, 1.0, generator=rng)
         model[0].weight_mask[0, 0, 0, 0] = True
         model[0].weight[0, 0, 0, 0] = 0.0  # a kept weight that is 0: only the metadata mask keeps it
         model[3].weight[~model[3].weight_mask] = float("nan")  # pruned = absent, even NaN: written as 0
