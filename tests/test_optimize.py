@@ -729,27 +729,91 @@ def test_single_pixel_bins_matches_torch():
     assert single_pixel_bins((1, 1), (7, 7)) and not single_pixel_bins((2, 1), (1, 1))
 
 
+@pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("size,kept", [(8, True), (16, False)])
-def test_average_pool_of_one_pixel_bins_keeps_spikes(rng, size, kept):
+def test_average_pool_of_one_pixel_bins_keeps_spikes(rng, size, kept, fold):
     """VGG's pattern: neuron -> max-pool -> adaptive average pool -> flatten -> linear. At 8x8 the pool
     sees a 1x1 map (bins of one pixel: spikes, the linear runs packed); at 16x16 a 2x2 map (averages:
-    the linear runs dense). An input of another size than example_inputs' is refused by the pool with
-    the reason, never passed on as spikes."""
+    the linear runs dense). At 8x8 the pool only replicates: read by the flatten alone it is folded into
+    the linear (fold); read through an identity first it gathers the copies itself. An input of another
+    size than example_inputs' is refused by the pool with the reason, never passed on as spikes."""
     torch.manual_seed(rng.initial_seed())
+    between = [] if fold else [nn.Identity()]
     model = nn.Sequential(layer.Conv2d(3, 8, 3, padding=1), layer.BatchNorm2d(8), neuron.LIFNode(),
-                          layer.MaxPool2d(8), layer.AdaptiveAvgPool2d((3, 3)), layer.Flatten(), layer.Linear(72, 5),
-                          neuron.LIFNode())
+                          layer.MaxPool2d(8), layer.AdaptiveAvgPool2d((3, 3)), *between, layer.Flatten(),
+                          layer.Linear(72, 5), neuron.LIFNode())
     model = _prepare(model, rng, density=0.5)
+    lin = str(len(model) - 2)
     x = _images(rng, size=size)
     opt = ss.nn.optimize_for_inference(model, x)
     report = opt.report()
     print(report)
-    assert report["4"].action == ("kept-values" if kept else "left")
-    assert report["6"].action == ("packed-event" if kept else "dense-analog")
+    assert report["4"].action == ("left" if not kept else "folded" if fold else "kept-values")
+    assert report[lin].action == ("packed-event" if kept else "dense-analog")
+    assert ("72 -> 8 inputs" in report[lin].reason) == (kept and fold)
     _compare(model, opt, x)
     if kept:
-        with pytest.raises(ValueError, match="'4' \\(SinglePixelPool\\).*averages several"):
+        msg = "folded this pool into the linear layer after it" if fold else "averages several"
+        with pytest.raises(ValueError, match=f"'4' \\(SinglePixelPool\\).*{msg}"):
             opt(_images(rng, size=16))
+
+
+def test_fold_replicated_columns_matches_the_replicated_linear(rng):
+    """linear(x[..., index], W*M) == linear(x, W') in float64, for random replications (every source read
+    at least once) and the mask edges; the new mask keeps a column where any copy was kept."""
+    from snnsparse.nn.fuse import fold_replicated_columns
+    for n_in, reps, density in ((5, 3, 0.3), (1, 49, 0.05), (7, 2, 0.0), (4, 4, 1.0)):
+        index = torch.cat([torch.arange(n_in), torch.randint(0, n_in, (n_in * (reps - 1),), generator=rng)])
+        index = index[torch.randperm(index.numel(), generator=rng)]
+        w = torch.randn(6, index.numel(), generator=rng, dtype=torch.float64)
+        m = mask(w.shape, density, rng)
+        x = (torch.rand(3, n_in, generator=rng) < 0.5).double()
+        w2, m2 = fold_replicated_columns(w, m, index, n_in)
+        want = x[..., index] @ torch.where(m, w, 0.0).T
+        torch.testing.assert_close(x @ torch.where(m2, w2, 0.0).T, want, rtol=1e-12, atol=1e-12)
+        kept = torch.zeros(6, n_in, dtype=torch.bool)
+        for k, j in enumerate(index.tolist()):
+            kept[:, j] |= m[:, k]
+        assert torch.equal(m2, kept)
+    with pytest.raises(ValueError, match="index must have one entry per input feature"):
+        fold_replicated_columns(w, m, index[:-1], n_in)
+    with pytest.raises(ValueError, match="index entries must lie in"):
+        fold_replicated_columns(w, m, index, n_in - 1)
+
+
+class _PoolHead(nn.Module):
+    """neuron -> 1x1 map -> adaptive average pool to 3x3 (a replication) -> torch.flatten -> linear; with
+    `also_read`, the pool's output is read a second time (so it cannot be folded)."""
+
+    def __init__(self, also_read: bool):
+        super().__init__()
+        self.conv, self.bn, self.sn = layer.Conv2d(3, 6, 3, padding=1), layer.BatchNorm2d(6), neuron.LIFNode()
+        self.mp, self.pool = layer.MaxPool2d(8), layer.AdaptiveAvgPool2d((3, 3))
+        self.fc, self.out = layer.Linear(54, 4), neuron.LIFNode()
+        self.also_read = also_read
+
+    def forward(self, x):
+        p = self.pool(self.mp(self.sn(self.bn(self.conv(x)))))
+        y = self.out(self.fc(torch.flatten(p, 2)))
+        return (y, p.sum()) if self.also_read else y
+
+
+@pytest.mark.parametrize("also_read", [False, True])
+def test_replicating_pool_folds_only_when_the_linear_alone_reads_it(rng, also_read):
+    torch.manual_seed(rng.initial_seed())
+    model = _prepare(_PoolHead(also_read), rng, density=0.5)
+    x = _images(rng, size=8)
+    opt = ss.nn.optimize_for_inference(model, x)
+    report = opt.report()
+    print(report)
+    assert report["pool"].action == ("kept-values" if also_read else "folded")
+    assert report["fc"].action == "packed-event"
+    sjf.reset_net(model)
+    with torch.no_grad():
+        ref = model(x)
+    out = opt(x)
+    for a, b in zip((out,) if not also_read else out, (ref,) if not also_read else ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 class _ResBlock(nn.Module):

@@ -9,6 +9,7 @@ time-major BN wrappers included.
 import torch
 import torch.nn as nn
 
+from ..ops.reference import masked_weight
 from .layers import SpikeConv2d
 
 
@@ -33,6 +34,32 @@ def fold_bn(weight: torch.Tensor, bias, bn: nn.modules.batchnorm._BatchNorm):
     new_weight = weight * scale.view(-1, *([1] * (weight.dim() - 1))).to(weight.dtype)
     new_bias = shift if bias is None else bias * scale + shift
     return new_weight.detach(), new_bias.to(weight.dtype).detach()
+
+
+@torch.no_grad()
+def fold_replicated_columns(weight: torch.Tensor, mask: torch.Tensor, index: torch.Tensor, in_features: int):
+    """(weight, mask) of a linear layer that reads x directly, for one that reads x[..., index] (a
+    replication: an adaptive pool whose bins cover one element each, then flatten): column j of the
+    new weight is the sum of the masked columns k with index[k] == j, computed in float64 and rounded
+    once; the new mask keeps j where any of them was kept. linear(x[..., index], W*M) equals
+    linear(x, W') up to the summation order. New tensors; nothing is changed in place."""
+    if index.dim() != 1 or index.numel() != weight.shape[1]:
+        raise ValueError(f"fold_replicated_columns: index must have one entry per input feature "
+                         f"({weight.shape[1]}), got shape {tuple(index.shape)}")
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= in_features):
+        raise ValueError(f"fold_replicated_columns: index entries must lie in [0, {in_features})")
+    mask = torch.ones_like(weight, dtype=torch.bool) if mask is None else mask
+    out = weight.shape[0]
+    new_weight = weight.new_empty(out, in_features)
+    new_mask = torch.empty(out, in_features, dtype=torch.bool, device=weight.device)
+    # Blocks of output rows: VGG's 4096x25088 weight in float64 at once was 800 MB and 2 s.
+    rows = max(1, (1 << 22) // max(1, weight.shape[1]))
+    for r in range(0, out, rows):
+        w = masked_weight(weight[r:r + rows], mask[r:r + rows]).to(torch.float64)
+        new_weight[r:r + rows] = w.new_zeros(w.shape[0], in_features).index_add_(1, index, w)
+        kept = torch.zeros(w.shape[0], in_features, dtype=torch.int32, device=weight.device)
+        new_mask[r:r + rows] = kept.index_add_(1, index, mask[r:r + rows].to(torch.int32)) > 0
+    return new_weight, new_mask
 
 
 @torch.no_grad()

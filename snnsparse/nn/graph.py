@@ -278,6 +278,32 @@ def single_pixel_bins(in_sizes: Sequence[int], out_sizes: Sequence[int]) -> bool
     return True
 
 
+def single_pixel_gather(x: torch.Tensor, out_sizes: Sequence[int]) -> torch.Tensor:
+    """What an adaptive average pool to out_sizes computes when its bins cover one element each
+    (single_pixel_bins; the caller checks): per pooled (trailing) dim, bin i is the one element
+    floor(i*n/o), gathered with index_select, exactly (no averaging)."""
+    dims = len(out_sizes)
+    for d, o in enumerate(out_sizes):
+        dim = x.dim() - dims + d
+        n = x.shape[dim]
+        if n != o:
+            x = x.index_select(dim, torch.tensor([(i * n) // o for i in range(o)], device=x.device))
+    return x
+
+
+def is_flatten(node: fx.Node, mods) -> bool:
+    """A node that flattens its first argument (torch.flatten, Tensor.flatten, nn.Flatten and SpikingJelly's
+    layer.Flatten): a row-major reshape, so which dims it merges is read off the recorded shapes."""
+    if node.op == "call_function":
+        return node.target is torch.flatten
+    if node.op == "call_method":
+        return node.target == "flatten"
+    if node.op == "call_module":
+        t = type(mods[node])
+        return t is nn.Flatten or t in _sj_types(spikingjelly(), "layer", ("Flatten",))
+    return False
+
+
 def module_kind(module: nn.Module, name: str, x: Kind, keeps: Set[int] = frozenset()) -> Kind:
     """The kind of a leaf module's output given the kind of its input. `keeps`: ids of modules known to
     keep their input's values at the sizes the model runs (adaptive pools of one-element bins)."""

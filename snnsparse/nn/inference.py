@@ -34,7 +34,7 @@ from ..ops import cpp as _cpp
 from ..ops import linear as _linear
 from ..ops import pool as _pool
 from ..ops.packed import ConvFormat, PackedWeight
-from .graph import single_pixel_bins
+from .graph import single_pixel_bins, single_pixel_gather
 
 # Output-channel rows (format 4) serve only rows of <= 64 pixels (one 64-bit word per row, csrc/cpu/conv.cpp
 # outrows_ok); a packing chosen from example_inputs of small images cannot run wider ones.
@@ -311,13 +311,22 @@ class SinglePixelPool(InferenceLayer):
     """An adaptive average pool that, at the sizes the model was optimized for, averages bins of one
     input element each (VGG's 7x7 pool of the 1x1 spike map of a 32x32 image, or a pool to the size it
     already has): its output holds only input values, so the layer after it gets spikes and runs packed.
-    Another input size is checked on every call: where a bin would average several elements (values
-    that are no longer spikes) it is refused with the reason, never passed on to a packed layer."""
+    The output is gathered (index_select per pooled dim), not averaged: torch's adaptive average pool took
+    4 ms per call for VGG's [32, 512, 1, 1] -> 7x7 (15% of the optimized model). Another input size is
+    checked on every call: where a bin would average several elements (values that are no longer
+    spikes) it is refused with the reason, never passed on to a packed layer.
 
-    def __init__(self, pool: nn.Module, dims: int, *, name: str = "", why: str = ""):
+    folded_sizes: the pool's replication was folded into the linear layer after it (flatten, then
+    linear: optimize_for_inference sums the weight columns that read copies of one element,
+    fold_replicated_columns); it then passes its input on unchanged, and only at exactly these input
+    sizes, which the folded weights were built for."""
+
+    def __init__(self, pool: nn.Module, dims: int, *, folded_sizes: Optional[Tuple[int, ...]] = None,
+                 name: str = "", why: str = ""):
         super().__init__(name, why)
         self.pool = pool
         self.dims = dims
+        self.folded_sizes = None if folded_sizes is None else tuple(folded_sizes)
 
     def _out_sizes(self, in_sizes):
         out = self.pool.output_size
@@ -326,13 +335,24 @@ class SinglePixelPool(InferenceLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_sizes = tuple(x.shape[-self.dims:])
-        if not single_pixel_bins(in_sizes, self._out_sizes(in_sizes)):
+        if self.folded_sizes is not None:
+            if in_sizes != self.folded_sizes:
+                raise ValueError(
+                    f"{self._label()}: optimize_for_inference folded this pool into the linear layer after it for "
+                    f"input spatial size {self.folded_sizes} (the size of example_inputs); got {in_sizes}. Optimize "
+                    f"the model with example_inputs of the size it will run on.")
+            return x
+        out_sizes = self._out_sizes(in_sizes)
+        if not single_pixel_bins(in_sizes, out_sizes):
             raise ValueError(
                 f"{self._label()}: optimize_for_inference kept spikes through this pool because at the sizes of "
                 f"example_inputs each of its bins covers one input element; an input of spatial size {in_sizes} "
-                f"(output {self._out_sizes(in_sizes)}) averages several, and the packed layer after it takes "
+                f"(output {out_sizes}) averages several, and the packed layer after it takes "
                 f"spikes only. Optimize the model with example_inputs of the size it will run on.")
-        return self.pool(x)
+        return single_pixel_gather(x, out_sizes)
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, folded_sizes={self.folded_sizes}"
 
 
 class InferenceMaxPool2d(InferenceLayer):

@@ -21,6 +21,10 @@ What it does, in order:
    bit planes), which keep only a PackedWeight made here and the bias; anything else -> dense
    torch with the folded, masked weight. Which classes have a known forward (and so can be
    replaced) are snnsparse.nn.convert's rules.
+   An adaptive average pool whose bins cover one element each (a replication: VGG's 7x7 pool of the
+   1x1 map of a 32x32 image) read only through a flatten by a linear layer is folded into that linear
+   (the weight columns that read copies of one element summed, snnsparse.nn.fuse), so the linear reads
+   512 inputs instead of 25088; the pool then passes its input on, at exactly the folded size.
 4. SpikingJelly LIFNode / IFNode / ParametricLIFNode -> ss.nn.LIF / IF / ParametricLIF (convert's mapping
    and blockers, from_spikingjelly): one fused kernel over T. A multi-step one called once per forward
    is stateless per call (SpikingJelly's results with functional.reset_net between calls); one called
@@ -31,6 +35,8 @@ What it does, in order:
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import warnings
 import statistics
 import time
@@ -50,7 +56,7 @@ from . import graph as G
 from . import transformers as _transformers
 # convert's rules of which classes have a known forward (and so can be replaced), and its hook check.
 from .convert import _decide, _foreign_hooks, sj_neuron_class
-from .fuse import fold_bn
+from .fuse import fold_bn, fold_replicated_columns
 from .inference import (PACKED_LAYERS, DenseConv1d, DenseConv2d, DenseLinear, InferenceMaxPool2d, PackedConv1d,
                         PackedConv2d, PackedLinear, PackedPlanesConv1d, PackedPlanesConv2d, SinglePixelPool,
                         bit_planes)
@@ -58,7 +64,7 @@ from .layers import SpikeConv1d, SpikeConv2d
 from .lif import FusedNeuron
 
 WHERE = "optimize_for_inference"
-ACTIONS = ("packed-event", "dense-analog", "bn-folded", "neuron-fused", "kept-values", "left")
+ACTIONS = ("packed-event", "dense-analog", "bn-folded", "neuron-fused", "kept-values", "folded", "left")
 _PACKABLE_DTYPES = (torch.float32, torch.float64)
 
 
@@ -290,6 +296,19 @@ def _join_name(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
+@dataclasses.dataclass
+class _PoolFold:
+    """A replicating pool (adaptive average pool of one-element bins) read only by a flatten read only by a
+    linear layer: the linear reads x[..., index] of the pool's flattened input x, so it can read x itself
+    with its weight columns of copies summed (fold_replicated_columns)."""
+    pool_name: str
+    index: torch.Tensor          # [K] long: the pool-input feature each of the linear's K inputs reads
+    inverse: torch.Tensor        # [in_features] long: one position k of each pool-input feature in index
+    in_features: int             # the folded linear's input features (the pool input, flattened)
+    in_sizes: Tuple[int, ...]    # the pooled sizes of the pool's input the fold was built for
+    applied: bool = False        # the linear was built on the folded weights
+
+
 # --------------------------------------------------------------------------------------------------
 class _Optimizer:
     def __init__(self, calls: Dict[int, _Calls]):
@@ -299,6 +318,7 @@ class _Optimizer:
         # Adaptive average pools whose bins held one element each in every call of the example run
         # (their output is their input's values: spikes stay spikes).
         self.single_pixel = {key for key, c in calls.items() if self._single_pixel_pool(c)}
+        self.pool_folds: Dict[int, _PoolFold] = {}  # id(linear) -> the replicating pool folded into it
 
     @staticmethod
     def _single_pixel_pool(c: _Calls) -> bool:
@@ -317,6 +337,59 @@ class _Optimizer:
                "its output is its input's values (spikes stay spikes); checked on every call")
         self.row(name, module, "kept-values", reason=why)
         return SinglePixelPool(module, G.adaptive_avg_dims(module), name=name, why=why)
+
+    def folded_pool(self, module: nn.Module, name: str, fold: _PoolFold, linear_name: str) -> nn.Module:
+        why = (f"each bin covers one input element at the sizes of example_inputs: a replication, folded into "
+               f"{linear_name!r} (its weight columns that read copies of one element summed: "
+               f"{fold.index.numel()} -> {fold.in_features} inputs); passes its input on, only at spatial size "
+               f"{fold.in_sizes}")
+        self.row(name, module, "folded", reason=why)
+        return SinglePixelPool(module, G.adaptive_avg_dims(module), folded_sizes=fold.in_sizes, name=name, why=why)
+
+    def find_pool_folds(self, g: fx.Graph, mods, sites, reads_into) -> Dict[fx.Node, Tuple[fx.Node, _PoolFold]]:
+        """{pool node: (linear node, fold)} for every replicating pool whose output only a flatten reads, whose
+        output only a linear layer reads, each run once. VGG at 32x32: the 7x7 pool of the 1x1 map made the
+        first classifier layer read 25088 inputs (4096x25088 weights) for 512 values."""
+        folds = {}
+        for node in g.nodes:
+            if node.op != "call_module" or id(mods[node]) not in self.single_pixel or len(node.users) != 1:
+                continue
+            flat = next(iter(node.users))
+            if not G.is_flatten(flat, mods) or flat.args[0] is not node or len(flat.users) != 1:
+                continue
+            lin_node = next(iter(flat.users))
+            if lin_node.op != "call_module" or not isinstance(mods[lin_node], nn.Linear):
+                continue
+            pool, lin = mods[node], mods[lin_node]
+            ok = all(len(n.args) == 1 and not n.kwargs and not reads_into(n.target) for n in (node, lin_node))
+            ok = ok and all(len(sites[id(m)]) == 1 and self.runs(m) == 1 for m in (pool, lin))
+            ok = ok and (flat.op != "call_module" or len(sites[id(mods[flat])]) == 1)
+            fold = self._pool_fold(pool, lin, _join_name("", node.target)) if ok else None
+            if fold is not None:
+                folds[node] = (lin_node, fold)
+        return folds
+
+    def _pool_fold(self, pool: nn.Module, lin: nn.Linear, pool_name: str) -> Optional[_PoolFold]:
+        """The fold when the recorded shapes show flatten merging exactly the channel and pooled dims into
+        the linear's input features, and every pool-input element is read (else None: not folded)."""
+        dims = G.adaptive_avg_dims(pool)
+        (ins, out), = self.calls[id(pool)].shapes
+        (lin_ins, _), = self.calls[id(lin)].shapes
+        if not ins or out is None or not lin_ins or len(out) < dims + 1 or len(ins[0]) != len(out):
+            return None
+        lead, inner = out[:-(dims + 1)], out[-(dims + 1):]
+        in_sizes = tuple(ins[0][-dims:])
+        if tuple(lin_ins[0]) != tuple(lead) + (math.prod(inner),) or ins[0][:-dims] != out[:-dims]:
+            return None
+        in_features = inner[0] * math.prod(in_sizes)
+        if in_features >= lin.in_features:
+            return None  # nothing replicated (a pool to the size it has): no gain
+        index = G.single_pixel_gather(torch.arange(in_features).view(inner[0], *in_sizes), inner[1:]).reshape(-1)
+        if int(torch.bincount(index, minlength=in_features).min()) < 1:
+            return None
+        inverse = torch.empty(in_features, dtype=torch.long)
+        inverse[index] = torch.arange(index.numel())
+        return _PoolFold(pool_name, index, inverse, in_features, in_sizes)
 
     def twin(self, module: nn.Module):
         """A traceable forward for a SpikingJelly transformer module fx cannot trace (snnsparse.nn.transformers)."""
@@ -412,12 +485,20 @@ class _Optimizer:
 
         replace: Dict[int, nn.Module] = {}  # id(module) -> its replacement
         folded: Dict[fx.Node, fx.Node] = {}  # BatchNorm node -> the conv / linear node it was folded into
+        pool_folds = self.find_pool_folds(g, mods, sites, reads_into)
+        for lin_node, fold in pool_folds.values():
+            fold.pool_name = _join_name(prefix, fold.pool_name)
+            self.pool_folds[id(mods[lin_node])] = fold
+        pool_rows: Dict[fx.Node, int] = {}  # a folded pool's place in the report (decided after its linear)
         done = set()
         for node in list(g.nodes):
             if node.op != "call_module" or id(mods[node]) in done:
                 continue
             m, name = mods[node], _join_name(prefix, node.target)
             done.add(id(m))
+            if node in pool_folds:
+                pool_rows[node] = len(self.report.rows)
+                continue
             # A module called at several places is decided once, for the least binary of its inputs.
             x = G.join([x_of(n) for n in sites[id(m)]], f"it is called at {len(sites[id(m)])} places")
             if node.target in traced.opaque:
@@ -461,6 +542,15 @@ class _Optimizer:
                 replace[id(m)] = self.max_pool(m, name)
                 continue
             self.other(m, name)
+
+        for node, (lin_node, fold) in sorted(pool_folds.items(), key=lambda kv: -pool_rows[kv[0]]):
+            m, name = mods[node], _join_name(prefix, node.target)
+            self.pool_folds.pop(id(mods[lin_node]), None)
+            if fold.applied:
+                replace[id(m)] = self.folded_pool(m, name, fold, _join_name(prefix, lin_node.target))
+            else:  # the linear was left as it is: the pool replicates, as before
+                replace[id(m)] = self.single_pixel_pool(m, name)
+            self.report.rows.insert(pool_rows[node], self.report.rows.pop())
 
         self.byte_spikes_in_graph(g, mods, sites, replace, prefix)
         for node, m in mods.items():  # every call site (a module may be called under several names)
@@ -685,7 +775,17 @@ class _Optimizer:
                 self.bn_outcome[id(bn.bn)] = ("bn-folded", f"folded into {name!r} (its running statistics)")
             else:
                 self.bn_outcome[id(bn.bn)] = ("left", f"not folded: {blocker}")
-        return self.inference_layer(module, spike, name, x, weight, bias, mask, fold_rank), folded
+        pool = self.pool_folds.get(id(module))
+        if pool is not None:
+            weight, mask = fold_replicated_columns(weight, mask, pool.index, pool.in_features)
+            pool.applied = True
+        new = self.inference_layer(module, spike, name, x, weight, bias, mask, fold_rank)
+        if pool is not None:
+            note = (f"; the replication of {pool.pool_name!r} folded in (weight columns of copies summed: "
+                    f"{pool.index.numel()} -> {pool.in_features} inputs)")
+            new.why += note
+            self.report.rows[-1] = self.report.rows[-1]._replace(reason=self.report.rows[-1].reason + note)
+        return new, folded
 
     def spike_twin(self, module: nn.Module, name: str):
         """(SpikeConv2d / SpikeLinear with the module's weights and mask, "") or (None, why not), by
@@ -760,6 +860,9 @@ class _Optimizer:
         if not recorded:
             return None
         x = recorded[0]
+        pool = self.pool_folds.get(id(module))
+        if pool is not None:  # the linear now reads the pool's input: one copy of each element
+            x = x[..., pool.inverse]
         try:
             x = x.reshape(-1, channels, *x.shape[-2:]) if conv else x.reshape(-1, channels)
         except RuntimeError:
