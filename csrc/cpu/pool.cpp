@@ -53,6 +53,7 @@ void max_pool_planes(const T* x, T* y, int64_t planes, int64_t H, int64_t W, int
   std::vector<int64_t> ilo, ihi, jlo, jhi;
   window_bounds(Ho, H, kh, sh, ph, dh, ilo, ihi);
   window_bounds(Wo, W, kw, sw, pw, dw, jlo, jhi);
+  const bool pairs = kw == 2 && sw == 2 && pw == 0 && dw == 1 && 2 * Wo <= W;
   at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
     // Separable: per output row, the max of its window's input rows (contiguous, vectorised), then per
     // output pixel the max of kw entries of that row. 3x3 stride 2 reads each row max 3 times instead of
@@ -70,6 +71,18 @@ void max_pool_planes(const T* x, T* y, int64_t planes, int64_t H, int64_t W, int
 #pragma omp simd
           for (int64_t w = 0; w < W; ++w) rm[w] = takes(row[w], rm[w]) ? row[w] : rm[w];
         }
+        T* __restrict__ yr = yp + oy * Wo;
+        if (pairs) {
+          // 2-wide windows at stride 2, all inside the row (VGG's and CIFAR nets' 2x2 pools): a fixed
+          // two-compare body the compiler vectorises; torch's order (the later element wins only when
+          // larger or NaN). The general loop below took 0.8 ms for [32, 64, 32, 32] uint8.
+#pragma omp simd
+          for (int64_t ox = 0; ox < Wo; ++ox) {
+            const T a = rm[2 * ox], b = rm[2 * ox + 1];
+            yr[ox] = takes(b, a) ? b : a;
+          }
+          continue;
+        }
         for (int64_t ox = 0; ox < Wo; ++ox) {
           const int64_t x0 = ox * sw - pw;
           T m = lowest;
@@ -77,7 +90,7 @@ void max_pool_planes(const T* x, T* y, int64_t planes, int64_t H, int64_t W, int
             const T v = rm[x0 + j * dw];
             m = takes(v, m) ? v : m;
           }
-          yp[oy * Wo + ox] = m;
+          yr[ox] = m;
         }
       }
     }
