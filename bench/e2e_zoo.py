@@ -8,6 +8,7 @@ recalibrated on the pruned net (a few train-mode passes on random images, so spi
 they do after recalibration), then, interleaved, median of --reps runs:
   sj        the original SpikingJelly model (its own CPU neuron kernels, masked dense weights)
   ss        the optimized model (BN folded, packed weights, fused LIF)
+  dense     optimize_for_inference(packed=False): the same folds and fused neurons, dense torch convs
 and batch 1 (latency). Also: optimize time, first forward vs steady state, the state bytes of each,
 mean spike rate over the neuron layers, the per-layer report. One CSV row per model to
 bench/out/e2e_zoo.csv.
@@ -117,6 +118,8 @@ def run(name, build, args, gen, extra=None):
     with torch.no_grad():
         y_opt = opt(x)
     t_first = time.perf_counter() - t0
+    # The second baseline: the same folds and fused neurons, every conv / linear dense torch.
+    dense = ss.nn.optimize_for_inference(with_masks(model, masks), x, packed=False)
 
     def sj(inp):
         def f():
@@ -125,17 +128,18 @@ def run(name, build, args, gen, extra=None):
                 return model(inp)
         return f
 
-    def ours(inp):
+    def ours(inp, m=opt):
         def f():
             with torch.no_grad():
-                return opt(inp)
+                return m(inp)
         return f
 
     y_sj = sj(x)()
     err = float((y_opt - y_sj).abs().max())
-    tb, to = timed([sj(x), ours(x)], reps=args.reps)
+    err_dense = float((ours(x, dense)() - y_sj).abs().max())
+    tb, to, td = timed([sj(x), ours(x), ours(x, dense)], reps=args.reps)
     tb1, to1 = timed([sj(x1), ours(x1)], reps=args.reps)
-    sb, so, sb1, so1 = summary(tb), summary(to), summary(tb1), summary(to1)
+    sb, so, sd, sb1, so1 = summary(tb), summary(to), summary(td), summary(tb1), summary(to1)
     report = opt.report()
     actions = {}
     for r in report:
@@ -145,12 +149,14 @@ def run(name, build, args, gen, extra=None):
                sj_ms=round(sb["median_ms"], 2), sj_p20=round(sb["p20_ms"], 2), sj_p80=round(sb["p80_ms"], 2),
                ss_ms=round(so["median_ms"], 2), ss_p20=round(so["p20_ms"], 2), ss_p80=round(so["p80_ms"], 2),
                speedup=round(sb["median_ms"] / so["median_ms"], 2),
+               dense_ms=round(sd["median_ms"], 2), dense_p20=round(sd["p20_ms"], 2), dense_p80=round(sd["p80_ms"], 2),
+               speedup_vs_dense=round(sd["median_ms"] / so["median_ms"], 2),
                sj_b1_ms=round(sb1["median_ms"], 2), ss_b1_ms=round(so1["median_ms"], 2),
                speedup_b1=round(sb1["median_ms"] / so1["median_ms"], 2),
                optimize_s=round(t_opt, 2), first_forward_ms=round(1e3 * t_first, 1),
                first_over_steady=round(1e3 * t_first / so["median_ms"], 2),
                sj_state_mb=round(state_bytes(model) / 2**20, 1), ss_state_mb=round(state_bytes(opt) / 2**20, 1),
-               max_abs_diff=f"{err:.2e}", actions=" ".join(f"{k}:{v}" for k, v in sorted(actions.items())),
+               max_abs_diff=f"{err:.2e}", dense_max_abs_diff=f"{err_dense:.2e}", actions=" ".join(f"{k}:{v}" for k, v in sorted(actions.items())),
                load_after="%.2f" % os.getloadavg()[0])
     if extra is not None:
         row.update(extra(model, opt))

@@ -639,3 +639,21 @@ def test_input_kind_auto_does_not_decide_on_an_all_zero_input(rng):
     x = torch.rand(4, 6, generator=rng) * 2.5
     torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
     assert layer.input_decision == "analog"
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(6, 5), lambda: nn.Conv2d(3, 4, 3, bias=False),
+                                  lambda: nn.Conv1d(3, 4, 2)])
+def test_from_dense_copies_every_tensor_and_leaves_the_global_rng_alone(rng, make):
+    """from_dense builds without the constructor's random init (skip_init): every tensor is the module's
+    (weight, bias, mask: an uninitialised one would show here), and the caller's random stream is unchanged."""
+    torch.manual_seed(rng.initial_seed())
+    dense = make()
+    prune.custom_from_mask(dense, "weight", mask(dense.weight.shape, 0.5, rng))
+    cls = {nn.Linear: ss.nn.SpikeLinear, nn.Conv2d: ss.nn.SpikeConv2d, nn.Conv1d: ss.nn.SpikeConv1d}[type(dense)]
+    state = torch.random.get_rng_state()
+    new = cls.from_dense(dense)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(new.weight, dense.weight_orig) and torch.equal(new.weight_mask, dense.weight_mask.bool())
+    assert (new.bias is None) == (dense.bias is None)
+    if dense.bias is not None:
+        assert torch.equal(new.bias, dense.bias)

@@ -569,6 +569,23 @@ def test_refuses_a_non_module():
         ss.nn.optimize_for_inference(lambda x: x, torch.rand(2))
 
 
+def test_packed_false_runs_every_layer_dense_with_the_same_folds(rng):
+    """packed=False (the e2e benchmark's second baseline): the same BatchNorm folds and fused neurons, every
+    conv / linear dense torch, the same spikes; a non-bool is refused."""
+    torch.manual_seed(rng.initial_seed())
+    model = _prepare(_zoo("spiking_resnet").spiking_resnet18(spiking_neuron=neuron.LIFNode, num_classes=10), rng)
+    x = _images(rng)
+    opt = ss.nn.optimize_for_inference(model, x, packed=False)
+    report = opt.report()
+    assert not [m for m in opt.modules() if isinstance(m, PACKED)]
+    assert report.counts()["packed-event"] == 0
+    assert "packed=False was asked for" in report["layer1.0.conv1"].reason
+    _assert_bn_all_folded(report, 20)
+    _assert_fires(_compare(model, opt, x)[0])
+    with pytest.raises(TypeError, match="packed"):
+        ss.nn.optimize_for_inference(model, x, packed="no")
+
+
 def test_optimized_model_is_inference_only_and_the_original_untouched(rng):
     torch.manual_seed(rng.initial_seed())
     model = nn.Sequential(layer.Conv2d(2, 4, 3, step_mode="m"), layer.BatchNorm2d(4, step_mode="m"),

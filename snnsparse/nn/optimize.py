@@ -47,7 +47,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ..functional import NonBinarySpikesError, is_binary
+from ..functional import NonBinarySpikesError, check_bool, is_binary
 from ..ops import conv2d as _conv2d
 from ..ops import cpp as _cpp
 from ..ops import linear as _linear
@@ -311,8 +311,9 @@ class _PoolFold:
 
 # --------------------------------------------------------------------------------------------------
 class _Optimizer:
-    def __init__(self, calls: Dict[int, _Calls]):
+    def __init__(self, calls: Dict[int, _Calls], packed: bool = True):
         self.calls = calls
+        self.packed = packed  # False: every conv / linear dense torch (the baseline with the same folds and neurons)
         self.report = OptimizeReport()
         self.bn_outcome: Dict[int, Tuple[str, str]] = {}  # id(BatchNorm) -> (action, reason), set by its conv
         # Adaptive average pools whose bins held one element each in every call of the example run
@@ -840,8 +841,9 @@ class _Optimizer:
             return weight, bias, None
         return weight, bias, next(len(o) for _, o in shapes if o is not None)
 
-    @staticmethod
-    def pack_blocker(weight: torch.Tensor) -> Optional[str]:
+    def pack_blocker(self, weight: torch.Tensor) -> Optional[str]:
+        if not self.packed:
+            return "packed=False was asked for"
         reason = _cpp.unavailable_reason()
         if reason:
             return f"the C++ extension is not available ({reason})"
@@ -1043,7 +1045,7 @@ class _Optimizer:
 
 
 # --------------------------------------------------------------------------------------------------
-def optimize_for_inference(model: nn.Module, example_inputs) -> OptimizedModel:
+def optimize_for_inference(model: nn.Module, example_inputs, *, packed: bool = True) -> OptimizedModel:
     """An inference-only copy of `model` that gives the same outputs and does less work.
 
     model: an nn.Module in eval mode (SpikingJelly models in either step mode, snnsparse models,
@@ -1059,12 +1061,17 @@ def optimize_for_inference(model: nn.Module, example_inputs) -> OptimizedModel:
     (SpikingJelly's behaviour with functional.reset_net between calls); single-step ones, and any
     called more than once per forward, keep their state until reset() (functional.reset_net), as
     SpikingJelly's do. The step mode of every layer is fixed at this call.
+
+    packed=False: everything else the same (BatchNorm folded, fused neurons, pools), but every conv /
+    linear runs dense torch on its folded, masked weight: what the event kernels are measured against
+    (bench/e2e_zoo.py), and a form for devices the packed kernels do not serve.
     """
     _check_model(model)
+    packed = check_bool(packed, "packed", where=WHERE)
     inputs = _as_inputs(example_inputs)
     work = _copy(model)  # the caller's model (and its neuron states) stay as they are
     calls = _example_run(work, inputs)
-    optimizer = _Optimizer(calls)
+    optimizer = _Optimizer(calls, packed)
     body = optimizer.optimize(work, "")
     for p in body.parameters():  # what is left of the original modules: no autograd either
         p.requires_grad_(False)
