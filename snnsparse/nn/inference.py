@@ -90,7 +90,7 @@ class _PackedMixin:
     formats can have tensors of identical shapes (compressed rows per input or per output channel when
     Cin == Cout), and copying one into the other would compute something else without an error."""
 
-    _packed_meta: PackedWeight  # the packing minus its tensors (tensors=())
+    _packed_meta: PackedWeight  # the packing minus its tensors (tensors=()): shape, format, dtype for the forwards
 
     def _register_packed(self, packed: PackedWeight, bias: Optional[torch.Tensor], kind: str) -> None:
         if packed.kind != kind:
@@ -168,15 +168,15 @@ class PackedConv2d(_PackedMixin, InferenceLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x4, restore = _conv_input(x, self._label())
-        cout, _, kh, kw = self.packed.shape
+        cout, _, kh, kw = self._packed_meta.shape
         ho, wo = _conv2d.output_size(x4.shape[2], x4.shape[3], (kh, kw), self.stride, self.padding, self.dilation)
-        if self.packed.format == ConvFormat.COMPRESSED_OUT_ROWS and max(x4.shape[3], wo) > _OUTROWS_MAX_WIDTH:
+        if self._packed_meta.format == ConvFormat.COMPRESSED_OUT_ROWS and max(x4.shape[3], wo) > _OUTROWS_MAX_WIDTH:
             raise ValueError(
                 f"{self._label()}: packed as output-channel rows (format 4, chosen for the image width of "
                 f"example_inputs), which serve rows of <= {_OUTROWS_MAX_WIDTH} pixels; got input width {x4.shape[3]} "
                 f"(output {wo}). Optimize the model with example_inputs of the size it will run on.")
         if x4.shape[0] == 0:  # nothing to pack; the kernels' reshapes are not defined for it
-            y = x4.new_zeros((0, cout, ho, wo), dtype=self.packed.dtype)
+            y = x4.new_zeros((0, cout, ho, wo), dtype=self._packed_meta.dtype)
         else:
             y, _ = self._event(_conv2d.forward_packed, x4, self.packed, self.bias, self.stride, self.padding,
                                self.dilation)
@@ -201,13 +201,13 @@ class PackedLinear(_FoldRankMixin, _PackedMixin, InferenceLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_rank(x)
-        m, k = self.packed.shape
+        m, k = self._packed_meta.shape
         if x.dim() < 1 or x.shape[-1] != k:
             raise ValueError(f"{self._label()}: input must be [..., {k}], got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, k)
         if x2.shape[0] == 0:
-            y = x2.new_zeros((0, m), dtype=self.packed.dtype)
+            y = x2.new_zeros((0, m), dtype=self._packed_meta.dtype)
             y = y if self.bias is None else y + self.bias
         else:
             y, _ = self._event(_linear.forward_packed, x2, self.packed, self.bias)
@@ -297,9 +297,9 @@ class PackedPlanesConv2d(PackedConv2d):
         x4, restore = _conv_input(x, self._label())
         if x4.shape[0] == 0:
             return super().forward(x)
-        out = None
+        out, packed = None, self.packed
         for scale, plane in bit_planes(x4, self._label()):
-            y, _ = self._event(_conv2d.forward_packed, plane.contiguous(), self.packed, None, self.stride,
+            y, _ = self._event(_conv2d.forward_packed, plane.contiguous(), packed, None, self.stride,
                                self.padding, self.dilation)
             out = y if out is None else out.add_(y, alpha=scale)
         if self.bias is not None:
@@ -413,7 +413,7 @@ class PackedConv1d(_FoldRankMixin, PackedConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_rank(x)
-        _conv1d_rank(x, self.packed.shape[1] * self.packed.groups, self._label())
+        _conv1d_rank(x, self._packed_meta.shape[1] * self._packed_meta.groups, self._label())
         return super().forward(x.unsqueeze(-2)).squeeze(-2)
 
 
