@@ -176,3 +176,88 @@ def test_convert_leaves_norse_neurons_and_says_why(rng):
     x = (torch.rand(3, 4, generator=rng) > 0.5).float()
     z, _ = conv[1](conv[0](x))  # still runs as Norse
     assert z.shape == (3, 6)
+
+
+class _SynapticNet(nn.Module):
+    """snnTorch's Synaptic tutorial network: (spk, syn, mem) passed by hand (init_hidden=False)."""
+
+    def __init__(self, lif1, lif2):
+        super().__init__()
+        self.fc1, self.lif1, self.fc2, self.lif2 = nn.Linear(12, 16), lif1, nn.Linear(16, 5), lif2
+
+    def forward(self, x):
+        (syn1, mem1), (syn2, mem2) = self.lif1.reset_mem(), self.lif2.reset_mem()
+        spk_rec, state_rec = [], []
+        for xt in x:
+            spk1, syn1, mem1 = self.lif1(self.fc1(xt), syn1, mem1)
+            spk2, syn2, mem2 = self.lif2(self.fc2(spk1), syn2, mem2)
+            spk_rec.append(spk2)
+            state_rec.append(torch.cat([spk1, syn1, mem1, syn2, mem2], -1))
+        return torch.stack(spk_rec), torch.stack(state_rec)  # [T, B, 5], [T, B, spk1 | syn1 | mem1 (16 each) | ...]
+
+
+@pytest.mark.parametrize("reset,delay", list(itertools.product(("subtract", "zero", "none"), (True, False))))
+def test_converted_snntorch_synaptic_equals_snntorch(rng, reset, delay):
+    torch.manual_seed(rng.initial_seed())
+    opts = dict(reset_mechanism=reset, reset_delay=delay)
+    net = _SynapticNet(snn.Synaptic(alpha=torch.rand(16, generator=rng) * 0.5 + 0.4, beta=0.8, threshold=0.9, **opts),
+                       snn.Synaptic(alpha=0.6, beta=torch.rand(5, generator=rng) * 0.5 + 0.4, threshold=0.7,
+                                    learn_alpha=True, learn_beta=True, **opts))
+    x = _inputs(rng) * 0.5
+    with torch.no_grad():  # both layers fire sometimes, and not always (checked below), for any seed
+        net.fc1.weight.mul_(1.5)
+        net.fc2.weight.uniform_(-0.4, 0.4, generator=rng)
+        cur = net.fc2(net(x)[1][..., :16]).flatten(0, 1)  # fc2's currents from the hidden spikes
+        net.fc2.bias += 0.12 - cur.median(0).values
+    conv = ss.nn.convert(copy.deepcopy(net))
+    assert isinstance(conv.lif1, ss.nn.Synaptic) and isinstance(conv.lif2, ss.nn.Synaptic)
+    assert isinstance(conv.lif2.alpha, nn.Parameter) and not isinstance(conv.lif1.alpha, nn.Parameter)
+    report = {r.name: (r.original, r.action, r.result) for r in conv.snnsparse_convert_report}
+    assert report["lif1"] == ("Synaptic", "converted", "Synaptic") and report["fc2"][1] == "converted"
+    xr, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    spk_ref, state_ref = net(xr)
+    spk, state = conv(xc)
+    for fired in (spk_ref, state_ref[..., :16]):  # output and hidden spikes
+        assert 0 < fired.mean() < 1, "both layers must fire sometimes"
+    # Layer 1 (fc1 dense on analog input, the same F.linear) bit for bit; fc2 runs the event kernel on
+    # spikes, whose summation order differs from F.linear's by rounding.
+    assert torch.equal(spk, spk_ref) and torch.equal(state[..., :48], state_ref[..., :48])
+    torch.testing.assert_close(state, state_ref, rtol=1e-5, atol=1e-5)
+    (state_ref.square().sum() + spk_ref.sum()).backward()
+    (state.square().sum() + spk.sum()).backward()
+    for ours, ref in ((xc.grad, xr.grad), (conv.lif2.alpha.grad, net.lif2.alpha.grad),
+                      (conv.lif2.beta.grad, net.lif2.beta.grad), (conv.fc1.weight.grad, net.fc1.weight.grad)):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_converted_synaptic_init_hidden_and_what_is_left(rng):
+    """init_hidden=True Synaptic layers in an nn.Sequential (the last with output=True: (spk, syn, mem));
+    inhibition is left with the reason."""
+    net = nn.Sequential(nn.Linear(12, 8), snn.Synaptic(alpha=0.7, beta=0.8, init_hidden=True), nn.Linear(8, 3),
+                        snn.Synaptic(alpha=0.5, beta=0.9, init_hidden=True, output=True))
+    x = _inputs(rng)
+
+    def run(model):
+        for m in model.modules():
+            if hasattr(m, "reset_mem"):
+                m.reset_mem()
+        out = [model(xt) for xt in x]
+        return [torch.stack([o[i] for o in out]) for i in range(3)] if isinstance(out[0], tuple) else torch.stack(out)
+
+    with torch.no_grad():  # both layers fire sometimes, and not always (checked), for any seed
+        net[0].bias += 0.15 - net[0](x).flatten(0, 1).median(0).values
+        net[2].bias += 0.25 - net[2](run(net[:2])).flatten(0, 1).median(0).values
+    conv = ss.nn.convert(copy.deepcopy(net))
+    assert [type(m).__name__ for m in conv] == ["SpikeLinear", "Synaptic", "SpikeLinear", "Synaptic"]
+    with torch.no_grad():
+        ref, ours, hidden = run(net), run(conv), run(net[:2])
+    assert 0 < ref[0].mean() < 1 and 0 < hidden.mean() < 1
+    assert torch.equal(ours[0], ref[0])
+    for i in (1, 2):  # layer 2's current and membrane: fc2 runs the event kernel (F.linear's rounding differs)
+        torch.testing.assert_close(ours[i], ref[i], rtol=1e-5, atol=1e-5)
+    # snnTorch's checkpoint (reset_mechanism_val included) loads into the converted model.
+    conv.load_state_dict(net.state_dict())
+    left = nn.Sequential(nn.Linear(4, 6), snn.Synaptic(alpha=0.5, beta=0.9, init_hidden=True, inhibition=True))
+    with pytest.warns(ss.nn.ConvertWarning, match=r"'1' \(Synaptic\): inhibition=True .* ss.nn.Synaptic"):
+        left = ss.nn.convert(left)
+    assert type(left[1]) is snn.Synaptic
