@@ -38,6 +38,37 @@ def _inputs(rng, t=6, b=4):
     return torch.rand(t, b, 12, generator=rng) * 1.5
 
 
+def _convert_and_compare(net, x, cls, decays, exact, gsf=1.0):
+    """convert(net) (fc1, lif1, fc2, lif2; lif2's `decays` learnable, lif1's not): the layers become Spike* layers and
+    `cls`, recorded in the report; the outputs, states and gradients equal snnTorch's: the first `exact`
+    state columns (layer 1: fc1 sees analog input, the same dense F.linear) bit for bit, the rest to
+    rounding (fc2 sees spikes and runs the event kernel, whose summation order differs from F.linear's)."""
+    conv = ss.nn.convert(copy.deepcopy(net))
+    assert isinstance(conv.fc1, ss.nn.SpikeLinear) and isinstance(conv.fc2, ss.nn.SpikeLinear)
+    assert isinstance(conv.lif1, cls) and isinstance(conv.lif2, cls)
+    for decay in decays:
+        assert isinstance(getattr(conv.lif2, decay), nn.Parameter) and not isinstance(getattr(conv.lif1, decay),
+                                                                                      nn.Parameter)
+    report = {r.name: (r.original, r.action, r.result) for r in conv.snnsparse_convert_report}
+    name = cls.__name__
+    assert report["lif1"] == (name, "converted", name) and report["fc2"][1] == "converted"
+    xr, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    spk_ref, state_ref = net(xr)
+    spk, state = conv(xc)
+    for fired in (spk_ref, state_ref[..., :16]):  # output and hidden spikes
+        assert 0 < fired.mean() < gsf, "both layers must fire sometimes"
+    assert torch.equal(spk, spk_ref) and torch.equal(state[..., :exact], state_ref[..., :exact])
+    torch.testing.assert_close(state, state_ref, rtol=1e-5, atol=1e-5)  # fc2 rounds differently, over T steps
+    (state_ref.square().sum() + spk_ref.sum()).backward()
+    (state.square().sum() + spk.sum()).backward()
+    # Gradients to rounding (fc2's backward sums in another order), relative to the largest entry.
+    for param in (*(f"lif2.{d}" for d in decays), "fc1.weight", "fc2.weight"):
+        ours, ref = conv.get_parameter(param).grad, net.get_parameter(param).grad
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()), msg=param)
+    torch.testing.assert_close(xc.grad, xr.grad, rtol=1e-5, atol=1e-5 * float(xr.grad.abs().max()))
+    return conv
+
+
 CASES = list(itertools.product(("subtract", "zero", "none"), (True, False), (1.0, 0.5)))
 
 
@@ -55,21 +86,7 @@ def test_converted_snntorch_leaky_is_bit_exact_with_gradients(rng, reset, delay,
         net.fc2.weight.uniform_(-0.6 / gsf, 0.6 / gsf, generator=rng)
         cur = net.fc2(net(x)[1][..., :16]).flatten(0, 1)  # fc2's currents from the hidden spikes
         net.fc2.bias += 0.15 - cur.median(0).values
-    conv = ss.nn.convert(copy.deepcopy(net))
-    assert isinstance(conv.fc1, ss.nn.SpikeLinear) and isinstance(conv.fc2, ss.nn.SpikeLinear)
-    assert isinstance(conv.lif1, ss.nn.Leaky) and isinstance(conv.lif2, ss.nn.Leaky)
-    assert isinstance(conv.lif2.beta, nn.Parameter) and not isinstance(conv.lif1.beta, nn.Parameter)
-    report = {r.name: (r.original, r.action, r.result) for r in conv.snnsparse_convert_report}
-    assert report["lif1"] == ("Leaky", "converted", "Leaky") and report["fc2"][1] == "converted"
-    xr, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
-    spk_ref, mem_ref = net(xr)
-    spk, mem = conv(xc)
-    for fired in (spk_ref, mem_ref[..., :16]):  # output and hidden spikes
-        assert 0 < fired.mean() < gsf, "both layers must fire sometimes"
-    # fc1 sees analog input (dense path, the same F.linear): layer 1 is bit-exact. fc2 sees spikes and
-    # runs the event kernel, whose summation order differs from F.linear's by rounding.
-    assert torch.equal(spk, spk_ref) and torch.equal(mem[..., :32], mem_ref[..., :32])
-    torch.testing.assert_close(mem, mem_ref, rtol=1e-5, atol=1e-5)  # fc2 rounds differently, over T steps
+    conv = _convert_and_compare(net, x, ss.nn.Leaky, ("beta",), exact=32, gsf=gsf)
     # The neuron alone, fed the same currents: membranes equal bit for bit for every option.
     for ref_lif, our_lif in ((net.lif1, conv.lif1), (net.lif2, conv.lif2)):
         n = ref_lif.beta.numel() if ref_lif.beta.dim() else 16
@@ -79,12 +96,6 @@ def test_converted_snntorch_leaky_is_bit_exact_with_gradients(rng, reset, delay,
             s_ref, m_ref = ref_lif(cur, m_ref)
             s_ours, m_ours = our_lif(cur, m_ours)
             assert torch.equal(s_ours, s_ref) and torch.equal(m_ours, m_ref)
-    (mem_ref.square().sum() + spk_ref.sum()).backward()
-    (mem.square().sum() + spk.sum()).backward()
-    # Gradients to rounding (fc2's backward sums in another order), relative to the largest entry.
-    for ours, ref in ((xc.grad, xr.grad), (conv.lif2.beta.grad, net.lif2.beta.grad),
-                      (conv.fc1.weight.grad, net.fc1.weight.grad), (conv.fc2.weight.grad, net.fc2.weight.grad)):
-        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
 def test_converted_init_hidden_sequential_and_checkpoint(rng):
@@ -209,25 +220,7 @@ def test_converted_snntorch_synaptic_equals_snntorch(rng, reset, delay):
         net.fc2.weight.uniform_(-0.4, 0.4, generator=rng)
         cur = net.fc2(net(x)[1][..., :16]).flatten(0, 1)  # fc2's currents from the hidden spikes
         net.fc2.bias += 0.12 - cur.median(0).values
-    conv = ss.nn.convert(copy.deepcopy(net))
-    assert isinstance(conv.lif1, ss.nn.Synaptic) and isinstance(conv.lif2, ss.nn.Synaptic)
-    assert isinstance(conv.lif2.alpha, nn.Parameter) and not isinstance(conv.lif1.alpha, nn.Parameter)
-    report = {r.name: (r.original, r.action, r.result) for r in conv.snnsparse_convert_report}
-    assert report["lif1"] == ("Synaptic", "converted", "Synaptic") and report["fc2"][1] == "converted"
-    xr, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
-    spk_ref, state_ref = net(xr)
-    spk, state = conv(xc)
-    for fired in (spk_ref, state_ref[..., :16]):  # output and hidden spikes
-        assert 0 < fired.mean() < 1, "both layers must fire sometimes"
-    # Layer 1 (fc1 dense on analog input, the same F.linear) bit for bit; fc2 runs the event kernel on
-    # spikes, whose summation order differs from F.linear's by rounding.
-    assert torch.equal(spk, spk_ref) and torch.equal(state[..., :48], state_ref[..., :48])
-    torch.testing.assert_close(state, state_ref, rtol=1e-5, atol=1e-5)
-    (state_ref.square().sum() + spk_ref.sum()).backward()
-    (state.square().sum() + spk.sum()).backward()
-    for ours, ref in ((xc.grad, xr.grad), (conv.lif2.alpha.grad, net.lif2.alpha.grad),
-                      (conv.lif2.beta.grad, net.lif2.beta.grad), (conv.fc1.weight.grad, net.fc1.weight.grad)):
-        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    _convert_and_compare(net, x, ss.nn.Synaptic, ("alpha", "beta"), exact=48)
 
 
 def test_converted_synaptic_init_hidden_and_what_is_left(rng):
