@@ -15,8 +15,7 @@ Neurons. NIR's neurons are continuous-time; the discrete model is the forward-Eu
 `dt` of NIR's equations, with NIR's rule "fires when v > v_threshold, then v = v_reset":
     LIF:  v[t] = v[t-1] + dt / tau * (v_leak - v[t-1] + r * I[t])
     IF:   v[t] = v[t-1] + dt * r * I[t]
-    CubaLIF (current first, then the membrane from the new current, as snnTorch and NIR's reference
-    simulators step it):
+    CubaLIF (the current first, then the membrane from the new current, as snnTorch steps it):
           i[t] = i[t-1] + dt / tau_syn * (w_in * I[t] - i[t-1])
           v[t] = v[t-1] + dt / tau_mem * (v_leak - v[t-1] + r * i[t])
 That step is run by one of two snnsparse neurons, each exact for a family of parameters; any other
@@ -30,8 +29,8 @@ parameters are refused (ValueError naming the node and the parameter), never app
   is not reset, as in NIR): with v_leak = 0, v_reset = 0, w_in * dt / tau_syn = 1, r * dt / tau_mem = 1,
   alpha = 1 - dt / tau_syn and beta = 1 - dt / tau_mem in [0, 1], v_threshold > 0 (per-neuron values
   kept). This is what snnTorch's exporter writes for snn.Synaptic (w_in = tau_syn / dt,
-  r = tau_mem / dt) and its importer reads. CubaLIF has no SpikingJelly form: fires_at_threshold=True
-  (v >= v_threshold) is refused for it.
+  r = tau_mem / dt, at its fixed dt = 1e-4: load such files with dt=1e-4) and its importer reads.
+  CubaLIF has no SpikingJelly form: fires_at_threshold=True (v >= v_threshold) is refused for it.
 - SpikingJelly's family -> ss.nn.LIF / ss.nn.IF (the fused kernels; SpikingJelly's LIFNode / IFNode
   arithmetic): LIF with v_leak = v_reset, tau / dt > 1 and r = 1 (decay_input=True:
   v + (I - (v - v_reset)) / tau') or r = tau / dt (decay_input=False), tau' = tau / dt; IF with
@@ -454,8 +453,9 @@ def _time_constant(decay: torch.Tensor, what, tau_name, shape, dt, where) -> np.
     back = _decay(tau, dt).astype(np.float32).astype(np.float64)
     if not np.array_equal(back, d):
         i = np.flatnonzero(back != d)[0]
-        raise ValueError(f"{where}: {what} = {float(d.flat[i])!r} cannot be written exactly as NIR's {tau_name} at dt={dt} "
-                         f"(1 - dt / {tau_name} reads back as {float(back.flat[i])!r}; a float32 {what} far from 0 can)")
+        raise ValueError(f"{where}: {what} = {float(d.flat[i])!r} cannot be written exactly as NIR's {tau_name} at "
+                         f"dt={dt} (1 - dt / {tau_name} reads back as {float(back.flat[i])!r}; a float32 {what} far "
+                         f"from 0 can)")
     return tau
 
 
@@ -531,8 +531,9 @@ def _export_node(module, name, in_shape, dt):
         shape = tuple(in_shape)
         thr = np.broadcast_to(module.threshold.detach().cpu().numpy().astype(np.float64), shape).copy()
         if np.any(thr <= 0):  # reset to 0 leaves the membrane above threshold: snnTorch's next step is not NIR's
-            raise ValueError(f"{where}: threshold <= 0 has no NIR form (NIR's reset to 0 would leave the neuron "
-                             f"above threshold; ss.nir.load refuses v_threshold <= 0)")
+            raise ValueError(f"{where}: threshold <= 0 has no NIR form here (ss.nir.load refuses v_threshold <= 0: "
+                             f"reset to 0, such a neuron is not below threshold, where snnTorch's update and NIR's "
+                             f"differ)")
         zeros = np.zeros(shape)
         meta = {FIRES_KEY: np.bool_(False), **(
             _meta_out(module.surrogate, module.surrogate_alpha) if module.spike_fn is None else {})}

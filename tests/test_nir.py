@@ -381,7 +381,8 @@ def _snntorch_synaptic_net(snn, rng):
     syn = dict(init_hidden=True, reset_mechanism="zero", reset_delay=False)
     return nn.Sequential(
         nn.Linear(10, 8), snn.Synaptic(alpha=_decays(8, rng), beta=_decays(8, rng), threshold=torch.ones(8), **syn),
-        nn.Linear(8, 4), snn.Synaptic(alpha=_decays(4, rng), beta=_decays(4, rng), threshold=torch.full((4,), 0.5), **syn))
+        nn.Linear(8, 4),
+        snn.Synaptic(alpha=_decays(4, rng), beta=_decays(4, rng), threshold=torch.full((4,), 0.5), **syn))
 
 
 def test_snntorch_synaptic_export_imports_with_equal_outputs(rng, tmp_path):
@@ -438,7 +439,8 @@ def _nir_cubalif_reference(x, w, p, dt):
 def test_cubalif_in_snntorch_form_runs_exactly_and_the_rest_is_refused(rng):
     model = ss.nir.load(_lif_graph("CubaLIF", **CUBA), dt=CUBA_DT)
     syn = model.nodes["lif"]
-    assert isinstance(syn, ss.nn.Synaptic) and syn.alpha.tolist() == [0.5, 0.75, 0.5] and syn.beta.tolist() == [0.75, 0.5, 0.75]
+    assert isinstance(syn, ss.nn.Synaptic)
+    assert syn.alpha.tolist() == [0.5, 0.75, 0.5] and syn.beta.tolist() == [0.75, 0.5, 0.75]
     x = (torch.rand(6, 5, 4, generator=rng) < 0.4).float()
     ref = _nir_cubalif_reference(x, torch.ones(3, 4), CUBA, CUBA_DT)
     assert 0 < ref.mean() < 1
@@ -472,7 +474,7 @@ def _synaptic_model(rng):
 
 
 def test_synaptic_save_load_round_trip_and_snntorch_reads_it(rng, tmp_path):
-    snn = pytest.importorskip("snntorch", reason="snntorch 1.0.0 is a test dependency")
+    pytest.importorskip("snntorch", reason="snntorch 1.0.0 is a test dependency")
     from snntorch.import_nir import import_from_nir
     torch.manual_seed(rng.initial_seed())
     model = _synaptic_model(rng)
@@ -512,7 +514,8 @@ def test_save_refuses_synaptic_that_nir_cannot_say(tmp_path):
     x = torch.zeros(2, 1, 4)
     zero = dict(reset_mechanism="zero", reset_delay=False)
     cases = {
-        "only reset_mechanism='zero' with reset_delay=False in step_mode 'm' is NIR's CubaLIF": ss.nn.Synaptic(0.5, 0.9),
+        "only reset_mechanism='zero' with reset_delay=False in step_mode 'm' is NIR's CubaLIF":
+            ss.nn.Synaptic(0.5, 0.9),
         "graded_spikes_factor != 1 has no NIR form": ss.nn.Synaptic(0.5, 0.9, graded_spikes_factor=2.0, **zero),
         "alpha = 1 \\(no decay\\) has no finite NIR tau_syn": ss.nn.Synaptic(1.0, 0.9, **zero),
         "beta = 1 \\(no decay\\) has no finite NIR tau_mem": ss.nn.Synaptic(0.5, torch.tensor([0.5, 1.0, 0.2]), **zero),

@@ -29,9 +29,9 @@ def _pair(rng, reset, delay, per_neuron, gsf, learn, step_mode):
         ref.graded_spikes_factor = torch.as_tensor(gsf)
     if step_mode == "s":
         return ref, ss.nn.Synaptic.from_snntorch(ref)
-    return ref, ss.nn.Synaptic(alpha, beta, threshold, reset_mechanism=reset, reset_delay=delay, graded_spikes_factor=gsf,
-                               spike_fn=ref.spike_grad, learn_alpha=learn, learn_beta=learn, learn_threshold=learn,
-                               returns_mem=True)
+    return ref, ss.nn.Synaptic(alpha, beta, threshold, reset_mechanism=reset, reset_delay=delay,
+                               graded_spikes_factor=gsf, spike_fn=ref.spike_grad, learn_alpha=learn,
+                               learn_beta=learn, learn_threshold=learn, returns_mem=True)
 
 
 def _inputs(rng, b=4):

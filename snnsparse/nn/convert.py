@@ -1,7 +1,8 @@
 """convert(): swap nn.Linear / nn.Conv1d / nn.Conv2d (and SpikingJelly's layer.Linear / layer.Conv1d /
 layer.Conv2d, in step mode "m" or "s") for SpikeLinear / SpikeConv1d / SpikeConv2d in place, keeping
 weights, biases and masks; snnTorch's Leaky / Synaptic become ss.nn.Leaky / ss.nn.Synaptic (snnTorch's
-own update, bit-exact; inhibition and state_quant are left, with the reason); Norse's LIF neurons are left, with the reason
+own update, bit-exact; inhibition and state_quant are left, with the reason); Norse's LIF neurons are
+left, with the reason
 (snnsparse/nn/norse.py); SpikingJelly's neuron.LIFNode becomes ss.nn.LIF with identical parameters,
 IFNode ss.nn.IF and ParametricLIFNode ss.nn.ParametricLIF (its w copied); a neuron that cannot be mapped
 exactly is left (lif_blocker says why). Containers (SpikingJelly's SeqToANNContainer, nn.Sequential, ...)

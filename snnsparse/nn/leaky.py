@@ -81,8 +81,9 @@ class SnnTorchNeuron(nn.Module):
 
     def __init__(self, decays: Dict[str, Tuple[object, bool]], threshold=1.0, *, reset_mechanism: str = "subtract",
                  reset_delay: bool = True, graded_spikes_factor=1.0, surrogate: str = "atan",
-                 surrogate_alpha: Optional[float] = None, spike_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 learn_threshold: bool = False, step_mode: str = "m", stateful: bool = False, returns_mem: bool = False):
+                 surrogate_alpha: Optional[float] = None,
+                 spike_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, learn_threshold: bool = False,
+                 step_mode: str = "m", stateful: bool = False, returns_mem: bool = False):
         super().__init__()
         owner = type(self).__name__
         if reset_mechanism not in RESET_MECHANISMS:
