@@ -105,6 +105,21 @@ def test_synaptic_built_directly_and_float64(rng):
         torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("level", (0.0, 5.0), ids=("no-spikes", "all-spikes"))
+def test_synaptic_edges_equal_snntorch(rng, level):
+    """No input (no spikes, states stay 0) and a large one (every neuron fires at the first step), odd sizes."""
+    for reset, delay in itertools.product(("subtract", "zero", "none"), (True, False)):
+        ref = snn.Synaptic(alpha=0.9, beta=0.8, threshold=1.0, reset_mechanism=reset, reset_delay=delay)
+        ours = ss.nn.Synaptic(0.9, 0.8, 1.0, reset_mechanism=reset, reset_delay=delay, returns_mem=True)
+        x = torch.full((5, 3, 7), level) + torch.rand(5, 3, 7, generator=rng) * level
+        spk_ref, syn_ref, mem_ref = _run_snntorch(ref, x)
+        spk, syn, mem = ours(x)
+        assert bool((spk_ref[0] == (level > 0)).all()) and bool((spk_ref.mean() == 0) == (level == 0))
+        if level == 0:
+            assert not syn_ref.any() and not mem_ref.any()
+        assert torch.equal(spk, spk_ref) and torch.equal(syn, syn_ref[-1]) and torch.equal(mem, mem_ref[-1])
+
+
 def test_synaptic_state_conventions(rng):
     """stateful / reset() in step mode "m"; the kept states and reset_mem() in step mode "s"; empty input."""
     x = _inputs(rng)
