@@ -15,12 +15,22 @@ Neurons. NIR's neurons are continuous-time; the discrete model is the forward-Eu
 `dt` of NIR's equations, with NIR's rule "fires when v > v_threshold, then v = v_reset":
     LIF:  v[t] = v[t-1] + dt / tau * (v_leak - v[t-1] + r * I[t])
     IF:   v[t] = v[t-1] + dt * r * I[t]
+    CubaLIF (the current first, then the membrane from the new current, as snnTorch steps it):
+          i[t] = i[t-1] + dt / tau_syn * (w_in * I[t] - i[t-1])
+          v[t] = v[t-1] + dt / tau_mem * (v_leak - v[t-1] + r * i[t])
 That step is run by one of two snnsparse neurons, each exact for a family of parameters; any other
 parameters are refused (ValueError naming the node and the parameter), never approximated:
 - snnTorch's family -> ss.nn.Leaky(beta, threshold, reset_mechanism="zero", reset_delay=False),
   which computes v = beta * v + I, fires at v > v_threshold and resets to 0 (snnTorch's arithmetic):
   LIF with v_leak = 0, v_reset = 0, r * dt / tau = 1, beta = 1 - dt / tau (per-neuron values kept);
   IF with v_reset = 0 and dt * r = 1 (beta = 1). v_threshold > 0 (per neuron allowed).
+  CubaLIF -> ss.nn.Synaptic(alpha, beta, threshold, reset_mechanism="zero", reset_delay=False), which
+  computes i = alpha * i + I, v = beta * v + i, fires at v > v_threshold and resets v to 0 (the current
+  is not reset, as in NIR): with v_leak = 0, v_reset = 0, w_in * dt / tau_syn = 1, r * dt / tau_mem = 1,
+  alpha = 1 - dt / tau_syn and beta = 1 - dt / tau_mem in [0, 1], v_threshold > 0 (per-neuron values
+  kept). This is what snnTorch's exporter writes for snn.Synaptic (w_in = tau_syn / dt,
+  r = tau_mem / dt, at its fixed dt = 1e-4: load such files with dt=1e-4) and its importer reads.
+  CubaLIF has no SpikingJelly form: fires_at_threshold=True (v >= v_threshold) is refused for it.
 - SpikingJelly's family -> ss.nn.LIF / ss.nn.IF (the fused kernels; SpikingJelly's LIFNode / IFNode
   arithmetic): LIF with v_leak = v_reset, tau / dt > 1 and r = 1 (decay_input=True:
   v + (I - (v - v_reset)) / tau') or r = tau / dt (decay_input=False), tau' = tau / dt; IF with
@@ -31,15 +41,18 @@ parameters are refused (ValueError naming the node and the parameter), never app
   fires_at_threshold=True (what SpikingJelly's own importer does with its exports).
 "Equal" for r, r * dt / tau and dt * r means equal to within 4 float32 ulps (NIR files store
 float32 parameters computed by the exporter, e.g. snnTorch's tau = dt / (1 - beta)).
-CubaLIF (current-based) has no exact snnsparse neuron yet and is refused.
+Other CubaLIF parameters (a leak voltage, a reset potential, other input gains w_in / r, e.g. a
+CubaLIF written for another dt) are refused with the parameter named.
 
 Export writes each weight dense with its pruned entries as zeros (the NIR weight computes exactly
 what the pruned layer computes), and the mask (bool, "snnsparse_mask") and its density
 ("snnsparse_density") in the node's metadata, so ss.nir.load restores the mask, also where a kept
 weight is 0. Neurons: ss.nn.LIF / ParametricLIF -> LIF and ss.nn.IF -> IF in SpikingJelly's form (hard
-reset only; SpikingJelly's exporter writes the same), ss.nn.Leaky -> LIF in snnTorch's form
-(reset_mechanism "zero" with reset_delay=False only: NIR has no subtractive reset). Surrogate settings,
-which NIR has no field for, go in the metadata too.
+reset only; SpikingJelly's exporter writes the same), ss.nn.Leaky -> LIF and ss.nn.Synaptic ->
+CubaLIF in snnTorch's form (reset_mechanism "zero" with reset_delay=False, graded_spikes_factor 1,
+threshold > 0 only: NIR has no subtractive or delayed reset; a decay of 1, or one whose time constant
+dt / (1 - decay) does not read back as exactly the same float32 decay, is refused too). Surrogate
+settings, which NIR has no field for, go in the metadata too.
 """
 from __future__ import annotations
 
@@ -54,6 +67,7 @@ import torch.nn as nn
 from .nn.layers import SpikeConv2d, SpikeLinear, _SpikeMixin
 from .nn.leaky import Leaky
 from .nn.lif import IF, LIF, ParametricLIF
+from .nn.synaptic import Synaptic
 
 MASK_KEY, DENSITY_KEY, FIRES_KEY = "snnsparse_mask", "snnsparse_density", "snnsparse_fires_at_threshold"
 PLIF_W_KEY = "snnsparse_plif_w"  # a ParametricLIF's w (1/tau = sigmoid(w)), so that it loads as one
@@ -174,19 +188,32 @@ def _neuron_param(a: np.ndarray, shape) -> torch.Tensor:
     return torch.from_numpy(a.copy())
 
 
-def _leaky_family(node, name, dt, kind) -> Optional[str]:
-    """Why the node is not in snnTorch's family (None when it is)."""
-    if kind == "LIF":
+def _decay(tau, dt) -> np.ndarray:
+    """snnTorch's decay rate of a NIR time constant at step dt: 1 - dt / tau (float64; stored float32)."""
+    return 1.0 - dt / _arr(tau)
+
+
+def _snntorch_family(node, dt, kind) -> Optional[str]:
+    """Why the node is not in snnTorch's family (None when it is): its forward-Euler step must be
+    snnTorch's decay-and-add with unit input gains and NIR's reset to 0 above a positive threshold."""
+    if kind == "IF":
+        gains, taus = [("dt * r", _arr(node.r) * dt)], []
+    else:
         if not np.all(_arr(node.v_leak) == 0):
             return "v_leak != 0"
-        if not _equal(_arr(node.r) * dt / _arr(node.tau), 1.0):
-            return "r * dt / tau != 1"
-        beta = 1.0 - dt / _arr(node.tau)
-        if not np.all((beta >= 0) & (beta <= 1)):
-            return "1 - dt / tau is outside [0, 1] (tau < dt)"
-    else:
-        if not _equal(_arr(node.r) * dt, 1.0):
-            return "dt * r != 1"
+        if kind == "LIF":
+            gains, taus = [("r * dt / tau", _arr(node.r) * dt / _arr(node.tau))], [("tau", node.tau)]
+        else:  # CubaLIF
+            gains = [("w_in * dt / tau_syn", _arr(node.w_in) * dt / _arr(node.tau_syn)),
+                     ("r * dt / tau_mem", _arr(node.r) * dt / _arr(node.tau_mem))]
+            taus = [("tau_syn", node.tau_syn), ("tau_mem", node.tau_mem)]
+    for what, gain in gains:
+        if not _equal(gain, 1.0):
+            return f"{what} != 1"
+    for what, tau in taus:
+        d = _decay(tau, dt)
+        if not np.all((d >= 0) & (d <= 1)):
+            return f"1 - dt / {what} is outside [0, 1] ({what} < dt)"
     if not np.all(_arr(node.v_reset) == 0):
         return "v_reset != 0"
     if not np.all(_arr(node.v_threshold) > 0):
@@ -194,18 +221,41 @@ def _leaky_family(node, name, dt, kind) -> Optional[str]:
     return None
 
 
+def _snntorch_neuron(cls, node, *decays):
+    """ss.nn.Leaky / Synaptic with these decay rates and the node's v_threshold (per-neuron values
+    kept), NIR's reset (to 0 at once) and the surrogate settings from the metadata."""
+    shape = np.shape(node.v_threshold)
+    train = _training_meta(node)
+    train.pop("detach_reset", None)
+    if "alpha" in train and cls is Synaptic:  # Synaptic's alpha is its current decay
+        train["surrogate_alpha"] = train.pop("alpha")
+    return cls(*(_neuron_param(d, shape) for d in decays), _neuron_param(node.v_threshold, shape),
+               reset_mechanism="zero", reset_delay=False, step_mode="m", **train)
+
+
+def _fires(node, fires_at_threshold) -> bool:
+    meta = _meta_flag(node, FIRES_KEY)
+    return meta if meta is not None else fires_at_threshold
+
+
+def _synaptic(node, name, dt, fires_at_threshold):
+    why = _snntorch_family(node, dt, "CubaLIF")
+    if why is not None:
+        raise ValueError(f"ss.nir.load: CubaLIF node {name!r} cannot be run exactly at dt={dt}: snnTorch's form "
+                         f"(ss.nn.Synaptic: v_leak = 0, v_reset = 0, w_in * dt / tau_syn = 1, r * dt / tau_mem = 1, "
+                         f"tau_syn >= dt, tau_mem >= dt, v_threshold > 0) is the only one: {why}")
+    if _fires(node, fires_at_threshold):
+        raise ValueError(f"ss.nir.load: CubaLIF node {name!r}: fires_at_threshold=True asks for v >= v_threshold, but "
+                         f"ss.nn.Synaptic fires at NIR's v > v_threshold only (CubaLIF has no SpikingJelly form)")
+    return _snntorch_neuron(Synaptic, node, _decay(node.tau_syn, dt), _decay(node.tau_mem, dt))
+
+
 def _neuron(node, name, dt, fires_at_threshold, backend):
     kind = type(node).__name__
-    meta = _meta_flag(node, FIRES_KEY)
-    fires = meta if meta is not None else fires_at_threshold
-    why_not_leaky = _leaky_family(node, name, dt, kind)
+    fires = _fires(node, fires_at_threshold)
+    why_not_leaky = _snntorch_family(node, dt, kind)
     if not fires and why_not_leaky is None:
-        beta = 1.0 - dt / _arr(node.tau) if kind == "LIF" else np.ones_like(_arr(node.r))
-        shape = np.shape(node.v_threshold)
-        train = _training_meta(node)
-        train.pop("detach_reset", None)
-        return Leaky(_neuron_param(beta, shape), _neuron_param(node.v_threshold, shape), reset_mechanism="zero",
-                     reset_delay=False, step_mode="m", **train)
+        return _snntorch_neuron(Leaky, node, _decay(node.tau, dt) if kind == "LIF" else np.ones_like(_arr(node.r)))
     if kind == "IF":
         r = _uniform(node.r, name, "r")
         v_reset, v_th = _uniform(node.v_reset, name, "v_reset"), _uniform(node.v_threshold, name, "v_threshold")
@@ -309,9 +359,11 @@ def _layer(node, name, dt, fires_at_threshold, backend):
         return nn.Flatten(start + 2 if start >= 0 else start, end + 2 if end >= 0 else end)
     if isinstance(node, (nir.LIF, nir.IF)):
         return _neuron(node, name, dt, fires_at_threshold, backend)
+    if isinstance(node, nir.CubaLIF):
+        return _synaptic(node, name, dt, fires_at_threshold)
     raise ValueError(f"ss.nir.load: node {name!r} is a NIR {type(node).__name__}, which ss.nir.load does not "
                      f"support (supported: Input, Output, Affine, Linear, Conv2d, AvgPool2d, SumPool2d, Flatten, "
-                     f"LIF, IF)")
+                     f"LIF, IF, CubaLIF)")
 
 
 def _topological(nodes, edges) -> List[str]:
@@ -374,7 +426,7 @@ def load(graph_or_path, dt: float, *, fires_at_threshold: bool = False, backend:
 # export
 class _ExportTracer(fx.Tracer):
     def is_leaf_module(self, m, qualname):
-        leaves = (_SpikeMixin, LIF, IF, ParametricLIF, Leaky, Frames, nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.Flatten)
+        leaves = (_SpikeMixin, LIF, IF, ParametricLIF, Leaky, Synaptic, Frames, nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.Flatten)
         return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
 
 
@@ -389,6 +441,22 @@ def _dense_weight(layer) -> np.ndarray:
     if isinstance(layer, _SpikeMixin):
         w = torch.where(layer.weight_mask, w, torch.zeros_like(w))  # a pruned synapse is absent: 0, even if NaN
     return w.cpu().numpy().astype(np.float32)
+
+
+def _time_constant(decay: torch.Tensor, what, tau_name, shape, dt, where) -> np.ndarray:
+    """NIR's time constant dt / (1 - decay) of a Leaky / Synaptic decay rate (clamped to [0, 1] as the
+    neuron uses it), checked to load back (ss.nir.load: float32(1 - dt / tau)) as exactly this rate."""
+    d = np.broadcast_to(decay.detach().clamp(0, 1).cpu().numpy().astype(np.float64), shape)
+    if np.any(d >= 1):
+        raise ValueError(f"{where}: {what} = 1 (no decay) has no finite NIR {tau_name}")
+    tau = dt / (1.0 - d)
+    back = _decay(tau, dt).astype(np.float32).astype(np.float64)
+    if not np.array_equal(back, d):
+        i = np.flatnonzero(back != d)[0]
+        raise ValueError(f"{where}: {what} = {float(d.flat[i])!r} cannot be written exactly as NIR's {tau_name} at "
+                         f"dt={dt} (1 - dt / {tau_name} reads back as {float(back.flat[i])!r}; a float32 {what} far "
+                         f"from 0 can)")
+    return tau
 
 
 def _export_node(module, name, in_shape, dt):
@@ -452,22 +520,30 @@ def _export_node(module, name, in_shape, dt):
                        v_threshold=full(module.v_threshold), v_reset=full(module.v_reset),
                        metadata={FIRES_KEY: np.bool_(True),
                                  **_meta_out(module.surrogate, module.alpha, module.detach_reset)})
-    if isinstance(module, Leaky):
+    if isinstance(module, (Leaky, Synaptic)):
+        kind = "LIF" if isinstance(module, Leaky) else "CubaLIF"
         if module.reset_mechanism != "zero" or module.reset_delay or module.step_mode != "m":
-            raise ValueError(f"{where}: only reset_mechanism='zero' with reset_delay=False in step_mode 'm' is NIR's LIF "
-                             f"(reset to 0 at once); got reset_mechanism={module.reset_mechanism!r}, "
+            raise ValueError(f"{where}: only reset_mechanism='zero' with reset_delay=False in step_mode 'm' is NIR's "
+                             f"{kind} (reset to 0 at once); got reset_mechanism={module.reset_mechanism!r}, "
                              f"reset_delay={module.reset_delay}, step_mode={module.step_mode!r}")
         if not bool((module.graded_spikes_factor == 1).all()):
             raise ValueError(f"{where}: graded_spikes_factor != 1 has no NIR form")
         shape = tuple(in_shape)
-        beta = np.broadcast_to(module.beta.detach().clamp(0, 1).cpu().numpy().astype(np.float64), shape)
-        if np.any(beta >= 1):
-            raise ValueError(f"{where}: beta = 1 (no leak) is an IF neuron, not exported as LIF")
-        tau = dt / (1.0 - beta)
-        thr = np.broadcast_to(module.threshold.detach().cpu().numpy().astype(np.float64), shape)
-        return nir.LIF(tau=tau.copy(), r=tau / dt, v_leak=np.zeros(shape), v_threshold=thr.copy(),
-                       v_reset=np.zeros(shape), metadata={FIRES_KEY: np.bool_(False), **(
-                           _meta_out(module.surrogate, module.alpha) if module.spike_fn is None else {})})
+        thr = np.broadcast_to(module.threshold.detach().cpu().numpy().astype(np.float64), shape).copy()
+        if np.any(thr <= 0):  # reset to 0 leaves the membrane above threshold: snnTorch's next step is not NIR's
+            raise ValueError(f"{where}: threshold <= 0 has no NIR form here (ss.nir.load refuses v_threshold <= 0: "
+                             f"reset to 0, such a neuron is not below threshold, where snnTorch's update and NIR's "
+                             f"differ)")
+        zeros = np.zeros(shape)
+        meta = {FIRES_KEY: np.bool_(False), **(
+            _meta_out(module.surrogate, module.surrogate_alpha) if module.spike_fn is None else {})}
+        if kind == "LIF":
+            tau = _time_constant(module.beta, "beta", "tau", shape, dt, where)
+            return nir.LIF(tau=tau, r=tau / dt, v_leak=zeros, v_threshold=thr, v_reset=zeros.copy(), metadata=meta)
+        tau_syn = _time_constant(module.alpha, "alpha", "tau_syn", shape, dt, where)
+        tau_mem = _time_constant(module.beta, "beta", "tau_mem", shape, dt, where)
+        return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=tau_mem / dt, v_leak=zeros, v_threshold=thr,
+                           v_reset=zeros.copy(), w_in=tau_syn / dt, metadata=meta)
     raise ValueError(f"{where} has no NIR form in ss.nir.save (supported: SpikeLinear / nn.Linear, SpikeConv2d / "
                      f"nn.Conv2d, nn.AvgPool2d, nn.Flatten, ss.nn.LIF / IF / ParametricLIF, ss.nn.Leaky)")
 

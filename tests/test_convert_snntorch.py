@@ -38,6 +38,37 @@ def _inputs(rng, t=6, b=4):
     return torch.rand(t, b, 12, generator=rng) * 1.5
 
 
+def _convert_and_compare(net, x, cls, decays, exact, gsf=1.0):
+    """convert(net) (fc1, lif1, fc2, lif2; lif2's `decays` learnable, lif1's not): the layers become Spike* layers and
+    `cls`, recorded in the report; the outputs, states and gradients equal snnTorch's: the first `exact`
+    state columns (layer 1: fc1 sees analog input, the same dense F.linear) bit for bit, the rest to
+    rounding (fc2 sees spikes and runs the event kernel, whose summation order differs from F.linear's)."""
+    conv = ss.nn.convert(copy.deepcopy(net))
+    assert isinstance(conv.fc1, ss.nn.SpikeLinear) and isinstance(conv.fc2, ss.nn.SpikeLinear)
+    assert isinstance(conv.lif1, cls) and isinstance(conv.lif2, cls)
+    for decay in decays:
+        assert isinstance(getattr(conv.lif2, decay), nn.Parameter) and not isinstance(getattr(conv.lif1, decay),
+                                                                                      nn.Parameter)
+    report = {r.name: (r.original, r.action, r.result) for r in conv.snnsparse_convert_report}
+    name = cls.__name__
+    assert report["lif1"] == (name, "converted", name) and report["fc2"][1] == "converted"
+    xr, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    spk_ref, state_ref = net(xr)
+    spk, state = conv(xc)
+    for fired in (spk_ref, state_ref[..., :16]):  # output and hidden spikes
+        assert 0 < fired.mean() < gsf, "both layers must fire sometimes"
+    assert torch.equal(spk, spk_ref) and torch.equal(state[..., :exact], state_ref[..., :exact])
+    torch.testing.assert_close(state, state_ref, rtol=1e-5, atol=1e-5)  # fc2 rounds differently, over T steps
+    (state_ref.square().sum() + spk_ref.sum()).backward()
+    (state.square().sum() + spk.sum()).backward()
+    # Gradients to rounding (fc2's backward sums in another order), relative to the largest entry.
+    for param in (*(f"lif2.{d}" for d in decays), "fc1.weight", "fc2.weight"):
+        ours, ref = conv.get_parameter(param).grad, net.get_parameter(param).grad
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()), msg=param)
+    torch.testing.assert_close(xc.grad, xr.grad, rtol=1e-5, atol=1e-5 * float(xr.grad.abs().max()))
+    return conv
+
+
 CASES = list(itertools.product(("subtract", "zero", "none"), (True, False), (1.0, 0.5)))
 
 
@@ -55,21 +86,7 @@ def test_converted_snntorch_leaky_is_bit_exact_with_gradients(rng, reset, delay,
         net.fc2.weight.uniform_(-0.6 / gsf, 0.6 / gsf, generator=rng)
         cur = net.fc2(net(x)[1][..., :16]).flatten(0, 1)  # fc2's currents from the hidden spikes
         net.fc2.bias += 0.15 - cur.median(0).values
-    conv = ss.nn.convert(copy.deepcopy(net))
-    assert isinstance(conv.fc1, ss.nn.SpikeLinear) and isinstance(conv.fc2, ss.nn.SpikeLinear)
-    assert isinstance(conv.lif1, ss.nn.Leaky) and isinstance(conv.lif2, ss.nn.Leaky)
-    assert isinstance(conv.lif2.beta, nn.Parameter) and not isinstance(conv.lif1.beta, nn.Parameter)
-    report = {r.name: (r.original, r.action, r.result) for r in conv.snnsparse_convert_report}
-    assert report["lif1"] == ("Leaky", "converted", "Leaky") and report["fc2"][1] == "converted"
-    xr, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
-    spk_ref, mem_ref = net(xr)
-    spk, mem = conv(xc)
-    for fired in (spk_ref, mem_ref[..., :16]):  # output and hidden spikes
-        assert 0 < fired.mean() < gsf, "both layers must fire sometimes"
-    # fc1 sees analog input (dense path, the same F.linear): layer 1 is bit-exact. fc2 sees spikes and
-    # runs the event kernel, whose summation order differs from F.linear's by rounding.
-    assert torch.equal(spk, spk_ref) and torch.equal(mem[..., :32], mem_ref[..., :32])
-    torch.testing.assert_close(mem, mem_ref, rtol=1e-5, atol=1e-5)  # fc2 rounds differently, over T steps
+    conv = _convert_and_compare(net, x, ss.nn.Leaky, ("beta",), exact=32, gsf=gsf)
     # The neuron alone, fed the same currents: membranes equal bit for bit for every option.
     for ref_lif, our_lif in ((net.lif1, conv.lif1), (net.lif2, conv.lif2)):
         n = ref_lif.beta.numel() if ref_lif.beta.dim() else 16
@@ -79,12 +96,6 @@ def test_converted_snntorch_leaky_is_bit_exact_with_gradients(rng, reset, delay,
             s_ref, m_ref = ref_lif(cur, m_ref)
             s_ours, m_ours = our_lif(cur, m_ours)
             assert torch.equal(s_ours, s_ref) and torch.equal(m_ours, m_ref)
-    (mem_ref.square().sum() + spk_ref.sum()).backward()
-    (mem.square().sum() + spk.sum()).backward()
-    # Gradients to rounding (fc2's backward sums in another order), relative to the largest entry.
-    for ours, ref in ((xc.grad, xr.grad), (conv.lif2.beta.grad, net.lif2.beta.grad),
-                      (conv.fc1.weight.grad, net.fc1.weight.grad), (conv.fc2.weight.grad, net.fc2.weight.grad)):
-        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
 def test_converted_init_hidden_sequential_and_checkpoint(rng):
@@ -176,3 +187,70 @@ def test_convert_leaves_norse_neurons_and_says_why(rng):
     x = (torch.rand(3, 4, generator=rng) > 0.5).float()
     z, _ = conv[1](conv[0](x))  # still runs as Norse
     assert z.shape == (3, 6)
+
+
+class _SynapticNet(nn.Module):
+    """snnTorch's Synaptic tutorial network: (spk, syn, mem) passed by hand (init_hidden=False)."""
+
+    def __init__(self, lif1, lif2):
+        super().__init__()
+        self.fc1, self.lif1, self.fc2, self.lif2 = nn.Linear(12, 16), lif1, nn.Linear(16, 5), lif2
+
+    def forward(self, x):
+        (syn1, mem1), (syn2, mem2) = self.lif1.reset_mem(), self.lif2.reset_mem()
+        spk_rec, state_rec = [], []
+        for xt in x:
+            spk1, syn1, mem1 = self.lif1(self.fc1(xt), syn1, mem1)
+            spk2, syn2, mem2 = self.lif2(self.fc2(spk1), syn2, mem2)
+            spk_rec.append(spk2)
+            state_rec.append(torch.cat([spk1, syn1, mem1, syn2, mem2], -1))
+        return torch.stack(spk_rec), torch.stack(state_rec)  # [T, B, 5], [T, B, spk1 | syn1 | mem1 (16 each) | ...]
+
+
+@pytest.mark.parametrize("reset,delay", list(itertools.product(("subtract", "zero", "none"), (True, False))))
+def test_converted_snntorch_synaptic_equals_snntorch(rng, reset, delay):
+    torch.manual_seed(rng.initial_seed())
+    opts = dict(reset_mechanism=reset, reset_delay=delay)
+    net = _SynapticNet(snn.Synaptic(alpha=torch.rand(16, generator=rng) * 0.5 + 0.4, beta=0.8, threshold=0.9, **opts),
+                       snn.Synaptic(alpha=0.6, beta=torch.rand(5, generator=rng) * 0.5 + 0.4, threshold=0.7,
+                                    learn_alpha=True, learn_beta=True, **opts))
+    x = _inputs(rng) * 0.5
+    with torch.no_grad():  # both layers fire sometimes, and not always (checked below), for any seed
+        net.fc1.weight.mul_(1.5)
+        net.fc2.weight.uniform_(-0.4, 0.4, generator=rng)
+        cur = net.fc2(net(x)[1][..., :16]).flatten(0, 1)  # fc2's currents from the hidden spikes
+        net.fc2.bias += 0.12 - cur.median(0).values
+    _convert_and_compare(net, x, ss.nn.Synaptic, ("alpha", "beta"), exact=48)
+
+
+def test_converted_synaptic_init_hidden_and_what_is_left(rng):
+    """init_hidden=True Synaptic layers in an nn.Sequential (the last with output=True: (spk, syn, mem));
+    inhibition is left with the reason."""
+    net = nn.Sequential(nn.Linear(12, 8), snn.Synaptic(alpha=0.7, beta=0.8, init_hidden=True), nn.Linear(8, 3),
+                        snn.Synaptic(alpha=0.5, beta=0.9, init_hidden=True, output=True))
+    x = _inputs(rng)
+
+    def run(model):
+        for m in model.modules():
+            if hasattr(m, "reset_mem"):
+                m.reset_mem()
+        out = [model(xt) for xt in x]
+        return [torch.stack([o[i] for o in out]) for i in range(3)] if isinstance(out[0], tuple) else torch.stack(out)
+
+    with torch.no_grad():  # both layers fire sometimes, and not always (checked), for any seed
+        net[0].bias += 0.15 - net[0](x).flatten(0, 1).median(0).values
+        net[2].bias += 0.25 - net[2](run(net[:2])).flatten(0, 1).median(0).values
+    conv = ss.nn.convert(copy.deepcopy(net))
+    assert [type(m).__name__ for m in conv] == ["SpikeLinear", "Synaptic", "SpikeLinear", "Synaptic"]
+    with torch.no_grad():
+        ref, ours, hidden = run(net), run(conv), run(net[:2])
+    assert 0 < ref[0].mean() < 1 and 0 < hidden.mean() < 1
+    assert torch.equal(ours[0], ref[0])
+    for i in (1, 2):  # layer 2's current and membrane: fc2 runs the event kernel (F.linear's rounding differs)
+        torch.testing.assert_close(ours[i], ref[i], rtol=1e-5, atol=1e-5)
+    # snnTorch's checkpoint (reset_mechanism_val included) loads into the converted model.
+    conv.load_state_dict(net.state_dict())
+    left = nn.Sequential(nn.Linear(4, 6), snn.Synaptic(alpha=0.5, beta=0.9, init_hidden=True, inhibition=True))
+    with pytest.warns(ss.nn.ConvertWarning, match=r"'1' \(Synaptic\): inhibition=True .* ss.nn.Synaptic"):
+        left = ss.nn.convert(left)
+    assert type(left[1]) is snn.Synaptic

@@ -118,13 +118,13 @@ def test_spikingjelly_export_imports_with_equal_outputs(rng, tmp_path):
     assert torch.equal(out, ref)
 
 
-def _lif_graph(**lif):
+def _lif_graph(kind="LIF", **lif):
     n = 3
-    full = {k: np.full(n, v, dtype=np.float32) for k, v in lif.items()}
+    full = {k: np.broadcast_to(np.asarray(v, dtype=np.float32), (n,)).copy() for k, v in lif.items()}
     return nir.NIRGraph(
         nodes={"in": nir.Input(input_type={"input": np.array([4])}),
                "fc": nir.Affine(weight=np.ones((n, 4), np.float32), bias=np.zeros(n, np.float32)),
-               "lif": nir.LIF(**full), "out": nir.Output(output_type={"output": np.array([n])})},
+               "lif": getattr(nir, kind)(**full), "out": nir.Output(output_type={"output": np.array([n])})},
         edges=[("in", "fc"), ("fc", "lif"), ("lif", "out")])
 
 
@@ -172,9 +172,8 @@ def test_lif_and_if_in_nir_form_run_exactly_and_the_rest_is_refused(rng):
 
 def test_load_refuses_what_it_cannot_run():
     g = _lif_graph(tau=2e-4, r=1.0, v_leak=0.0, v_threshold=1.0, v_reset=0.0)
-    g.nodes["lif"] = nir.CubaLIF(tau_syn=np.full(3, 2e-4), tau_mem=np.full(3, 3e-4), r=np.ones(3), v_leak=np.zeros(3),
-                                 v_threshold=np.ones(3))
-    with pytest.raises(ValueError, match="node 'lif' is a NIR CubaLIF, which ss.nir.load does not support"):
+    g.nodes["lif"] = nir.LI(tau=np.full(3, 2e-4), r=np.ones(3), v_leak=np.zeros(3))
+    with pytest.raises(ValueError, match="node 'lif' is a NIR LI, which ss.nir.load does not support"):
         ss.nir.load(g, dt=DT)
     g = _lif_graph(tau=2e-4, r=1.0, v_leak=0.0, v_threshold=1.0, v_reset=0.0)
     g.edges.append(("lif", "fc"))
@@ -364,3 +363,169 @@ def test_spikingjelly_if_and_plif_exports_import_and_round_trip(rng, tmp_path):
     with torch.no_grad():
         assert torch.equal(back(x), ours(x))
         assert torch.equal(back(x), ref)
+
+
+# ------------------------------------------------------------------------------------------------
+# CubaLIF <-> ss.nn.Synaptic (snnTorch's Synaptic)
+def _decays(n, rng):
+    """Per-neuron decay rates in [0.66, 0.96]: there snnTorch's exporter, which stores tau = dt / (1 - decay)
+    in float32, loses nothing (1 - dt / tau reads back as the same float32 decay: checked for every float32
+    in [0.65, 0.99) at dt = 1e-4; between 0.5 and 0.65 about 1 in 100 reads back as the neighbouring float,
+    another discrete model, whose spikes could differ)."""
+    return torch.rand(n, generator=rng) * 0.3 + 0.66
+
+
+def _snntorch_synaptic_net(snn, rng):
+    """Linear + Synaptic in the form snnTorch's exporter writes exactly: per-neuron tensors (its exporter
+    needs the neuron's shape), reset to zero at once (NIR's CubaLIF resets v to v_reset)."""
+    syn = dict(init_hidden=True, reset_mechanism="zero", reset_delay=False)
+    return nn.Sequential(
+        nn.Linear(10, 8), snn.Synaptic(alpha=_decays(8, rng), beta=_decays(8, rng), threshold=torch.ones(8), **syn),
+        nn.Linear(8, 4),
+        snn.Synaptic(alpha=_decays(4, rng), beta=_decays(4, rng), threshold=torch.full((4,), 0.5), **syn))
+
+
+def test_snntorch_synaptic_export_imports_with_equal_outputs(rng, tmp_path):
+    snn = pytest.importorskip("snntorch", reason="snntorch 1.0.0 is a test dependency")
+    from snntorch.export_nir import export_to_nir
+    torch.manual_seed(rng.initial_seed())
+    net = _snntorch_synaptic_net(snn, rng)
+    x = (torch.rand(10, 3, 10, generator=rng) < 0.4).float()
+    with torch.no_grad():  # both neuron layers fire sometimes, and not always (checked), for any seed
+        _center(net[0], x, 0.05)
+        net[2].weight.uniform_(-0.3, 0.3, generator=rng)
+        _center(net[2], _run_snntorch(net[:2], x), 0.03)
+    graph = export_to_nir(net, torch.rand(1, 10), ignore_dims=[0])
+    assert [type(graph.nodes[k]).__name__ for k in ("1", "3")] == ["CubaLIF", "CubaLIF"]
+    nir.write(tmp_path / "synaptic.nir", graph)
+    model = ss.nir.load(tmp_path / "synaptic.nir", dt=DT)  # through the file
+    assert [type(m).__name__ for m in model.nodes.values()] == ["SpikeLinear", "Synaptic", "SpikeLinear", "Synaptic"]
+    for k in ("1", "3"):  # snnTorch's alpha, beta and threshold, read back from its tau_syn / tau_mem, exactly
+        for name in ("alpha", "beta", "threshold"):
+            theirs = getattr(net[int(k)], name)  # (a uniform value loads as a scalar)
+            assert torch.equal(getattr(model.nodes[k], name).expand_as(theirs), theirs), (k, name)
+        assert (model.nodes[k].reset_mechanism, model.nodes[k].reset_delay) == ("zero", False)
+    with torch.no_grad():
+        ref = _run_snntorch(net, x)
+        hidden = _run_snntorch(net[:2], x)
+        out = model(x)
+    assert 0 < ref.mean() < 1 and 0 < hidden.mean() < 1, "both neuron layers must fire sometimes"
+    assert torch.equal(out, ref)
+
+
+# A CubaLIF in snnTorch's form at dt = 2**-10, with dyadic decays (alpha 0.5 / 0.75, beta 0.75 / 0.5) so
+# that float32 and the float64 reference compute every value exactly: spikes compare exactly.
+CUBA_DT = 2.0 ** -10
+CUBA = dict(tau_syn=CUBA_DT * np.array([2.0, 4.0, 2.0]), w_in=np.array([2.0, 4.0, 2.0]),
+            tau_mem=CUBA_DT * np.array([4.0, 2.0, 4.0]), r=np.array([4.0, 2.0, 4.0]), v_leak=0.0,
+            v_threshold=np.array([1.4, 2.3, 1.9]), v_reset=0.0)
+
+
+def _nir_cubalif_reference(x, w, p, dt):
+    """NIR's CubaLIF equations stepped at dt (the current first, the membrane from the new current), with
+    NIR's rule (fires at v > v_threshold, then v = v_reset), in float64 from the node's own parameters."""
+    p = {k: torch.from_numpy(np.asarray(v, dtype=np.float32).astype(np.float64)) for k, v in p.items()}
+    i = v = torch.zeros(x.shape[1], w.shape[0], dtype=torch.float64)
+    out = []
+    for xt in x.double():
+        i = i + dt / p["tau_syn"] * (p["w_in"] * (xt @ w.double().T) - i)
+        v = v + dt / p["tau_mem"] * (p["v_leak"] - v + p["r"] * i)
+        s = v > p["v_threshold"]
+        v = torch.where(s, p["v_reset"].expand_as(v), v)
+        out.append(s.double())
+    return torch.stack(out)
+
+
+def test_cubalif_in_snntorch_form_runs_exactly_and_the_rest_is_refused(rng):
+    model = ss.nir.load(_lif_graph("CubaLIF", **CUBA), dt=CUBA_DT)
+    syn = model.nodes["lif"]
+    assert isinstance(syn, ss.nn.Synaptic)
+    assert syn.alpha.tolist() == [0.5, 0.75, 0.5] and syn.beta.tolist() == [0.75, 0.5, 0.75]
+    x = (torch.rand(6, 5, 4, generator=rng) < 0.4).float()
+    ref = _nir_cubalif_reference(x, torch.ones(3, 4), CUBA, CUBA_DT)
+    assert 0 < ref.mean() < 1
+    assert torch.equal(model(x).double(), ref)
+    refusals = {
+        "v_leak != 0": dict(v_leak=0.2),
+        "v_reset != 0": dict(v_reset=0.3),
+        r"w_in \* dt / tau_syn != 1": dict(w_in=1.0),  # another input gain (NIR's default w_in = 1)
+        r"r \* dt / tau_mem != 1": dict(r=np.array([4.0, 2.0, 3.0])),
+        r"1 - dt / tau_syn is outside \[0, 1\] \(tau_syn < dt\)": dict(tau_syn=CUBA_DT / 2, w_in=0.5),
+        "v_threshold <= 0": dict(v_threshold=np.array([1.0, 0.0, 1.0])),
+    }
+    for why, change in refusals.items():
+        with pytest.raises(ValueError, match=rf"CubaLIF node 'lif' cannot be run exactly at dt={CUBA_DT}: .*{why}"):
+            ss.nir.load(_lif_graph("CubaLIF", **{**CUBA, **change}), dt=CUBA_DT)
+    # The same CubaLIF at another dt is another discrete model: its input gains are not 1 any more.
+    with pytest.raises(ValueError, match=r"CubaLIF node 'lif' .*w_in \* dt / tau_syn != 1"):
+        ss.nir.load(_lif_graph("CubaLIF", **CUBA), dt=2 * CUBA_DT)
+    with pytest.raises(ValueError, match="CubaLIF node 'lif': fires_at_threshold=True asks for v >= v_threshold"):
+        ss.nir.load(_lif_graph("CubaLIF", **CUBA), dt=CUBA_DT, fires_at_threshold=True)
+
+
+def _synaptic_model(rng):
+    zero = dict(reset_mechanism="zero", reset_delay=False)
+    model = nn.Sequential(ss.nn.SpikeLinear(10, 8), ss.nn.Synaptic(_decays(8, rng), 0.8, 0.7, surrogate="sigmoid",
+                                                                   surrogate_alpha=3.0, **zero),
+                          ss.nn.SpikeLinear(8, 4, bias=False), ss.nn.Synaptic(0.6, _decays(4, rng), 0.5, **zero))
+    model[0].set_mask(mask((8, 10), 0.6, rng))
+    model[2].set_mask(mask((4, 8), 0.5, rng))
+    return model
+
+
+def test_synaptic_save_load_round_trip_and_snntorch_reads_it(rng, tmp_path):
+    pytest.importorskip("snntorch", reason="snntorch 1.0.0 is a test dependency")
+    from snntorch.import_nir import import_from_nir
+    torch.manual_seed(rng.initial_seed())
+    model = _synaptic_model(rng)
+    x = (torch.rand(10, 3, 10, generator=rng) < 0.4).float()
+    with torch.no_grad():  # both layers fire sometimes, for any seed
+        _center(model[0], x, 0.05)
+        model[2].weight.uniform_(-0.2, 0.5, generator=rng)
+        model[2].weight[0, 0] = 0.0  # a kept weight that is 0: only the metadata mask keeps it
+        model[2].weight_mask[0, 0] = True
+    graph = ss.nir.save(model, tmp_path / "synaptic.nir", x, dt=DT)
+    assert [type(graph.nodes[k]).__name__ for k in ("1", "3")] == ["CubaLIF", "CubaLIF"]
+    back = ss.nir.load(tmp_path / "synaptic.nir", dt=DT)
+    for k in (0, 2):
+        assert torch.equal(back.nodes[str(k)].weight_mask, model[k].weight_mask)
+        assert torch.equal(back.nodes[str(k)].weight, model[k].weight.detach() * model[k].weight_mask)
+    for k in (1, 3):
+        ours, theirs = back.nodes[str(k)], model[k]
+        assert isinstance(ours, ss.nn.Synaptic)
+        for name in ("alpha", "beta", "threshold"):
+            assert torch.equal(getattr(ours, name), getattr(theirs, name)), (k, name)
+        assert (ours.surrogate, ours.surrogate_alpha) == (theirs.surrogate, theirs.surrogate_alpha)
+    with torch.no_grad():
+        ref, hidden, out = model(x), model[:2](x), back(x)
+    assert 0 < ref.mean() < 1 and 0 < hidden.mean() < 1, "both neuron layers must fire sometimes"
+    assert torch.equal(out, ref)
+    again = ss.nir.to_nir(back, x, dt=DT)  # saved again: the same graph, nothing lost on the way
+    for k in ("1", "3"):
+        for field in ("tau_syn", "tau_mem", "w_in", "r", "v_threshold", "v_leak", "v_reset"):
+            assert np.array_equal(getattr(again.nodes[k], field), getattr(graph.nodes[k], field)), (k, field)
+    # snnTorch's own importer reads it (its Synaptic with reset to zero at once) with the same spikes.
+    theirs = import_from_nir(nir.read(tmp_path / "synaptic.nir"))
+    with torch.no_grad():
+        assert torch.equal(_run_nirtorch(theirs, x), ref)
+
+
+def test_save_refuses_synaptic_that_nir_cannot_say(tmp_path):
+    x = torch.zeros(2, 1, 4)
+    zero = dict(reset_mechanism="zero", reset_delay=False)
+    cases = {
+        "only reset_mechanism='zero' with reset_delay=False in step_mode 'm' is NIR's CubaLIF":
+            ss.nn.Synaptic(0.5, 0.9),
+        "graded_spikes_factor != 1 has no NIR form": ss.nn.Synaptic(0.5, 0.9, graded_spikes_factor=2.0, **zero),
+        "alpha = 1 \\(no decay\\) has no finite NIR tau_syn": ss.nn.Synaptic(1.0, 0.9, **zero),
+        "beta = 1 \\(no decay\\) has no finite NIR tau_mem": ss.nn.Synaptic(0.5, torch.tensor([0.5, 1.0, 0.2]), **zero),
+        "threshold <= 0 has no NIR form": ss.nn.Synaptic(0.5, 0.9, -0.5, **zero),
+        # a float64 decay that no float32 1 - dt / tau_syn gives back, and one too close to 0 to survive it
+        "alpha = 0.1 cannot be written exactly as NIR's tau_syn": ss.nn.Synaptic(torch.tensor(0.1, dtype=torch.float64),
+                                                                                0.9, **zero),
+        "beta = 1.0000000\\d*e-10 cannot be written exactly as NIR's tau_mem": ss.nn.Synaptic(0.5, 1e-10, **zero),
+    }
+    for why, neuron in cases.items():
+        with pytest.raises(ValueError, match=why):
+            ss.nir.save(nn.Sequential(ss.nn.SpikeLinear(4, 3), neuron), tmp_path / "x.nir", x, dt=DT)
+    assert not (tmp_path / "x.nir").exists(), "nothing is written when export is refused"

@@ -1,7 +1,8 @@
 """convert(): swap nn.Linear / nn.Conv1d / nn.Conv2d (and SpikingJelly's layer.Linear / layer.Conv1d /
 layer.Conv2d, in step mode "m" or "s") for SpikeLinear / SpikeConv1d / SpikeConv2d in place, keeping
-weights, biases and masks; snnTorch's Leaky becomes ss.nn.Leaky (snnTorch's own update, bit-exact;
-inhibition and state_quant are left, with the reason); Norse's LIF neurons are left, with the reason
+weights, biases and masks; snnTorch's Leaky / Synaptic become ss.nn.Leaky / ss.nn.Synaptic (snnTorch's
+own update, bit-exact; inhibition and state_quant are left, with the reason); Norse's LIF neurons are
+left, with the reason
 (snnsparse/nn/norse.py); SpikingJelly's neuron.LIFNode becomes ss.nn.LIF with identical parameters,
 IFNode ss.nn.IF and ParametricLIFNode ss.nn.ParametricLIF (its w copied); a neuron that cannot be mapped
 exactly is left (lif_blocker says why). Containers (SpikingJelly's SeqToANNContainer, nn.Sequential, ...)
@@ -29,8 +30,9 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from .layers import SpikeConv1d, SpikeConv2d, SpikeLinear, _SpikeMixin, check_backend_name, check_input_kind
-from .leaky import Leaky, is_snntorch_leaky, snntorch_blocker
+from .leaky import Leaky, is_snntorch, snntorch_blocker
 from .lif import IF, LIF, ParametricLIF
+from .synaptic import Synaptic
 
 REPORT_ATTR = "snnsparse_convert_report"
 
@@ -160,9 +162,10 @@ neuron_blocker = lif_blocker
 
 def _neuron_converter(module: nn.Module):
     """(reason it cannot be converted or None, builder of the snnsparse neuron) for a neuron of another
-    library that convert knows (snnTorch Leaky, Norse LIFCell / LIF), else None."""
-    if is_snntorch_leaky(module):
-        return snntorch_blocker(module), lambda: Leaky.from_snntorch(module)
+    library that convert knows (snnTorch Leaky / Synaptic, Norse LIFCell / LIF), else None."""
+    for ours in (Leaky, Synaptic):
+        if is_snntorch(module, ours.__name__):
+            return snntorch_blocker(module), lambda: ours.from_snntorch(module)
     from .norse import is_norse_lif, norse_converter
     if is_norse_lif(module):
         return norse_converter(module)

@@ -23,8 +23,12 @@ Calling conventions:
   output=True: `returns_mem`). The membrane is kept in `self.mem` between calls; reset() clears it.
 - step_mode="m": x is [T, ...]; returns spikes [T, ...]. Each call starts from mem = 0 unless
   stateful=True (as ss.nn.LIF).
+
+SnnTorchNeuron holds what Leaky shares with ss.nn.Synaptic (snnTorch's current-based neuron,
+snnsparse/nn/synaptic.py): the options, these conventions, the firing and reset_delay=False tail of
+the step, from_snntorch and snnTorch checkpoints; each class defines only its state update.
 """
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -54,48 +58,52 @@ def strict_spike(u: torch.Tensor, name: str = "atan", alpha: float = 2.0) -> tor
     return _StrictSpike.apply(u, name, alpha)
 
 
-def _as_tensor(value, name: str) -> torch.Tensor:
+def _as_tensor(value, name: str, owner: str) -> torch.Tensor:
     t = value.detach().clone() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
     if not t.is_floating_point():
         t = t.to(torch.get_default_dtype())
     if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"Leaky: {name} must be finite, got {t}")
+        raise ValueError(f"{owner}: {name} must be finite, got {t}")
     return t
 
 
-class Leaky(nn.Module):
-    """snnTorch's Leaky neuron, exactly (see the module docstring).
+class SnnTorchNeuron(nn.Module):
+    """What ss.nn.Leaky and ss.nn.Synaptic share: options, calling conventions (step modes, state,
+    reset), the firing / delayed-reset tail of snnTorch's step, from_snntorch and checkpoints.
 
-    beta, threshold, graded_spikes_factor: floats or tensors (a tensor is per neuron, broadcast
-    against the input as in snnTorch). learn_beta / learn_threshold make them Parameters.
-    spike_fn: the spike function u -> spikes, applied to mem - threshold (default: (u > 0) with
-    snnsparse's `surrogate` derivative, atan alpha 2 as snnTorch's default). convert() passes the
-    snnTorch module's own spike_grad, so gradients are snnTorch's too.
-    """
+    A subclass names its decay rates (DECAYS, snnTorch's argument order, each a buffer or, with
+    learn_<name>, a Parameter, clamped to [0, 1] every step) and its hidden states (STATES, in
+    snnTorch's return order, the membrane last), and defines _integrate: the state update of one step
+    before firing, reset mechanism included."""
 
-    def __init__(self, beta, threshold=1.0, *, reset_mechanism: str = "subtract", reset_delay: bool = True,
-                 graded_spikes_factor=1.0, surrogate: str = "atan", alpha: Optional[float] = None,
-                 spike_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, learn_beta: bool = False,
-                 learn_threshold: bool = False, step_mode: str = "m", stateful: bool = False,
-                 returns_mem: bool = False):
+    DECAYS: Tuple[str, ...] = ()
+    STATES: Tuple[str, ...] = ()
+
+    def __init__(self, decays: Dict[str, Tuple[object, bool]], threshold=1.0, *, reset_mechanism: str = "subtract",
+                 reset_delay: bool = True, graded_spikes_factor=1.0, surrogate: str = "atan",
+                 surrogate_alpha: Optional[float] = None,
+                 spike_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, learn_threshold: bool = False,
+                 step_mode: str = "m", stateful: bool = False, returns_mem: bool = False):
         super().__init__()
+        owner = type(self).__name__
         if reset_mechanism not in RESET_MECHANISMS:
-            raise ValueError(f"Leaky: reset_mechanism must be one of {RESET_MECHANISMS}, got {reset_mechanism!r}")
+            raise ValueError(f"{owner}: reset_mechanism must be one of {RESET_MECHANISMS}, got {reset_mechanism!r}")
         if step_mode not in ("m", "s"):
-            raise ValueError(f"Leaky: step_mode must be 'm' or 's', got {step_mode!r}")
-        for flag, name in ((reset_delay, "reset_delay"), (learn_beta, "learn_beta"), (stateful, "stateful"),
-                           (learn_threshold, "learn_threshold"), (returns_mem, "returns_mem")):
+            raise ValueError(f"{owner}: step_mode must be 'm' or 's', got {step_mode!r}")
+        flags = [(reset_delay, "reset_delay"), (stateful, "stateful"), (learn_threshold, "learn_threshold"),
+                 (returns_mem, "returns_mem")] + [(learn, f"learn_{name}") for name, (_, learn) in decays.items()]
+        for flag, name in flags:
             if not isinstance(flag, bool):
-                raise TypeError(f"Leaky: {name} must be a bool, got {type(flag).__name__}")
-        self.surrogate, self.alpha = sg.check(surrogate, alpha)
+                raise TypeError(f"{owner}: {name} must be a bool, got {type(flag).__name__}")
+        self.surrogate, self.surrogate_alpha = sg.check(surrogate, surrogate_alpha)
         if spike_fn is not None and not callable(spike_fn):
-            raise TypeError(f"Leaky: spike_fn must be callable, got {type(spike_fn).__name__}")
+            raise TypeError(f"{owner}: spike_fn must be callable, got {type(spike_fn).__name__}")
         self.spike_fn = spike_fn
-        gsf = _as_tensor(graded_spikes_factor, "graded_spikes_factor")
+        gsf = _as_tensor(graded_spikes_factor, "graded_spikes_factor", owner)
         if bool((gsf == 0).any()):
-            raise ValueError("Leaky: graded_spikes_factor must be nonzero (reset_delay=False divides by it)")
-        for name, value, learn in (("beta", beta, learn_beta), ("threshold", threshold, learn_threshold)):
-            t = _as_tensor(value, name)
+            raise ValueError(f"{owner}: graded_spikes_factor must be nonzero (reset_delay=False divides by it)")
+        for name, (value, learn) in (*decays.items(), ("threshold", (threshold, learn_threshold))):
+            t = _as_tensor(value, name, owner)
             if learn:
                 setattr(self, name, nn.Parameter(t))
             else:
@@ -103,19 +111,19 @@ class Leaky(nn.Module):
         self.register_buffer("graded_spikes_factor", gsf)
         self.reset_mechanism, self.reset_delay = reset_mechanism, reset_delay
         self.step_mode, self.stateful, self.returns_mem = step_mode, stateful or step_mode == "s", returns_mem
-        self.mem: Optional[torch.Tensor] = None
+        self.reset()
 
     @classmethod
-    def from_snntorch(cls, node) -> "Leaky":
-        """The Leaky equal to a snnTorch `snn.Leaky` (callers check snntorch_blocker first). Keeps its
-        spike_grad callable, its learnable parameters as Parameters, and its calling convention
-        (step_mode "s", (spk, mem) returned where snnTorch returns them)."""
-        new = cls(node.beta, node.threshold, reset_mechanism=node.reset_mechanism, reset_delay=bool(node.reset_delay),
-                  graded_spikes_factor=node.graded_spikes_factor, spike_fn=node.spike_grad,
-                  learn_beta=isinstance(node.beta, nn.Parameter),
-                  learn_threshold=isinstance(node.threshold, nn.Parameter), step_mode="s",
-                  returns_mem=bool(node.output or not node.init_hidden))
-        for name in ("beta", "threshold", "graded_spikes_factor"):  # same dtype/device/values, no rounding
+    def from_snntorch(cls, node):
+        """The module equal to a snnTorch neuron of the same name (callers check snntorch_blocker
+        first). Keeps its spike_grad callable, its learnable parameters as Parameters, and its calling
+        convention (step_mode "s", the states returned where snnTorch returns them)."""
+        learn = {f"learn_{name}": isinstance(getattr(node, name), nn.Parameter) for name in cls.DECAYS}
+        new = cls(*(getattr(node, name) for name in cls.DECAYS), node.threshold, reset_mechanism=node.reset_mechanism,
+                  reset_delay=bool(node.reset_delay), graded_spikes_factor=node.graded_spikes_factor,
+                  spike_fn=node.spike_grad, learn_threshold=isinstance(node.threshold, nn.Parameter), step_mode="s",
+                  returns_mem=bool(node.output or not node.init_hidden), **learn)
+        for name in (*cls.DECAYS, "threshold", "graded_spikes_factor"):  # same dtype/device/values, no rounding
             src = getattr(node, name)
             getattr(new, name).data = src.detach().clone()
         if isinstance(node.graded_spikes_factor, nn.Parameter):
@@ -123,29 +131,27 @@ class Leaky(nn.Module):
         return new
 
     def reset(self):
-        self.mem = None
+        for name in self.STATES:
+            setattr(self, name, None)
 
-    def reset_mem(self) -> torch.Tensor:
-        """snnTorch's API (forward loops call it): zero the membrane and return it."""
-        self.mem = torch.zeros_like(self.mem) if self.mem is not None else self.beta.new_zeros(0)
-        return self.mem
-
-    init_leaky = reset_mem  # snnTorch's deprecated name, still in tutorials
+    def reset_mem(self):
+        """snnTorch's API (forward loops call it): zero the states and return them (snnTorch's order)."""
+        for name in self.STATES:
+            old = getattr(self, name)
+            setattr(self, name, torch.zeros_like(old) if old is not None else self.threshold.new_zeros(0))
+        states = tuple(getattr(self, name) for name in self.STATES)
+        return states[0] if len(states) == 1 else states
 
     def _spike(self, u):
-        return self.spike_fn(u) if self.spike_fn is not None else strict_spike(u, self.surrogate, self.alpha)
+        return self.spike_fn(u) if self.spike_fn is not None else strict_spike(u, self.surrogate, self.surrogate_alpha)
 
-    def _step(self, x, mem):
-        """One snnTorch step: (spk, new mem); the same torch operations in the same order."""
-        reset = self._spike(mem - self.threshold).clone().detach()
-        beta = self.beta.clamp(0, 1)
-        if self.reset_mechanism == "subtract":
-            mem = beta * mem + x - reset * self.threshold
-        elif self.reset_mechanism == "zero":
-            mem = (1 - reset) * mem
-            mem = beta * mem + x
-        else:
-            mem = beta * mem + x
+    def _integrate(self, x, reset, *states) -> Tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def _step(self, x, *states):
+        """One snnTorch step: (spk, *new states); the same torch operations in the same order."""
+        reset = self._spike(states[-1] - self.threshold).clone().detach()  # from the previous step's membrane
+        *rest, mem = self._integrate(x, reset, *states)
         spk = self._spike(mem - self.threshold)
         spk = spk * self.graded_spikes_factor
         if not self.reset_delay:
@@ -154,27 +160,33 @@ class Leaky(nn.Module):
                 mem = mem - do_reset * self.threshold
             elif self.reset_mechanism == "zero":
                 mem = mem - do_reset * mem
-        return spk, mem
+        return (spk, *rest, mem)
 
-    def forward(self, x: torch.Tensor, mem: Optional[torch.Tensor] = None):
-        if self.step_mode == "s":
-            if mem is None:
-                mem = self.mem
-            if mem is None or mem.shape != x.shape:
-                mem = torch.zeros_like(x)  # snnTorch starts (and restarts on a new shape) from zeros
-            spk, self.mem = self._step(x, mem)
-            return (spk, self.mem) if self.returns_mem else spk
-        if mem is None:
-            mem = self.mem if (self.stateful and self.mem is not None and self.mem.shape == x.shape[1:]) else None
-        if mem is None:
-            mem = torch.zeros_like(x[0]) if x.shape[0] else x.new_zeros(x.shape[1:])
+    def _forward(self, x: torch.Tensor, given: Tuple[Optional[torch.Tensor], ...]):
+        """forward with the states passed by the caller (None: kept or zeros), in STATES order."""
+        single = self.step_mode == "s"
+        frame = x.shape if single else x.shape[1:]
+        states = []
+        for name, g in zip(self.STATES, given):
+            s = g if g is not None else getattr(self, name) if self.stateful else None
+            # snnTorch starts (and restarts on a new shape) from zeros; in step mode "m" a kept state of another
+            # shape is dropped, one passed by the caller is used as given
+            if s is None or (s.shape != frame and (single or g is None)):
+                s = x.new_zeros(frame)
+            states.append(s)
+        if single:
+            spk, *states = self._step(x, *states)
+            for name, s in zip(self.STATES, states):
+                setattr(self, name, s)
+            return (spk, *states) if self.returns_mem else spk
         out = []
         for xt in x:
-            spk, mem = self._step(xt, mem)
+            spk, *states = self._step(xt, *states)
             out.append(spk)
-        self.mem = mem.detach()
+        for name, s in zip(self.STATES, states):
+            setattr(self, name, s.detach())
         spikes = torch.stack(out) if out else x.new_zeros(x.shape)
-        return (spikes, mem) if self.returns_mem else spikes
+        return (spikes, *states) if self.returns_mem else spikes
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -186,31 +198,76 @@ class Leaky(nn.Module):
             code = int(val) if isinstance(val, torch.Tensor) and val.numel() == 1 else None
             if code is None or code not in range(3) or RESET_MECHANISMS[code] != self.reset_mechanism:
                 error_msgs.append(f"{key}: the checkpoint's reset mechanism {val!r} (0 subtract, 1 zero, 2 none) is not "
-                                  f"this Leaky's {self.reset_mechanism!r}")
+                                  f"this {type(self).__name__}'s {self.reset_mechanism!r}")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
     def extra_repr(self):
         def show(t):
             return f"{t.item():g}" if t.numel() == 1 else f"tensor{list(t.shape)}"
-        return (f"beta={show(self.beta)}, threshold={show(self.threshold)}, reset_mechanism={self.reset_mechanism!r}, "
+        decays = "".join(f"{name}={show(getattr(self, name))}, " for name in self.DECAYS)
+        return (f"{decays}threshold={show(self.threshold)}, reset_mechanism={self.reset_mechanism!r}, "
                 f"reset_delay={self.reset_delay}, graded_spikes_factor={show(self.graded_spikes_factor)}, "
                 f"spike_fn={'surrogate ' + repr(self.surrogate) if self.spike_fn is None else 'custom'}, "
                 f"step_mode={self.step_mode!r}")
 
 
+class Leaky(SnnTorchNeuron):
+    """snnTorch's Leaky neuron, exactly (see the module docstring).
+
+    beta, threshold, graded_spikes_factor: floats or tensors (a tensor is per neuron, broadcast
+    against the input as in snnTorch). learn_beta / learn_threshold make them Parameters.
+    spike_fn: the spike function u -> spikes, applied to mem - threshold (default: (u > 0) with
+    snnsparse's `surrogate` derivative (its parameter `alpha`), atan alpha 2 as snnTorch's default).
+    convert() passes the snnTorch module's own spike_grad, so gradients are snnTorch's too.
+    Other options (reset_mechanism, reset_delay, graded_spikes_factor, spike_fn, learn_threshold,
+    step_mode, stateful, returns_mem): see SnnTorchNeuron and the module docstring.
+    """
+
+    DECAYS, STATES = ("beta",), ("mem",)
+
+    def __init__(self, beta, threshold=1.0, *, learn_beta: bool = False, alpha: Optional[float] = None, **options):
+        super().__init__({"beta": (beta, learn_beta)}, threshold, surrogate_alpha=alpha, **options)
+
+    @property
+    def alpha(self) -> Optional[float]:
+        """The surrogate's parameter (Leaky's name for it; Synaptic's alpha is its current decay)."""
+        return self.surrogate_alpha
+
+    @alpha.setter
+    def alpha(self, value):
+        self.surrogate_alpha = value
+
+    init_leaky = SnnTorchNeuron.reset_mem  # snnTorch's deprecated name, still in tutorials
+
+    def _integrate(self, x, reset, mem):
+        beta = self.beta.clamp(0, 1)
+        if self.reset_mechanism == "subtract":
+            mem = beta * mem + x - reset * self.threshold
+        elif self.reset_mechanism == "zero":
+            mem = (1 - reset) * mem
+            mem = beta * mem + x
+        else:
+            mem = beta * mem + x
+        return (mem,)
+
+    def forward(self, x: torch.Tensor, mem: Optional[torch.Tensor] = None):
+        return self._forward(x, (mem,))
+
+
 def snntorch_blocker(node) -> Optional[str]:
-    """Why a snnTorch Leaky cannot become ss.nn.Leaky exactly (None when it can)."""
+    """Why a snnTorch Leaky / Synaptic cannot become its ss.nn twin exactly (None when it can)."""
+    ours = f"ss.nn.{type(node).__name__}"
     if getattr(node, "inhibition", False):
-        return "inhibition=True (only the batch's largest membrane fires) is not supported by ss.nn.Leaky"
+        return f"inhibition=True (only the batch's largest membrane fires) is not supported by {ours}"
     if getattr(node, "state_quant", False):
-        return "state_quant quantises the membrane every step, which ss.nn.Leaky does not do"
+        return f"state_quant quantises the state every step, which {ours} does not do"
     if getattr(node, "reset_mechanism", None) not in RESET_MECHANISMS:
         return f"reset_mechanism {getattr(node, 'reset_mechanism', None)!r} is not one of {RESET_MECHANISMS}"
     return None
 
 
-def is_snntorch_leaky(module: nn.Module) -> bool:
-    """Exactly snnTorch's Leaky class (a subclass may change the update)."""
+def is_snntorch(module: nn.Module, name: str) -> bool:
+    """Exactly snnTorch's class `name` (a subclass may change the update)."""
     cls = type(module)
-    return cls.__name__ == "Leaky" and cls.__module__.startswith("snntorch.")
+    return cls.__name__ == name and cls.__module__.startswith("snntorch.")
