@@ -329,6 +329,59 @@ def test_opcheck_pack_schema(i):
     torch.library.opcheck(getattr(OPS, name).default, args, test_utils=("test_schema",))
 
 
+def _rows_def(v, m, i16):
+    """Compressed rows by definition (torch ops): row pointers, column of every kept entry in row-major order
+    (int16 bits of it when i16: the kernels read uint16), the kept values."""
+    rowptr = torch.cat([torch.zeros(1, dtype=torch.long), m.sum(1, dtype=torch.long).cumsum(0)])
+    cols = m.nonzero()[:, 1]
+    idx = (cols - 65536 * (cols > 32767)).to(torch.int16) if i16 else cols.to(torch.int32)
+    return [rowptr, idx, v[m]]
+
+
+def _assert_same_tensors(got, want, what):
+    assert len(got) == len(want), what
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == w.dtype and g.shape == w.shape, f"{what}: tensor {i} {g.dtype}{tuple(g.shape)}"
+        assert torch.equal(g, w), f"{what}: tensor {i} differs"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_packed_weights_equal_their_definition(rng, dtype):
+    # The packers are C++ loops (csrc/cpu/common.h); every tensor they make must equal its definition, on
+    # empty / full / no / non-contiguous masks, odd sizes and K past the int16 sign bit (indices wrap).
+    from snnsparse.ops import conv2d as CV
+    from snnsparse.ops import linear as L
+    for M, K, density in ((7, 13, 0.3), (65, 130, 0.05), (3, 40000, 0.01), (5, 9, 0.0), (5, 9, 1.0), (1, 1, 1.0)):
+        w = randn((M, K), rng, dtype)
+        for msk in (mask((M, K), density, rng), None, mask((K, M), density, rng).t()):
+            m = torch.ones(M, K, dtype=torch.bool) if msk is None else msk
+            what = f"linear {M}x{K} density {density} mask {'none' if msk is None else msk.is_contiguous()}"
+            colnnz = m.sum(0, dtype=torch.long)
+            wn = w.masked_fill(~m, float("nan"))  # a pruned weight is absent whatever its value
+            _assert_same_tensors(_pack_linear(wn, msk, 1), [torch.where(m, wn, 0).t().contiguous(), colnnz], what)
+            _assert_same_tensors(_pack_linear(wn, msk, 2), _rows_def(wn, m, K < 65536) + [colnnz], what)
+            assert L.pack(wn, msk, 0).format == (1 if m.float().mean() >= 0.5 else 2), what
+    for O, Cg, g, kk, density in ((6, 4, 1, (3, 3), 0.2), (6, 2, 3, (1, 3), 0.5), (130, 3, 1, (3, 3), 0.0),
+                                  (4, 5, 1, (2, 2), 1.0)):
+        w = randn((O, Cg, *kk), rng, dtype)
+        KK, Og = kk[0] * kk[1], O // g
+        for msk in (mask(w.shape, density, rng), None):
+            m = torch.ones(w.shape, dtype=torch.bool) if msk is None else msk
+            what = f"conv {tuple(w.shape)} groups {g} density {density} mask {msk is not None}"
+
+            def slabs(t):
+                return t.reshape(g, Og, Cg, KK).permute(0, 2, 3, 1).reshape(Cg * g, KK, Og)
+
+            tapnnz = slabs(m).sum(2, dtype=torch.long)
+            got2 = CV.pack(w, msk, g, 2).tensors
+            _assert_same_tensors(list(got2), _rows_def(slabs(w).reshape(Cg * g, KK * Og), slabs(m).reshape(
+                Cg * g, KK * Og), KK * Og <= 32768) + [tapnnz], what + " format 2")
+            if g == 1 and C.cpu_isa() == "avx512" and dtype == torch.float32:
+                got4 = _pack_conv(w, msk, g, 4)
+                _assert_same_tensors(got4, _rows_def(w.reshape(O, -1), m.reshape(O, -1), Cg * KK <= 32768)
+                                     + [tapnnz], what + " format 4")
+
+
 def test_every_registered_op_is_opchecked():
     from torch._C import _dispatch_get_registrations_for_dispatch_key as regs
     cpu_ops = {n.split("::")[1].split(".")[0] for n in regs("CPU") if n.startswith("snnsparse::")}

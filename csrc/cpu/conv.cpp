@@ -86,8 +86,8 @@ std::vector<at::Tensor> conv_pack(const at::Tensor& weight, const c10::optional<
   auto to_slabs = [&](const at::Tensor& t) {
     return t.reshape({groups, Og, Cg, KK}).permute({0, 2, 3, 1}).contiguous().reshape({C, KK, Og});
   };
-  at::Tensor ms = to_slabs(m);
-  at::Tensor tapnnz = ms.sum(2, false, at::kLong).contiguous();
+  at::Tensor ms = to_slabs(m);  // contiguous
+  at::Tensor tapnnz = row_counts(ms, C * KK, Og).reshape({C, KK});  // common.h: torch's bool sums were slow
   if (format == 1) {
     at::Tensor wp = to_slabs(masked_weight(weight, mask));
     return {wp, tapnnz};
@@ -100,20 +100,15 @@ std::vector<at::Tensor> conv_pack(const at::Tensor& weight, const c10::optional<
     return {pad.reshape({nch, 64, C, KK}).permute({0, 3, 2, 1}).contiguous(), tapnnz};
   }
   if (format == 4) {  // CSR of the weight viewed as [Cout, Cin/g * kh*kw]
-    at::Tensor m2 = m.reshape({O, Cg * KK});
-    at::Tensor rowptr = at::zeros({O + 1}, weight.options().dtype(at::kLong));
-    rowptr.slice(0, 1).copy_(m2.sum(1, false, at::kLong).cumsum(0));
-    at::Tensor idx = m2.nonzero().select(1, 1).to(Cg * KK <= 32768 ? at::kShort : at::kInt).contiguous();
-    at::Tensor val = weight.reshape({O, Cg * KK}).masked_select(m2).contiguous();
-    return {rowptr, idx, val, tapnnz};
+    std::vector<at::Tensor> rows = compressed_rows(weight.reshape({O, Cg * KK}).contiguous(),
+                                                   m.reshape({O, Cg * KK}).contiguous(), O, Cg * KK, Cg * KK <= 32768);
+    rows.push_back(tapnnz);
+    return rows;
   }
-  at::Tensor ms2 = ms.reshape({C, KK * Og});
-  at::Tensor nz = ms2.nonzero();
-  at::Tensor rowptr = at::zeros({C + 1}, weight.options().dtype(at::kLong));
-  rowptr.slice(0, 1).copy_(ms2.sum(1, false, at::kLong).cumsum(0));
-  at::Tensor idx = nz.select(1, 1).to(KK * Og <= 32768 ? at::kShort : at::kInt).contiguous();
-  at::Tensor val = to_slabs(weight).reshape({C, KK * Og}).masked_select(ms2).contiguous();
-  return {rowptr, idx, val, tapnnz};
+  std::vector<at::Tensor> rows = compressed_rows(to_slabs(weight).reshape({C, KK * Og}), ms, C, KK * Og,
+                                                 KK * Og <= 32768);
+  rows.push_back(tapnnz);
+  return rows;
 }
 
 std::tuple<at::Tensor, at::Tensor> conv_fwd_packed(const at::Tensor& spikes, const at::Tensor& weight,

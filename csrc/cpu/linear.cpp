@@ -34,21 +34,38 @@ void check_linear_inputs(const at::Tensor& x, const at::Tensor& w, const c10::op
 
 }  // namespace
 
-// Packs (weight, mask) for the kernels. format 1: dense rows; 2: compressed rows.
+// Packs (weight, mask) for the kernels. format 1: dense rows; 2: compressed rows. One pass over the
+// weight in C++ (common.h says why not torch's ops): 4096x4096 at 10% on the 2-core EPYC box took
+// 255 ms (format 1) and 545 ms (format 2) through at::where / nonzero / masked_select / bool sums.
 std::vector<at::Tensor> linear_pack(const at::Tensor& weight, const c10::optional<at::Tensor>& mask, int64_t format) {
   const int64_t M = weight.size(0), K = weight.size(1);
-  at::Tensor m = mask.has_value() ? *mask : at::ones_like(weight, weight.options().dtype(at::kBool));
-  at::Tensor colnnz = m.sum(0, false, at::kLong).contiguous();
+  const at::Tensor m = mask.has_value() ? mask->contiguous() : at::Tensor();
+  at::Tensor colnnz = m.defined() ? column_counts(m, M, K) : at::full({K}, M, at::TensorOptions().dtype(at::kLong));
   if (format == 1) {
-    at::Tensor wt = masked_weight(weight, mask).t().contiguous();
+    // wt = masked weight transposed, [K, M], through 64x64 tiles; a pruned entry is 0 even when its
+    // weight is NaN/inf (masked_weight's rule).
+    at::Tensor wt = at::empty({K, M}, weight.options());
+    const uint8_t* mp = m.defined() ? mask_bytes(m) : nullptr;
+    AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "spike_linear_pack", [&] {
+      const scalar_t* w = weight.const_data_ptr<scalar_t>();
+      scalar_t* o = wt.data_ptr<scalar_t>();
+      at::parallel_for(0, (K + 63) / 64, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t k0 = b0 * 64; k0 < std::min(K, b1 * 64); k0 += 64) {
+          const int64_t k1 = std::min(K, k0 + 64);
+          for (int64_t r0 = 0; r0 < M; r0 += 64) {
+            const int64_t r1 = std::min(M, r0 + 64);
+            for (int64_t k = k0; k < k1; ++k)
+              for (int64_t r = r0; r < r1; ++r)
+                o[k * M + r] = (!mp || mp[r * K + k]) ? w[r * K + k] : scalar_t(0);
+          }
+        }
+      });
+    });
     return {wt, colnnz};
   }
-  at::Tensor nz = m.nonzero();  // row-major order: sorted by m, then k
-  at::Tensor rowptr = at::zeros({M + 1}, weight.options().dtype(at::kLong));
-  rowptr.slice(0, 1).copy_(m.sum(1, false, at::kLong).cumsum(0));
-  at::Tensor idx = nz.select(1, 1).to(K < 65536 ? at::kShort : at::kInt).contiguous();
-  at::Tensor val = weight.masked_select(m).contiguous();
-  return {rowptr, idx, val, colnnz};
+  std::vector<at::Tensor> rows = compressed_rows(weight, m, M, K, K < 65536);
+  rows.push_back(colnnz);
+  return rows;
 }
 
 std::tuple<at::Tensor, at::Tensor> linear_fwd_packed(const at::Tensor& spikes, const at::Tensor& weight,
