@@ -505,7 +505,9 @@ def spike_matmul(a: torch.Tensor, b: torch.Tensor, *, binary: str = "auto", back
     if a.device != b.device:
         raise ValueError(f"{op}: a is on {a.device} but b is on {b.device}")
     try:
-        batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        # equal batch dims (the usual [T, B, heads]) skip torch.broadcast_shapes: 50 us a call, a fifth of a
+        # [256, 64, 64] bool product's time (cProfile, 2026-12-01)
+        batch = a.shape[:-2] if a.shape[:-2] == b.shape[:-2] else torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     except RuntimeError:
         raise ValueError(f"{op}: the batch dims of a {tuple(a.shape[:-2])} and b {tuple(b.shape[:-2])} do not "
                          f"broadcast") from None
