@@ -16,7 +16,6 @@ packed event-driven layers) and the layers that are not (dense_layers).
 
     .venv/bin/python bench/e2e_transformer.py [--models spikformer_cifar10,sdt] [--reps 9] [--verbose]
 """
-import argparse
 import os
 import sys
 
@@ -24,7 +23,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_zoo  # noqa: E402  (bench/ is not a package)
-from snnsparse.benchmark import append_csv  # noqa: E402
 from snnsparse.zoo import spikingjelly_zoo  # noqa: E402
 
 THRESHOLD_SCALE = {"spikformer_cifar10": 0.75, "sdt": 1.0}
@@ -58,29 +56,13 @@ def sparse_layers(model, opt):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(_models()))
-    p.add_argument("--density", type=float, default=0.05)
-    p.add_argument("--reps", type=int, default=9)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--threshold-scale", type=float, default=None, help="override the per-model factor")
-    p.add_argument("--out", default="bench/out")
-    p.add_argument("--verbose", action="store_true")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    models = _models()
-    names = [n for n in args.models.split(",") if n]
-    unknown = [n for n in names if n not in models]
-    if unknown:
-        p.error(f"argument --models: unknown {unknown}; choose from {sorted(models)}")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "e2e_transformer.csv")
-    for name in names:
+    def row(name, build, args):
         scale = THRESHOLD_SCALE[name] if args.threshold_scale is None else args.threshold_scale
-        row = e2e_zoo.run(name, with_threshold_scale(models[name], scale), args, torch.Generator().manual_seed(0),
-                          extra=lambda model, opt, s=scale: dict(threshold_scale=s, **sparse_layers(model, opt)))
-        append_csv(path, row)
-        print(" ".join(f"{k}={v}" for k, v in row.items() if k not in ("python", "torch", "threads")), flush=True)
+        return e2e_zoo.run(name, with_threshold_scale(build, scale), args, torch.Generator().manual_seed(0),
+                           extra=lambda model, opt: dict(threshold_scale=scale, **sparse_layers(model, opt)))
+
+    e2e_zoo.main_for(__doc__, _models(), "e2e_transformer.csv", row, lambda p: p.add_argument(
+        "--threshold-scale", type=float, default=None, help="override the per-model factor"))
 
 
 if __name__ == "__main__":

@@ -165,27 +165,35 @@ def run(name, build, args, gen, extra=None):
     return row
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(_models()))
+def main_for(doc, models, csv_name, row, add_args=None):
+    """The command line of the whole-model benchmarks (this file and bench/e2e_transformer.py):
+    row(name, build, args) -> one CSV row per model, appended to --out/csv_name and printed."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--models", default=",".join(models))
     p.add_argument("--density", type=float, default=0.05)
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="bench/out")
     p.add_argument("--verbose", action="store_true")
+    if add_args is not None:
+        add_args(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    models = _models()
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in models]
     if unknown:
         p.error(f"argument --models: unknown {unknown}; choose from {sorted(models)}")
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "e2e_zoo.csv")
+    path = os.path.join(args.out, csv_name)
     for name in names:
-        row = run(name, models[name], args, torch.Generator().manual_seed(0))
-        append_csv(path, row)
-        print(" ".join(f"{k}={v}" for k, v in row.items() if k not in ("python", "torch", "threads")), flush=True)
+        r = row(name, models[name], args)
+        append_csv(path, r)
+        print(" ".join(f"{k}={v}" for k, v in r.items() if k not in ("python", "torch", "threads")), flush=True)
+
+
+def main():
+    main_for(__doc__, _models(), "e2e_zoo.csv",
+             lambda name, build, args: run(name, build, args, torch.Generator().manual_seed(0)))
 
 
 if __name__ == "__main__":
