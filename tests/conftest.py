@@ -59,3 +59,18 @@ def randn(shape, gen, dtype=torch.float32):
 def assert_close64(actual, expected, *, rtol=1e-5, atol=1e-5, msg=""):
     """Compare to a float64 reference; binary x fp32 accumulation is exact up to summation order."""
     torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol, msg=msg or None)
+
+
+def assert_twin_grads(m, twin, y, yt, x1, x2, msk, gen):
+    """A masked Spike* layer `m` against its dense torch twin (weight already multiplied by msk), float64:
+    the outputs y / yt, then, after one random upstream gradient, the input, weight (the twin's masked)
+    and bias gradients."""
+    assert_close64(y, yt, rtol=1e-12, atol=1e-12)
+    g = randn(y.shape, gen, torch.float64)
+    y.backward(g)
+    yt.backward(g)
+    assert_close64(x1.grad, x2.grad, rtol=1e-12, atol=1e-12)
+    assert_close64(m.weight.grad, twin.weight.grad * msk, rtol=1e-12, atol=1e-12)
+    assert (m.bias is None) == (twin.bias is None)
+    if twin.bias is not None:
+        assert_close64(m.bias.grad, twin.bias.grad, rtol=1e-12, atol=1e-12)

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as prune
 
 import snnsparse as ss
-from conftest import assert_close64, mask, randn, spikes
+from conftest import assert_close64, assert_twin_grads, mask, spikes
 
 
 def _backends():
@@ -30,13 +30,7 @@ def test_spike_linear_vs_twin(rng, backend):
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     y, yt = m(x1), twin(x2)
     assert m.last_input_binary
-    assert_close64(y, yt, rtol=1e-12, atol=1e-12)
-    g = randn(y.shape, rng, torch.float64)
-    y.backward(g)
-    yt.backward(g)
-    assert_close64(x1.grad, x2.grad, rtol=1e-12, atol=1e-12)
-    assert_close64(m.weight.grad, twin.weight.grad * msk, rtol=1e-12, atol=1e-12)
-    assert_close64(m.bias.grad, twin.bias.grad, rtol=1e-12, atol=1e-12)
+    assert_twin_grads(m, twin, y, yt, x1, x2, msk, rng)
 
 
 @pytest.mark.parametrize("backend", _backends())
@@ -54,12 +48,7 @@ def test_spike_conv_vs_twin(rng, backend, cfg):
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     y = m(x1)
     yt = twin(x2.flatten(0, 1)).reshape(2, 3, *y.shape[2:])
-    assert_close64(y, yt, rtol=1e-12, atol=1e-12)
-    g = randn(y.shape, rng, torch.float64)
-    y.backward(g)
-    yt.backward(g)
-    assert_close64(x1.grad, x2.grad, rtol=1e-12, atol=1e-12)
-    assert_close64(m.weight.grad, twin.weight.grad * msk, rtol=1e-12, atol=1e-12)
+    assert_twin_grads(m, twin, y, yt, x1, x2, msk, rng)
 
 
 def test_non_binary_input_uses_dense_path(rng):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torch.nn.utils.prune as prune
 
 import snnsparse as ss
-from conftest import DENSITIES, RATES, assert_close64, mask, randn, spikes
+from conftest import DENSITIES, RATES, assert_close64, assert_twin_grads, mask, randn, spikes
 
 
 def _backends():
@@ -55,14 +55,7 @@ def test_spike_conv1d_vs_twin_output_and_every_gradient(rng, backend, cfg, shape
     y = m(x1)
     yt = yt.reshape(*shape[:2], *yt.shape[1:]) if x.dim() == 4 else yt
     assert y.shape == yt.shape and y.is_contiguous()
-    assert_close64(y, yt, rtol=1e-12, atol=1e-12)
-    g = randn(y.shape, rng, torch.float64)
-    y.backward(g)
-    yt.backward(g)
-    assert_close64(x1.grad, x2.grad, rtol=1e-12, atol=1e-12)
-    assert_close64(m.weight.grad, twin.weight.grad * msk, rtol=1e-12, atol=1e-12)
-    if twin.bias is not None:
-        assert_close64(m.bias.grad, twin.bias.grad, rtol=1e-12, atol=1e-12)
+    assert_twin_grads(m, twin, y, yt, x1, x2, msk, rng)
 
 
 @pytest.mark.parametrize("backend", _backends())
