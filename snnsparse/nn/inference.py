@@ -282,7 +282,8 @@ def bit_planes(x: torch.Tensor, label: str):
     planes = []
     j = 0
     while (1 << j) <= max(top, 1):  # plane 0 always, then one per bit of the largest count
-        planes.append((float(1 << j), torch.bitwise_and(xi >> j, 1).to(x.dtype)))
+        # uint8 planes: the packed kernels read spikes as bytes (a quarter of the fp32 reads)
+        planes.append((float(1 << j), torch.bitwise_and(xi >> j, 1).to(torch.uint8)))
         j += 1
     return planes
 
