@@ -604,6 +604,103 @@ def test_optimized_model_is_inference_only_and_the_original_untouched(rng):
     assert opt(x).requires_grad is False
 
 
+def _storages(model):
+    """Data pointers of every tensor a module of `model` holds (parameters, buffers, plain attributes)."""
+    found = set()
+    for m in model.modules():
+        for t in [*m._parameters.values(), *m._buffers.values(), *vars(m).values()]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes():
+                found.add(t.untyped_storage().data_ptr())
+    return found
+
+
+def test_optimized_model_shares_no_memory_with_the_original(rng):
+    """optimize_for_inference reads the original's weights without copying them first, then clones what
+    the result keeps of them: a layer left as it is (_MyConv and the BatchNorm after it), the first conv's
+    bias, a prune mask. Changing the original afterwards changes nothing in the optimized model, and the
+    original's parameters still want gradients."""
+    torch.manual_seed(rng.initial_seed())
+    model = nn.Sequential(
+        layer.Conv2d(2, 6, 3, padding=1, step_mode="m"), layer.BatchNorm2d(6, step_mode="m"),
+        neuron.LIFNode(step_mode="m"),
+        layer.SeqToANNContainer(_MyConv(6, 6, 3, padding=1), nn.BatchNorm2d(6)),
+        neuron.LIFNode(step_mode="m"),
+        layer.SeqToANNContainer(nn.Conv2d(6, 4, 3, padding=1)), layer.Flatten(step_mode="m"),
+        layer.Linear(4 * 5 * 5, 3, step_mode="m"))
+    model = _prepare(model, rng, density=0.3)
+    x = _images(rng, c=2, size=5)
+    opt = ss.nn.optimize_for_inference(model, x)
+    assert opt.report()["3.0"].action == "left"
+    assert not _storages(model) & _storages(opt)
+    with torch.no_grad():
+        y = opt(x)
+        for p in model.parameters():
+            p.mul_(-3.0)
+        torch.testing.assert_close(opt(x), y, rtol=0, atol=0)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+class _WritesItsWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        with torch.no_grad():
+            self.fc.weight.mul_(0.5)  # the outputs depend on how often the model ran
+        return self.fc(x)
+
+
+def test_refuses_a_forward_that_writes_its_parameters(rng):
+    model = _WritesItsWeight().eval()
+    with pytest.raises(RuntimeError, match="wrote one of its parameters"):
+        ss.nn.optimize_for_inference(model, torch.rand(2, 4, generator=rng))
+
+
+@pytest.mark.parametrize("cls, base", [(ss.nn.SpikeLinear, lambda: nn.Linear(5, 3)),
+                                       (ss.nn.SpikeConv2d, lambda: nn.Conv2d(2, 3, 3)),
+                                       (ss.nn.SpikeConv1d, lambda: nn.Conv1d(2, 3, 3))])
+def test_from_dense_copy_false_shares_the_weights(rng, cls, base):
+    torch.manual_seed(rng.initial_seed())
+    dense = base()
+    prune.custom_from_mask(dense, "weight", mask(dense.weight.shape, 0.5, rng))
+    shared, copied = cls.from_dense(dense, copy=False), cls.from_dense(dense)
+    for new in (shared, copied):
+        assert torch.equal(new.weight, dense.weight_orig) and torch.equal(new.bias, dense.bias)
+        assert torch.equal(new.weight_mask, dense.weight_mask.bool())
+    assert shared.weight.data_ptr() == dense.weight_orig.data_ptr() and shared.bias.data_ptr() == dense.bias.data_ptr()
+    assert copied.weight.data_ptr() != dense.weight_orig.data_ptr() and copied.bias.data_ptr() != dense.bias.data_ptr()
+
+
+def test_fastest_packing_times_each_format_and_drops_slow_ones_after_warmup(monkeypatch):
+    """On a fake clock (each run advances it by the format's cost): the fastest format wins, a format whose
+    warm-up alone is over 3x the best so far gets no more runs, one that cannot be packed is skipped."""
+    import enum
+    import types
+    from snnsparse.nn import optimize as O
+
+    Fmt = enum.IntEnum("Fmt", {"A": 1, "B": 2, "C": 3, "D": 4})
+    cost = {1: 5.0, 2: 1.0, 3: 3.5, 4: 2.9}
+    clock, runs = [0.0], {f: 0 for f in cost}
+    monkeypatch.setattr(O.time, "perf_counter", lambda: clock[0])
+
+    def pack(fmt):
+        if fmt == 5:
+            raise RuntimeError("this build cannot serve it")
+        return types.SimpleNamespace(format=Fmt(fmt) if fmt else 0)  # 0: the kernels' density rule
+
+    def run(p, x):
+        runs[int(p.format)] += 1
+        clock[0] += cost[int(p.format)]
+
+    best, note = O._fastest_packing(pack, run, (1, 2, 5, 3, 4), torch.zeros(1))
+    assert best.format == Fmt.B
+    assert runs == {1: 1 + O._TIMING_RUNS, 2: 1 + O._TIMING_RUNS, 3: 1, 4: 1 + O._TIMING_RUNS}
+    assert note.startswith("format timed on example_inputs: B 1000.00 ms, D 2900.00 ms, C 3500.00 ms, A 5000.00 ms")
+    best, note = O._fastest_packing(pack, run, (1, 2), None)  # no binary example input: nothing is timed
+    assert best.format == 0 and "density rule" in note and sum(runs.values()) == 1 + 3 * (1 + O._TIMING_RUNS)
+
+
 @pytest.mark.parametrize("top", [0, 1, 2, 3, 5, 9])
 def test_bit_planes_conv_equals_dense_conv_of_counts(rng, top):
     # SEW ADD gives small integer counts; the planes layer must equal a dense conv of those counts
@@ -779,15 +876,25 @@ def test_fold_replicated_columns_matches_the_replicated_linear(rng):
     """linear(x[..., index], W*M) == linear(x, W') in float64, for random replications (every source read
     at least once) and the mask edges; the new mask keeps a column where any copy was kept."""
     from snnsparse.nn.fuse import fold_replicated_columns
-    for n_in, reps, density in ((5, 3, 0.3), (1, 49, 0.05), (7, 2, 0.0), (4, 4, 1.0)):
-        index = torch.cat([torch.arange(n_in), torch.randint(0, n_in, (n_in * (reps - 1),), generator=rng)])
-        index = index[torch.randperm(index.numel(), generator=rng)]
+    cases = [(n_in, reps, density, adjacent) for n_in, reps, density in
+             ((5, 3, 0.3), (1, 49, 0.05), (7, 2, 0.0), (4, 4, 1.0), (3, 1, 0.5)) for adjacent in (False, True)]
+    for n_in, reps, density, adjacent in cases:
+        if adjacent:  # each source read by `reps` neighbouring columns (flatten of a replicated map): a view sum
+            index = torch.arange(n_in).repeat_interleave(reps)
+        else:
+            index = torch.cat([torch.arange(n_in), torch.randint(0, n_in, (n_in * (reps - 1),), generator=rng)])
+            index = index[torch.randperm(index.numel(), generator=rng)]
         w = torch.randn(6, index.numel(), generator=rng, dtype=torch.float64)
         m = mask(w.shape, density, rng)
         x = (torch.rand(3, n_in, generator=rng) < 0.5).double()
         w2, m2 = fold_replicated_columns(w, m, index, n_in)
         want = x[..., index] @ torch.where(m, w, 0.0).T
         torch.testing.assert_close(x @ torch.where(m2, w2, 0.0).T, want, rtol=1e-12, atol=1e-12)
+        # float32 weights: summed in float64 (exactly: <= 49 float32 terms of randn's range need < 53 bits),
+        # rounded once, so equal to the float64 fold of the same values, rounded
+        w32, _ = fold_replicated_columns(w.float(), m, index, n_in)
+        assert w32.dtype == torch.float32
+        assert torch.equal(w32, fold_replicated_columns(w.float().double(), m, index, n_in)[0].float())
         kept = torch.zeros(6, n_in, dtype=torch.bool)
         for k, j in enumerate(index.tolist()):
             kept[:, j] |= m[:, k]

@@ -172,9 +172,11 @@ def _neuron_converter(module: nn.Module):
     return None
 
 
-def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend: str) -> _Decision:
+def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend: str, *,
+            copy: bool = True) -> _Decision:
     """What to do with one module (builds the replacement, so that every error is raised before
-    convert changes anything)."""
+    convert changes anything). copy=False: a new conv / linear shares the module's weight and bias
+    (Spike*.from_dense)."""
     cls = type(module).__name__
     if isinstance(module, _SpikeMixin):  # already an snnsparse layer: nothing to swap, the mask is set later
         return _Decision(None, ConvertRecord(name, cls, "kept", cls), False)
@@ -203,7 +205,7 @@ def _decide(module: nn.Module, name: str, mask: Optional[torch.Tensor], backend:
             return _left(name, module, blocker)
         new = sj_neuron_class(module).from_spikingjelly(module, backend="auto" if backend == "dense" else backend)
     else:
-        new = spike_cls.from_dense(module, mask, backend=backend)
+        new = spike_cls.from_dense(module, mask, backend=backend, copy=copy)
     return _Decision(new, ConvertRecord(name, cls, "converted", type(new).__name__), False)
 
 

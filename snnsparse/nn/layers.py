@@ -241,18 +241,26 @@ class _SpikeMixin:
         return weight.detach(), None if module.bias is None else module.bias.detach(), mask
 
     @classmethod
-    def _loaded(cls, module, mask, args_with_bias, backend: str, input_kind: str):
+    def _loaded(cls, module, mask, args_with_bias, backend: str, input_kind: str, copy: bool):
         """cls(*args_with_bias(has_bias)) holding `module`'s weight, bias and mask (_dense_state). Built on
         the meta device, then given uninitialised storage (torch.nn.utils.skip_init): every tensor is
         copied from `module` right after, so the constructor's random init was wasted work (0.8 s for
-        VGG11's 4096x25088 classifier in optimize_for_inference)."""
+        VGG11's 4096x25088 classifier in optimize_for_inference). copy=False: the weight and bias are
+        `module`'s own tensors (the uninitialised storage is never touched, so never paged in)."""
         weight, bias, mask = cls._dense_state(module, mask)
         new = skip_init(cls, *args_with_bias(bias is not None), device=weight.device, dtype=weight.dtype,
                         backend=backend, input_kind=input_kind)
-        return new._load_dense(weight, bias, mask)
+        return new._load_dense(weight, bias, mask, copy)
 
-    def _load_dense(self, weight, bias, mask):
+    def _load_dense(self, weight, bias, mask, copy: bool = True):
+        """This layer holding weight, bias and bool mask: copied in, or (copy=False) those very tensors."""
         with torch.no_grad():
+            if not copy:
+                self.weight.data = weight
+                if bias is not None:
+                    self.bias.data = bias
+                self.weight_mask = mask
+                return self
             self.weight.copy_(weight)
             if bias is not None:
                 self.bias.copy_(bias)
@@ -277,9 +285,12 @@ class SpikeLinear(_SpikeMixin, nn.Linear):
 
     @classmethod
     def from_dense(cls, module: nn.Linear, mask: Optional[torch.Tensor] = None, *, backend: str = "auto",
-                   input_kind: str = "auto"):
-        """A SpikeLinear with `module`'s weights (and its torch.nn.utils.prune mask, if any)."""
-        return cls._loaded(module, mask, lambda b: (module.in_features, module.out_features, b), backend, input_kind)
+                   input_kind: str = "auto", copy: bool = True):
+        """A SpikeLinear with `module`'s weights (and its torch.nn.utils.prune mask, if any).
+        copy=False: the new layer's weight and bias are `module`'s tensors, shared (a change of one is a change
+        of the other), not copies."""
+        return cls._loaded(module, mask, lambda b: (module.in_features, module.out_features, b), backend, input_kind,
+                           copy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._event_or_dense(
@@ -316,11 +327,12 @@ class SpikeConv2d(_SpikeMixin, nn.Conv2d):
 
     @classmethod
     def from_dense(cls, module: nn.Conv2d, mask: Optional[torch.Tensor] = None, *, backend: str = "auto",
-                   input_kind: str = "auto"):
-        """A SpikeConv2d with `module`'s weights (and its torch.nn.utils.prune mask, if any)."""
+                   input_kind: str = "auto", copy: bool = True):
+        """A SpikeConv2d with `module`'s weights (and its torch.nn.utils.prune mask, if any);
+        copy as SpikeLinear.from_dense."""
         return cls._loaded(module, mask, lambda b: (module.in_channels, module.out_channels, module.kernel_size,
                                                     module.stride, module.padding, module.dilation, module.groups, b,
-                                                    module.padding_mode), backend, input_kind)
+                                                    module.padding_mode), backend, input_kind, copy)
 
     def _explicit_padding(self):
         if isinstance(self.padding, str):
@@ -382,11 +394,12 @@ class SpikeConv1d(_SpikeMixin, nn.Conv1d):
 
     @classmethod
     def from_dense(cls, module: nn.Conv1d, mask: Optional[torch.Tensor] = None, *, backend: str = "auto",
-                   input_kind: str = "auto"):
-        """A SpikeConv1d with `module`'s weights (and its torch.nn.utils.prune mask, if any)."""
+                   input_kind: str = "auto", copy: bool = True):
+        """A SpikeConv1d with `module`'s weights (and its torch.nn.utils.prune mask, if any);
+        copy as SpikeLinear.from_dense."""
         return cls._loaded(module, mask, lambda b: (module.in_channels, module.out_channels, module.kernel_size,
                                                     module.stride, module.padding, module.dilation, module.groups, b,
-                                                    module.padding_mode), backend, input_kind)
+                                                    module.padding_mode), backend, input_kind, copy)
 
     def _explicit_padding(self) -> int:
         if isinstance(self.padding, str):

@@ -46,7 +46,8 @@ class PackedWeight:
     @classmethod
     def of(cls, kind: str, fmt: int, tensors: Sequence[torch.Tensor], weight: torch.Tensor,
            mask: Optional[torch.Tensor], groups: int = 1) -> "PackedWeight":
-        density = 1.0 if mask is None or mask.numel() == 0 else float(mask.sum()) / mask.numel()
+        # count_nonzero, not sum: a bool sum widens every element to int64 (0.6 s of VGG11's optimize)
+        density = 1.0 if mask is None or mask.numel() == 0 else int(torch.count_nonzero(mask)) / mask.numel()
         enum_type = LinearFormat if kind == "linear" else ConvFormat
         return cls(kind, enum_type(fmt), tuple(tensors), tuple(weight.shape), weight.dtype, density, int(groups))
 
