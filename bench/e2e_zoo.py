@@ -111,9 +111,11 @@ def run(name, build, args, gen, extra=None):
     x = torch.rand(T, B, 3, SIZE, SIZE, generator=gen)
     x1 = x[:, :1].contiguous()
     rate, rates = spike_rate(model, x)
+    masked = with_masks(model, masks)  # not timed: the deepcopy and prune set-up are the benchmark's own work
     t0 = time.perf_counter()
-    opt = ss.nn.optimize_for_inference(with_masks(model, masks), x)
+    opt = ss.nn.optimize_for_inference(masked, x)
     t_opt = time.perf_counter() - t0
+    del masked
     t0 = time.perf_counter()
     with torch.no_grad():
         y_opt = opt(x)

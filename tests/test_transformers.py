@@ -321,6 +321,22 @@ def test_bit_planes_refuse_what_is_not_a_count(rng, bad):
     assert torch.equal(sum(s * p for s, p in planes), x)
 
 
+@pytest.mark.parametrize("top", [0, 1, 2, 255, 256, 1000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.uint8, torch.bool])
+def test_bit_planes_sum_back_to_the_counts(rng, top, dtype):
+    """Binary uint8 planes whose weighted sum is x exactly, one per bit of the largest count (one plane
+    for binary input), across the uint8 / int32 edge of the fast path."""
+    from snnsparse.nn.inference import bit_planes
+    if dtype == torch.bool and top > 1 or dtype == torch.uint8 and top > 255:
+        pytest.skip("not representable")
+    x = torch.randint(0, top + 1, (3, 17), generator=rng).to(dtype)
+    x[0, 0] = top
+    planes = bit_planes(x, "layer")
+    assert len(planes) == max(1, top.bit_length())
+    assert all(p.dtype == torch.uint8 and ss.functional.is_binary(p) for _, p in planes)
+    assert torch.equal(sum(s * p.double() for s, p in planes), x.double())
+
+
 @pytest.mark.parametrize("qka_type", ["token", "channel"])
 def test_qkformer_model(rng, qka_type):
     torch.manual_seed(rng.initial_seed())
