@@ -460,3 +460,19 @@ def test_training_step_through_modules(rng):
         y.square().sum().backward()
         assert not layer.weight.grad[~layer.weight_mask].any()
         opt.step()
+
+
+def test_call_skips_autograd_only_where_no_gradient_can_be_needed(rng):
+    """registry.call: the same values as the op; a gradient wherever an argument wants one (here only the
+    second factor, or a tensor inside a list), none under no_grad."""
+    from snnsparse.ops.registry import call
+    a, b = torch.randn(3, 4, generator=rng), torch.randn(3, 4, generator=rng, requires_grad=True)
+    mul, cat = torch.ops.aten.mul.Tensor, torch.ops.aten.cat.default
+    out = call(mul, a, b)
+    assert out.grad_fn is not None and torch.equal(out, a * b)
+    out.sum().backward()
+    assert torch.equal(b.grad, a)
+    assert call(cat, [a, b]).grad_fn is not None
+    with torch.no_grad():
+        assert call(mul, a, b).grad_fn is None and torch.equal(call(mul, a, b), a * b)
+    assert call(mul, a, a.clone()).grad_fn is None

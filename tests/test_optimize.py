@@ -812,10 +812,14 @@ def test_packed_state_of_another_format_is_refused_and_assign_is_followed(rng):
     with pytest.raises(ValueError, match="packing"):
         b.load_state_dict(a.state_dict())  # same tensor shapes, another format
     torch.testing.assert_close(b(x), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a(x), ref, rtol=1e-5, atol=1e-5)  # its PackedWeight is now cached
     sd = {k: v.clone() for k, v in a.state_dict().items()}
     sd["packed_2"] = sd["packed_2"] * 2  # the values of a compressed packing
-    a.load_state_dict(sd, assign=True)
+    a.load_state_dict(sd, assign=True)  # new buffer tensors: the cache must not serve the old ones
     torch.testing.assert_close(a(x), 2 * ref, rtol=1e-5, atol=1e-5)
+    sd["packed_2"] = sd["packed_2"] * 1.5
+    a.load_state_dict(sd)  # copied into the same tensors: their new values are read
+    torch.testing.assert_close(a(x), 3 * ref, rtol=1e-5, atol=1e-5)
 
 
 def test_dense_layers_take_bool_and_uint8_input(rng):

@@ -11,7 +11,7 @@ import torch
 
 from .linear import _nacc_fake, check_spike_dtype, register_spike_op, save_spike_ctx, spike_backward
 from .packed import PackedWeight
-from .registry import require_cpp
+from .registry import call, require_cpp
 
 OPS = torch.ops.snnsparse
 
@@ -77,7 +77,7 @@ def register(ns: str = "snnsparse"):
 def forward(x, weight, bias, mask, stride, padding, dilation, groups, *, count=False, dense_weight_grad=False,
             ns: str = "snnsparse"):
     """out [N, Cout, Ho, Wo], n_acc (0-dim int64, or None unless count) on the kernels of namespace `ns`."""
-    out, n = getattr(torch.ops, ns).spike_conv2d_fwd(x, weight, bias, mask, list(stride), list(padding),
+    out, n = call(getattr(torch.ops, ns).spike_conv2d_fwd, x, weight, bias, mask, list(stride), list(padding),
                                                      list(dilation), int(groups), bool(count),
                                                      bool(dense_weight_grad))
     return out, (n if count else None)
@@ -101,7 +101,7 @@ def forward_packed(x, packed: PackedWeight, bias, stride, padding, dilation, *, 
     if packed.kind != "conv2d":
         raise ValueError(f"spike_conv2d: packed must be a conv2d PackedWeight, got {packed.kind}")
     packed.check_inference(x)
-    out, n = OPS.spike_conv2d_fwd_packed(x, packed.placeholder(), bias, None, int(packed.format),
+    out, n = call(OPS.spike_conv2d_fwd_packed, x, packed.placeholder(), bias, None, int(packed.format),
                                          list(packed.tensors), list(stride),
                                          list(padding), list(dilation), packed.groups, bool(count), False)
     return out, (n if count else None)

@@ -23,6 +23,8 @@ import math
 
 import torch
 
+from .registry import call
+
 CHARGES = ("lif", "if", "plif")  # index = the kernels' charge id (csrc/cpu/kernels.h, lif_kernels.cuh, kernels/lif.py)
 _K_INPUT = 11  # position of k among lif_fwd's inputs
 
@@ -139,7 +141,7 @@ def run(x_seq, v0, tau, v_threshold, v_reset, decay_input, detach_reset, surroga
         raise RuntimeError(f"{ns}::lif_fwd: spike_dtype={spike_dtype} writes spikes as bytes, which carry no "
                            f"gradient and come without h_seq; run it under torch.no_grad() (inference) or keep "
                            f"float spikes")
-    s, v, h = getattr(torch.ops, ns).lif_fwd(x_seq, v0, float(tau), float(v_threshold),
+    s, v, h = call(getattr(torch.ops, ns).lif_fwd, x_seq, v0, float(tau), float(v_threshold),
                                              None if v_reset is None else float(v_reset), bool(decay_input),
                                              bool(detach_reset), surrogate, float(alpha),
                                              bool(return_h or needs_grad), charge, k, spike_dtype)

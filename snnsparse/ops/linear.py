@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from .packed import PackedWeight
-from .registry import require_cpp
+from .registry import call, require_cpp
 
 OPS = torch.ops.snnsparse
 
@@ -117,7 +117,7 @@ def register(ns: str = "snnsparse"):
 
 def forward(x, weight, bias, mask, *, count=False, dense_weight_grad=False, ns: str = "snnsparse"):
     """out [N, M], n_acc (0-dim int64, or None unless count) on the kernels of namespace `ns`."""
-    out, n = getattr(torch.ops, ns).spike_linear_fwd(x, weight, bias, mask, bool(count), bool(dense_weight_grad))
+    out, n = call(getattr(torch.ops, ns).spike_linear_fwd, x, weight, bias, mask, bool(count), bool(dense_weight_grad))
     return out, (n if count else None)
 
 
@@ -136,6 +136,6 @@ def forward_packed(x, packed: PackedWeight, bias=None, *, count=False):
     if packed.kind != "linear":
         raise ValueError(f"spike_linear: packed must be a linear PackedWeight, got {packed.kind}")
     packed.check_inference(x)
-    out, n = OPS.spike_linear_fwd_packed(x, packed.placeholder(), bias, None, int(packed.format),
+    out, n = call(OPS.spike_linear_fwd_packed, x, packed.placeholder(), bias, None, int(packed.format),
                                          list(packed.tensors), bool(count), False)
     return out, (n if count else None)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from .registry import call
+
 BINARY = ("both", "a", "b")
 
 
@@ -74,5 +76,5 @@ def register(ns: str = "snnsparse"):
 
 def forward(a, b, binary: str, *, count=False, ns: str = "snnsparse"):
     """out [Bt, M, N], n_acc (0-dim int64, or None unless count) on the kernels of namespace `ns`."""
-    out, n = getattr(torch.ops, ns).spike_matmul_fwd(a, b, binary, bool(count))
+    out, n = call(getattr(torch.ops, ns).spike_matmul_fwd, a, b, binary, bool(count))
     return out, (n if count else None)

@@ -15,6 +15,7 @@ csrc/cpu/linear.cpp kLinearDenseMin and csrc/cpu/conv.cpp kConvDenseMin):
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -62,7 +63,7 @@ class PackedWeight:
     def placeholder(self) -> torch.Tensor:
         """A zero-stride tensor of the weight's shape and dtype (one element of memory): the packed ops
         take the weight only for its shape and dtype, the values come from the packing."""
-        return torch.zeros((), dtype=self.dtype).expand(self.shape)
+        return _placeholder(self.dtype, self.shape)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors)
@@ -70,3 +71,10 @@ class PackedWeight:
     def __repr__(self) -> str:
         return (f"PackedWeight({self.kind}, format={self.format}, shape={list(self.shape)}, dtype={self.dtype}, "
                 f"density={self.density:.4f}, {self.nbytes()} bytes)")
+
+
+@functools.lru_cache(maxsize=512)
+def _placeholder(dtype: torch.dtype, shape: Tuple[int, ...]) -> torch.Tensor:
+    # Keyed by value (dtype, shape): one zero-stride tensor for every call (4 us a call to build); the
+    # packed ops read only its shape and dtype, and nothing else is handed it.
+    return torch.zeros((), dtype=dtype).expand(shape)
