@@ -48,8 +48,11 @@ def call(op, *args):
     tensor argument requires one): the torch.library autograd wrapper (Python) would only forward the
     call there, at about 7 us a call (spike_conv2d_fwd_packed on a tiny input, 2 threads: 15.8 -> 9.2
     us), which whole optimized models pay on every conv, linear and neuron. The result is the same
-    tensors either way; with a gradient to track the call goes through autograd as usual."""
-    if torch.is_grad_enabled() and any(_wants_grad(a) for a in args):
+    tensors either way; with a gradient to track the call goes through autograd as usual. The guard is
+    the one torch's own wrapper enters (torch/_library/autograd.py). Under torch.compile the op is called
+    as it is: Dynamo cannot trace the guard (a graph break, an error with fullgraph=True), and the
+    compiled graph has no per-call wrapper to skip."""
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(_wants_grad(a) for a in args)):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
