@@ -640,6 +640,27 @@ def test_optimized_model_shares_no_memory_with_the_original(rng):
     assert all(p.requires_grad for p in model.parameters())
 
 
+class _SparseBuffer(nn.Module):
+    """A module holding a sparse buffer (no single storage) next to its layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.register_buffer("adjacency", torch.eye(4).to_sparse())
+
+    def forward(self, x):
+        return self.fc(torch.sparse.mm(self.adjacency, x.T).T)
+
+
+def test_a_sparse_buffer_is_kept_and_not_shared(rng):
+    model = _SparseBuffer().eval()
+    x = torch.rand(2, 4, generator=rng)
+    opt = ss.nn.optimize_for_inference(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(opt(x), model(x))
+    assert opt.model.adjacency.is_sparse and opt.model.adjacency is not model.adjacency
+
+
 class _WritesItsWeight(nn.Module):
     def __init__(self):
         super().__init__()

@@ -332,6 +332,7 @@ def _copy(model: nn.Module) -> Tuple[nn.Module, _Shared]:
 
 
 def _check_unwritten(shared: _Shared) -> None:
+    """Refuse a model whose example forward wrote a tensor the working copy shares with the original."""
     for i, t in shared.tensors.items():
         if t._version != shared.versions[i]:
             raise RuntimeError(
@@ -340,10 +341,18 @@ def _check_unwritten(shared: _Shared) -> None:
                 f"often it ran, which no inference copy can reproduce. Remove that write from the forward.")
 
 
+def _storage_ptr(t: torch.Tensor) -> Optional[int]:
+    """Where t's memory starts (None: no memory of its own to share, or not a strided tensor: a sparse or
+    nested tensor has no single storage, and the shared ones are parameters and masks)."""
+    if t.layout != torch.strided or t.device.type == "meta" or not t.untyped_storage().nbytes():
+        return None
+    return t.untyped_storage().data_ptr()
+
+
 def _unshare(body: nn.Module, shared: _Shared) -> None:
     """Clone every tensor of `body` that lies in the storage of one of the original's shared tensors
     (a layer left as it is, a bias taken over as it is), keeping ties: a tensor held twice is cloned once."""
-    storages = {t.untyped_storage().data_ptr() for t in shared.tensors.values() if t.untyped_storage().nbytes()}
+    storages = {_storage_ptr(t) for t in shared.tensors.values()} - {None}
     clones: Dict[int, torch.Tensor] = {}
 
     def fresh(t: torch.Tensor) -> torch.Tensor:
@@ -353,8 +362,7 @@ def _unshare(body: nn.Module, shared: _Shared) -> None:
         return clones[id(t)]
 
     def is_shared(t) -> bool:
-        return (isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() > 0
-                and t.untyped_storage().data_ptr() in storages)
+        return isinstance(t, torch.Tensor) and _storage_ptr(t) in storages
 
     for m in body.modules():
         for table in (m._parameters, m._buffers):
