@@ -45,25 +45,22 @@ def child(name: str, which: str, reps: int, threads: int) -> dict:
     model, masks = Z.prepare(Z._models()[name](), 0.05, gen)
     x = torch.rand(Z.T, Z.B, 3, Z.SIZE, Z.SIZE, generator=gen)
     if which == "ss":
-        run = ss.nn.optimize_for_inference(Z.with_masks(model, masks), x)
-        del model, masks
-    else:
+        model = ss.nn.optimize_for_inference(Z.with_masks(model, masks), x)  # the original freed here
         run = model
-
-        def run_sj(inp, m=model):
-            sjf.reset_net(m)
-            return m(inp)
-        run_fn = run_sj
+    else:
+        def run(inp):
+            sjf.reset_net(model)
+            return model(inp)
+    del masks
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    state = Z.state_bytes(run)
-    fn = run if which == "ss" else run_fn
+    state = Z.state_bytes(model)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # VmHWM := current RSS
     before = _status_kb("VmRSS")
     with torch.no_grad():
         for _ in range(reps):
-            fn(x)
+            run(x)
     return dict(model=name, which=which, rss_before_mb=round(before / 1024, 1),
                 peak_rss_mb=round(_status_kb("VmHWM") / 1024, 1), state_mb=round(state / 2**20, 1))
 

@@ -691,6 +691,8 @@ def test_from_dense_copy_false_shares_the_weights(rng, cls, base):
         assert torch.equal(new.weight_mask, dense.weight_mask.bool())
     assert shared.weight.data_ptr() == dense.weight_orig.data_ptr() and shared.bias.data_ptr() == dense.bias.data_ptr()
     assert copied.weight.data_ptr() != dense.weight_orig.data_ptr() and copied.bias.data_ptr() != dense.bias.data_ptr()
+    with pytest.raises(TypeError, match="copy must be a bool"):
+        cls.from_dense(dense, copy="no")  # truthy: would silently copy
 
 
 def test_fastest_packing_times_each_format_and_screens_out_slow_ones(monkeypatch):

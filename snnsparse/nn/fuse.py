@@ -51,32 +51,25 @@ def fold_replicated_columns(weight: torch.Tensor, mask: torch.Tensor, index: tor
     mask = torch.ones_like(weight, dtype=torch.bool) if mask is None else mask
     out = weight.shape[0]
     copies = weight.shape[1] // max(1, in_features)
-    if (copies * in_features == weight.shape[1] and weight.shape[1]
-            and torch.equal(index, torch.arange(in_features, device=index.device).repeat_interleave(copies))):
-        # Each input read by `copies` adjacent columns (flatten of [C, h, w] maps of one pixel, VGG's 7x7 pool
-        # of 1x1): sums over a view, no index_add, no int32 mask (VGG11's classifier: 0.93 -> 0.3 s, 2 threads).
-        return _fold_adjacent(weight, mask, in_features, copies)
+    # Each input read by `copies` adjacent columns (flatten of [C, h, w] maps of one pixel, VGG's 7x7 pool of
+    # 1x1): sums over a view, no index_add, no int32 mask (VGG11's classifier: 0.93 -> 0.3 s, 2 threads).
+    adjacent = (copies * in_features == weight.shape[1] > 0 and torch.equal(
+        index, torch.arange(in_features, device=index.device).repeat_interleave(copies)))
     new_weight = weight.new_empty(out, in_features)
     new_mask = torch.empty(out, in_features, dtype=torch.bool, device=weight.device)
     # Blocks of output rows: VGG's 4096x25088 weight in float64 at once was 800 MB and 2 s.
     rows = max(1, (1 << 22) // max(1, weight.shape[1]))
     for r in range(0, out, rows):
-        w = masked_weight(weight[r:r + rows], mask[r:r + rows]).to(torch.float64)
-        new_weight[r:r + rows] = w.new_zeros(w.shape[0], in_features).index_add_(1, index, w)
-        kept = torch.zeros(w.shape[0], in_features, dtype=torch.int32, device=weight.device)
-        new_mask[r:r + rows] = kept.index_add_(1, index, mask[r:r + rows].to(torch.int32)) > 0
+        w, m = masked_weight(weight[r:r + rows], mask[r:r + rows]), mask[r:r + rows]
+        if adjacent:
+            new_weight[r:r + rows] = w.reshape(-1, in_features, copies).sum(-1, dtype=torch.float64)
+            new_mask[r:r + rows] = m.reshape(-1, in_features, copies).any(-1)
+        else:
+            w = w.to(torch.float64)
+            new_weight[r:r + rows] = w.new_zeros(w.shape[0], in_features).index_add_(1, index, w)
+            kept = torch.zeros(w.shape[0], in_features, dtype=torch.int32, device=weight.device)
+            new_mask[r:r + rows] = kept.index_add_(1, index, m.to(torch.int32)) > 0
     return new_weight, new_mask
-
-
-def _fold_adjacent(weight: torch.Tensor, mask: torch.Tensor, in_features: int, copies: int):
-    """fold_replicated_columns for index = arange(in_features).repeat_interleave(copies)."""
-    out = weight.shape[0]
-    new_weight = weight.new_empty(out, in_features)
-    rows = max(1, (1 << 22) // weight.shape[1])
-    for r in range(0, out, rows):
-        w = masked_weight(weight[r:r + rows], mask[r:r + rows])
-        new_weight[r:r + rows] = w.view(-1, in_features, copies).sum(-1, dtype=torch.float64)
-    return new_weight, mask.reshape(out, in_features, copies).any(-1)
 
 
 @torch.no_grad()

@@ -247,6 +247,7 @@ class _SpikeMixin:
         copied from `module` right after, so the constructor's random init was wasted work (0.8 s for
         VGG11's 4096x25088 classifier in optimize_for_inference). copy=False: the weight and bias are
         `module`'s own tensors (the uninitialised storage is never touched, so never paged in)."""
+        copy = SF.check_bool(copy, "copy", where=f"{cls.__name__}.from_dense")
         weight, bias, mask = cls._dense_state(module, mask)
         new = skip_init(cls, *args_with_bias(bias is not None), device=weight.device, dtype=weight.dtype,
                         backend=backend, input_kind=input_kind)
@@ -287,8 +288,8 @@ class SpikeLinear(_SpikeMixin, nn.Linear):
     def from_dense(cls, module: nn.Linear, mask: Optional[torch.Tensor] = None, *, backend: str = "auto",
                    input_kind: str = "auto", copy: bool = True):
         """A SpikeLinear with `module`'s weights (and its torch.nn.utils.prune mask, if any).
-        copy=False: the new layer's weight and bias are `module`'s tensors, shared (a change of one is a change
-        of the other), not copies."""
+        copy=False: the new layer's weight and bias (and an explicit mask) are those tensors, shared (a change
+        of one is a change of the other), not copies."""
         return cls._loaded(module, mask, lambda b: (module.in_features, module.out_features, b), backend, input_kind,
                            copy)
 
