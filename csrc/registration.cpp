@@ -125,6 +125,11 @@ TORCH_LIBRARY(snnsparse, m) {
   m.def("spike_conv2d_fwd_packed(Tensor spikes, Tensor weight, Tensor? bias, Tensor? mask, int format,"
         " Tensor[] packed, int[2] stride, int[2] padding, int[2] dilation, int groups, bool count,"
         " bool dense_weight_grad) -> (Tensor out, Tensor n_acc)");
+  // Inference on spike COUNTS (integers 0..15 as float, bool or uint8: SEW ADD's sum of spike tensors) with a
+  // format-3 packing, each count adding its weight row count times in one pass; another nonzero value
+  // raises ValueError. No autograd, no operation count (optimize_for_inference only; CPU).
+  m.def("spike_conv2d_counts_packed(Tensor counts, Tensor weight, Tensor? bias, int format, Tensor[] packed,"
+        " int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
   // Inference max-pool (CPU): torch's max_pool2d of x [N, C, H, W] (float32/64, bool or uint8; same
   // dtype out), without the argmax indices torch's CPU kernel always computes. Of spikes it is the OR
   // of each window. Values and NaN propagation equal torch's; no autograd (optimize_for_inference only).

@@ -179,6 +179,57 @@ def test_gradcheck_linear_and_conv(rng):
     assert_close64(gx, gx2, rtol=1e-10, atol=1e-10)
 
 
+# Spike counts (SEW ADD's sums of spike tensors) on the format-3 counts kernel: every group-1 geometry of
+# CONV_CASES plus 70 output channels (a partial 64-channel block) and 130 input channels, counts 0 (no events),
+# binary, small, and up to 15 (the frame's largest count sizes the event lists), float32 / float64 / uint8 /
+# bool input, against a float64 conv of the same counts.
+COUNTS_CASES = [c for c in CONV_CASES if c[2] == 1] + [(130, 70, 1, (3, 3), 2, 1, 1, (5, 7))]
+
+
+@pytest.mark.parametrize("top", [0, 1, 2, 7, 15])
+def test_conv_counts_kernel_matches_float64(rng, top):
+    from snnsparse.ops import conv2d as CV
+    for (cin, cout, _, kk, st, pad, dil, (h, wd)), density, dtype in itertools.product(
+            COUNTS_CASES, (1.0, 0.3, 0.0), (torch.float32, torch.float64)):
+        x = torch.randint(0, top + 1, (3, cin, h, wd), generator=rng).to(dtype)
+        x[x.bool() & (torch.rand(x.shape, generator=rng) < 0.5)] = 0  # sparse, as spikes are
+        x.view(-1)[0] = top
+        w, b = randn((cout, cin, *kk), rng, dtype), randn((cout,), rng, dtype)
+        msk = mask(w.shape, density, rng)
+        packed = CV.pack(w, msk, 1, 3)
+        st2, pad2, dil2 = (st, st) if isinstance(st, int) else st, (pad, pad) if isinstance(pad, int) else pad, \
+            (dil, dil) if isinstance(dil, int) else dil
+        expect = F.conv2d(x.double(), (w * msk).double(), b.double(), st2, pad2, dil2)
+        # fp32 summation order: errors scale with the largest sum (counts up to 15 over 130 x 9 weights)
+        scale = 1.0 + float(expect.abs().max())
+        tol = dict(rtol=1e-5, atol=1e-5 * scale) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12 * scale)
+        for inp in [x] + ([x.to(torch.uint8)] if dtype == torch.float32 else []) + ([x.bool()] if top <= 1 else []):
+            with torch.no_grad():
+                out = CV.forward_counts_packed(inp, packed, b, st2, pad2, dil2)
+            assert out.dtype == dtype
+            assert_close64(out, expect, **tol, msg=f"{(cin, cout, kk, st, pad, dil, h, wd)} {density} {inp.dtype}")
+
+
+@pytest.mark.parametrize("bad", [0.5, -1.0, 16.0, 256.0, 1e9, float("nan"), float("inf"), -float("inf")])
+def test_conv_counts_kernel_refuses_what_is_not_a_count(rng, bad):
+    from snnsparse.ops import conv2d as CV
+    w = randn((5, 3, 3, 3), rng)
+    packed = CV.pack(w, None, 1, 3)
+    x = torch.randint(0, 3, (2, 3, 6, 6), generator=rng).float()
+    x[1, 2, 5, 4] = bad
+    with pytest.raises(ValueError, match="spike counts must be integers 0..15.*found value"):
+        CV.forward_counts_packed(x, packed, None, (1, 1), (1, 1), (1, 1))
+    if bad == 16.0:  # byte counts above the cap too
+        with pytest.raises(ValueError, match="spike counts must be integers 0..15"):
+            CV.forward_counts_packed(x.to(torch.int32).to(torch.uint8), packed, None, (1, 1), (1, 1), (1, 1))
+    for fmt in (1, 2):  # the counts kernel exists for dense blocks only
+        with pytest.raises(RuntimeError, match="needs a format-3 packing"):
+            CV.forward_counts_packed(x.clamp(0, 1).nan_to_num(0), CV.pack(w, None, 1, fmt), None, (1, 1), (1, 1), (1, 1))
+    x.requires_grad_()
+    with pytest.raises(RuntimeError, match="inference-only"):
+        CV.forward_counts_packed(x, packed, None, (1, 1), (1, 1), (1, 1))
+
+
 # ---------------------------------------------------------------------------------------------- LIF
 LIF_OPTIONS = list(itertools.product((True, False), (0.0, None, -0.2), (False, True), SG.NAMES))
 
@@ -294,6 +345,11 @@ def _opcheck_samples():
         ("spike_conv2d_fwd_packed", (xc.bool(), rg(wc1), None, mc1, 3, _pack_conv(wc1, mc1, 1, 3), *geo1, True,
                                      False)),
         ("spike_conv2d_bwd", (go, xc.bool(), wc, mc, *geo, False, True, True)),
+        # spike counts (integers 0..15: SEW ADD's sums) on a format-3 packing, float and uint8; inference only
+        ("spike_conv2d_counts_packed", (torch.randint(0, 4, xc.shape, generator=g).double(), wc1, bc[:3], 3,
+                                        _pack_conv(wc1, mc1, 1, 3), *geo1[:3])),
+        ("spike_conv2d_counts_packed", (torch.randint(0, 16, xc.shape, generator=g).to(torch.uint8), wc1, None, 3,
+                                        _pack_conv(wc1, mc1, 1, 3), *geo1[:3])),
         ("max_pool2d", (torch.randn(2, 3, 7, 9, generator=g), [3, 3], [2, 2], [1, 1], [1, 1], False)),
         ("max_pool2d", (xc.bool(), [2, 3], [2, 1], [0, 1], [1, 2], True)),
         ("lif_fwd", (rg(xs), rg(v0), 2.0, 1.0, 0.0, True, False, "sigmoid", 4.0, True)),

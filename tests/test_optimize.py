@@ -215,9 +215,10 @@ def test_sew_resnet18(rng, cnf, node):
     assert report["layer1.0.conv1"].action == "packed-event"
     later = ["layer1.1.conv1", "layer2.0.conv1", "layer2.0.downsample.0", "layer4.1.conv1"]
     if cnf == "ADD":
-        for name in later:  # spike counts: the event kernel once per bit plane (PackedPlanesConv2d)
+        for name in later:  # spike counts: the counts kernel (format 3) or one pass per bit plane (PackedPlanesConv2d)
             assert report[name].action == "packed-event"
-            assert "multi-level input (SEW ADD counts" in report[name].reason and "bit plane" in report[name].reason
+            how = "the counts kernel" if report[name].format == "DENSE_BLOCKS" else "bit plane"
+            assert "multi-level input (SEW ADD counts" in report[name].reason and how in report[name].reason
     else:
         for name in later:
             assert report[name].action == "packed-event" and "SEW AND/IAND" in report[name].reason
@@ -730,24 +731,38 @@ def test_fastest_packing_times_each_format_and_screens_out_slow_ones(monkeypatch
     assert best.format == 0 and "density rule" in note and sum(runs.values()) == 4 + 2 * (3 + O._TIMING_RUNS)
 
 
-@pytest.mark.parametrize("top", [0, 1, 2, 3, 5, 9])
-def test_bit_planes_conv_equals_dense_conv_of_counts(rng, top):
-    # SEW ADD gives small integer counts; the planes layer must equal a dense conv of those counts
-    # (float64 reference), the empty input and a non-count value included.
+@pytest.mark.parametrize("fmt", [1, 2, 3, 4])
+@pytest.mark.parametrize("top", [0, 1, 2, 3, 9, 15, 16, 255, 300])
+def test_counts_conv_equals_dense_conv_of_counts(rng, fmt, top, monkeypatch):
+    # SEW ADD gives small integer counts; the counts layer must equal a dense conv of those counts (float64
+    # reference) on every packing format: format 3 on the counts kernel in one pass, the others (and counts
+    # above 15 on any format) one event pass per bit plane. Float and byte counts, the empty input and
+    # values that are not counts (refused, naming the layer) included.
     from snnsparse.nn.inference import PackedPlanesConv2d
     from snnsparse.ops import conv2d as CV
+    if fmt == 4 and _cpp.cpu_isa() != "avx512":
+        pytest.skip("format 4 (output-channel rows) exists in the avx512 kernels only")
     w = torch.randn(6, 4, 3, 3, generator=rng)
     m = mask(w.shape, 0.3, rng)
     b = torch.randn(6, generator=rng)
-    layer = PackedPlanesConv2d(CV.pack(w, m, 1), b, 1, 1, 1, name="t")
+    layer = PackedPlanesConv2d(CV.pack(w, m, 1, fmt, stride=(1, 1), in_width=7, out_width=7), b, 1, 1, 1, name="t")
+    assert layer.packed.format == fmt
     x = torch.randint(0, top + 1, (2, 3, 4, 7, 7), generator=rng).float()
+    x[0, 0, 0, 0, 0] = top
     expect = torch.nn.functional.conv2d(x.flatten(0, 1).double(), (w * m).double(), b.double(), padding=1)
-    torch.testing.assert_close(layer(x).flatten(0, 1).double(), expect, rtol=1e-5, atol=1e-4)
+    passes = []
+    real = CV.forward_packed
+    monkeypatch.setattr(CV, "forward_packed", lambda *a, **k: passes.append(1) or real(*a, **k))
+    inputs = [x] + ([x.to(torch.uint8)] if top <= 255 else []) + ([x.bool()] if top <= 1 else [])
+    for inp in inputs:
+        torch.testing.assert_close(layer(inp).flatten(0, 1).double(), expect, rtol=1e-5, atol=1e-4 * max(1, top))
+    planes = max(1, top.bit_length())  # binary input is one plane as it is
+    assert len(passes) == (0 if fmt == 3 and top <= 15 else planes * len(inputs))
     assert layer(torch.zeros(0, 4, 7, 7)).shape == (0, 6, 7, 7)
     for bad in (0.5, -1.0, float("nan"), float("inf")):
         y = x.clone()
-        y[0, 0, 0, 0, 0] = bad
-        with pytest.raises(ss.functional.NonBinarySpikesError, match="not a non-negative integer count"):
+        y[0, 1, 2, 3, 4] = bad
+        with pytest.raises(ss.functional.NonBinarySpikesError, match="'t'.*not a non-negative integer count"):
             layer(y)
 
 
@@ -835,12 +850,13 @@ def test_packed_state_of_another_format_is_refused_and_assign_is_followed(rng):
     w = torch.randn(16, 16, 3, 3, generator=rng)
     m = mask(w.shape, 0.03, rng)
     a = PackedConv2d(CV.pack(w, m, 1, 2, stride=(1, 1), in_width=8, out_width=8), None, 1, 1, 1)
-    b = PackedConv2d(CV.pack(w, m, 1, 4, stride=(1, 1), in_width=8, out_width=8), None, 1, 1, 1)
     x = (torch.rand(2, 16, 8, 8, generator=rng) < 0.3).float()
     ref = torch.nn.functional.conv2d(x, torch.where(m, w, 0.0), None, 1, 1)
-    with pytest.raises(ValueError, match="packing"):
-        b.load_state_dict(a.state_dict())  # same tensor shapes, another format
-    torch.testing.assert_close(b(x), ref, rtol=1e-5, atol=1e-5)
+    if _cpp.cpu_isa() == "avx512":  # format 4 (the same tensor shapes as 2 here) exists in those kernels only
+        b = PackedConv2d(CV.pack(w, m, 1, 4, stride=(1, 1), in_width=8, out_width=8), None, 1, 1, 1)
+        with pytest.raises(ValueError, match="packing"):
+            b.load_state_dict(a.state_dict())  # same tensor shapes, another format
+        torch.testing.assert_close(b(x), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a(x), ref, rtol=1e-5, atol=1e-5)  # its PackedWeight is now cached
     sd = {k: v.clone() for k, v in a.state_dict().items()}
     sd["packed_2"] = sd["packed_2"] * 2  # the values of a compressed packing

@@ -170,6 +170,13 @@ inline std::vector<at::Tensor> compressed_rows(const at::Tensor& v, const at::Te
                     ". Use the dense layer (or torch.nn.functional) for non-binary input.");
 }
 
+// Raised by the spike-count kernels (conv_kernels.h conv_fwd_blocked<..., true>) for a nonzero value that is
+// not an integer count 1..15 (NaN included). "spike counts must be" is what the Python side matches.
+[[noreturn]] inline void non_count_error(double value) {
+  TORCH_CHECK_VALUE(false, "snnsparse: spike counts must be integers 0..15 for the counts kernel; found value ",
+                    value, ".");
+}
+
 // at::empty, with transparent huge pages requested for large buffers (>= 4 MiB): a fresh 32 MiB
 // output otherwise costs ~8k page faults, measured 14.6 ms of the 15.8 ms a fresh
 // [64,128,32,32] fp32 fill takes on the 2-core EPYC box (1.1 ms when pre-faulted).

@@ -111,6 +111,15 @@ std::vector<at::Tensor> conv_pack(const at::Tensor& weight, const c10::optional<
   return rows;
 }
 
+// The [nch][kh*kw][Cin][64] weights of format 3 (dense 64-channel blocks), checked against the geometry.
+at::Tensor blocked_weights(at::TensorList packed, const ConvGeom& g, const at::Tensor& weight, const char* op) {
+  const at::Tensor wq = packed[0].contiguous();
+  TORCH_CHECK(g.G == 1 && g.C <= 65535 && wq.scalar_type() == weight.scalar_type() && wq.dim() == 4 &&
+                  wq.size(0) == (g.O + kCh - 1) / kCh && wq.size(1) == g.KK && wq.size(2) == g.C && wq.size(3) == kCh,
+              op, ": bad packed blocked weights (groups must be 1)");
+  return wq;
+}
+
 std::tuple<at::Tensor, at::Tensor> conv_fwd_packed(const at::Tensor& spikes, const at::Tensor& weight,
                                                    const c10::optional<at::Tensor>& bias,
                                                    const c10::optional<at::Tensor>& mask, int64_t format,
@@ -135,11 +144,7 @@ std::tuple<at::Tensor, at::Tensor> conv_fwd_packed(const at::Tensor& spikes, con
     const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
     if (g.N == 0) return;
     if (format == 3) {
-      const at::Tensor wq = packed[0].contiguous();
-      TORCH_CHECK(g.G == 1 && g.C <= 65535 && wq.scalar_type() == weight.scalar_type() &&
-                      wq.size(0) == (g.O + kCh - 1) / kCh && wq.size(1) == g.KK && wq.size(2) == g.C &&
-                      wq.size(3) == kCh,
-                  op, ": bad packed blocked weights (groups must be 1)");
+      const at::Tensor wq = blocked_weights(packed, g, weight, op);
       nacc = with_spikes(kt, x, [&](const auto& ks, const auto* xp) {
         return ks.conv_blocks(g, xp, wq.data_ptr<scalar_t>(), tapnnz.data_ptr<int64_t>(), bp, out.data_ptr<scalar_t>(),
                               count);
@@ -188,6 +193,36 @@ std::tuple<at::Tensor, at::Tensor> conv_fwd_packed(const at::Tensor& spikes, con
     }
   });
   return {out, scalar_count(count ? nacc : 0)};
+}
+
+// Inference on spike COUNTS (small non-negative integers, e.g. SEW ADD's sum of spike tensors; float of the
+// weight's dtype, bool or uint8) with a format-3 packing: each count adds its weight row count times, in
+// one pass (conv_kernels.h conv_fwd_blocked<..., true>). A nonzero value that is not an integer 1..15
+// raises ValueError ("spike counts must be"); no autograd, no operation count (inference only).
+at::Tensor conv_counts_packed(const at::Tensor& counts, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                              int64_t format, at::TensorList packed, at::IntArrayRef stride, at::IntArrayRef padding,
+                              at::IntArrayRef dilation) {
+  const char* op = "snnsparse::spike_conv2d_counts_packed";
+  check_conv_inputs(counts, weight, bias, c10::nullopt, op);
+  const ConvGeom g = make_geom(counts, weight, stride, padding, dilation, 1, op);
+  TORCH_CHECK(format == 3 && packed.size() == 2u, op, ": needs a format-3 packing (dense blocks, 2 tensors); got format ",
+              format, " with ", packed.size());
+  const at::Tensor wq = blocked_weights(packed, g, weight, op);
+  const at::Tensor tapnnz = packed.back().contiguous();
+  TORCH_CHECK(tapnnz.scalar_type() == at::kLong && tapnnz.numel() == g.C * g.KK, op, ": bad packed tapnnz");
+  at::Tensor x = counts.contiguous();
+  at::Tensor out = empty_output({g.N, g.O, g.Ho, g.Wo}, weight.options());
+  at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  if (g.N == 0) return out;
+  const Kernels& kern = kernels();
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "spike_conv2d_counts_packed", [&] {
+    const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+    with_spikes(kern.of<scalar_t>(), x, [&](const auto& ks, const auto* xp) {
+      return ks.conv_blocks_counts(g, xp, wq.data_ptr<scalar_t>(), tapnnz.data_ptr<int64_t>(), bp,
+                                   out.data_ptr<scalar_t>(), false);
+    });
+  });
+  return out;
 }
 
 // Density at or above which the dense formats (blocks / slabs) are used: the measured crossover
@@ -290,6 +325,7 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_out, const at
 TORCH_LIBRARY_IMPL(snnsparse, CPU, m) {
   m.impl("spike_conv2d_fwd", &snnsparse::cpu::conv_fwd);
   m.impl("spike_conv2d_fwd_packed", &snnsparse::cpu::conv_fwd_packed);
+  m.impl("spike_conv2d_counts_packed", &snnsparse::cpu::conv_counts_packed);
   m.impl("spike_conv2d_bwd", &snnsparse::cpu::conv_bwd);
   m.impl("spike_conv2d_pack", &snnsparse::cpu::conv_pack_op);
 }

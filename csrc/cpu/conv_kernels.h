@@ -103,11 +103,12 @@ inline void add_row64(scalar_t* acc, const scalar_t* r) {
 }
 
 // Calls f(L, m, wt) for every kernel tap of output pixel (oy, ox) whose input pixel lies inside the
-// input: L[0..m) are the fired input channels at that pixel, wt the tap's [C][64] weight rows. Each
-// variant of the blocked kernel below keeps its own accumulators and walks the events in f.
+// input: L[0..m) are the fired input channels at that pixel (pixel i's list starts at evl + i * S),
+// wt the tap's [C][64] weight rows. Each variant of the blocked kernel below keeps its own
+// accumulators and walks the events in f.
 template <typename scalar_t, typename F>
 __attribute__((always_inline)) inline void for_each_tap_events(const ConvGeom& g, int64_t oy, int64_t ox,
-                                                               const uint16_t* evl, const int32_t* cnt,
+                                                               const uint16_t* evl, int64_t S, const int32_t* cnt,
                                                                const scalar_t* wc, F&& f) {
   for (int64_t ky = 0; ky < g.kh; ++ky) {
     const int64_t y = oy * g.sh - g.ph + ky * g.dh;
@@ -116,12 +117,27 @@ __attribute__((always_inline)) inline void for_each_tap_events(const ConvGeom& g
       const int64_t xx = ox * g.sw - g.pw + kx * g.dw;
       if (xx < 0 || xx >= g.W) continue;
       const int64_t i = y * g.W + xx;
-      f(evl + i * g.C, cnt[i], wc + (ky * g.kw + kx) * g.C * kCh);
+      f(evl + i * S, cnt[i], wc + (ky * g.kw + kx) * g.C * kCh);
     }
   }
 }
 
-template <typename scalar_t, typename spike_t>
+// The value of a spike count read at a nonzero entry (kCounts below): an integer 1..kMaxCount, else
+// ValueError (NaN, a fraction, a negative or larger value; the caller then takes bit planes, which
+// take any count). Why a cap of 15: a count v is v additions of the same row, so the fp32 error of a
+// sum grows with v (relative 5e-5 at v = 255, 1e-6 at v = 7, measured against float64) and so does the
+// work, where bit planes cost log2(v) passes; SEW ADD's counts are 2-4.
+constexpr int kMaxCount = 15;
+template <typename scalar_t>
+inline int count_value(scalar_t v) {
+  if (!(v >= scalar_t(1) && v <= scalar_t(kMaxCount)) || v != (scalar_t)(int)v) non_count_error((double)v);
+  return (int)v;
+}
+
+// kCounts: x holds small non-negative integer counts (SEW ADD's sum of spike tensors) instead of
+// spikes; a count v puts its channel v times in its pixel's event list, so its weight row is added
+// v times: one pass where bit planes of the counts took one per plane (and their glue).
+template <typename scalar_t, typename spike_t, bool kCounts = false>
 int64_t conv_fwd_blocked(const ConvGeom& g, const spike_t* x, const scalar_t* wq, const int64_t* tapnnz,
                          const scalar_t* bias, scalar_t* out, bool count) {
   const int64_t HW = g.H * g.W, P = g.Ho * g.Wo, nch = (g.O + kCh - 1) / kCh;
@@ -137,7 +153,15 @@ int64_t conv_fwd_blocked(const ConvGeom& g, const spike_t* x, const scalar_t* wq
       // The whole frame in one scan (bit e = ci * HW + i, in channel order): one call per channel
       // plane was most of the time at small images (ResNet-18's 512@1x1 at 32x32 input: 16k calls of
       // one element per call; see bench/RESULTS.md).
-      nonzero_bits(x + n * C * HW, C * HW, bits.data());
+      const spike_t* xn = x + n * C * HW;
+      nonzero_bits<spike_t, !kCounts>(xn, C * HW, bits.data());
+      int64_t S = C;  // capacity of a pixel's event list: C, or C * the frame's largest count
+      if constexpr (kCounts) {
+        int vmax = 1;
+        for_each_bit(bits.data(), nwf, [&](int64_t e) { vmax = std::max(vmax, count_value(xn[e])); });
+        S = C * vmax;
+        if ((size_t)(HW * S) > evl.size()) evl.resize(HW * S);
+      }
       int64_t ci = 0, start = 0;  // the channel of bit e and its first bit (bits come in order: no division)
       for_each_bit(bits.data(), nwf, [&](int64_t e) {
         while (e >= start + HW) {
@@ -145,7 +169,11 @@ int64_t conv_fwd_blocked(const ConvGeom& g, const spike_t* x, const scalar_t* wq
           start += HW;
         }
         const int64_t i = e - start;
-        evl[i * C + cnt[i]++] = (uint16_t)ci;
+        if constexpr (kCounts) {
+          for (int r = static_cast<int>(xn[e]); r > 0; --r) evl[i * S + cnt[i]++] = (uint16_t)ci;
+        } else {
+          evl[i * S + cnt[i]++] = (uint16_t)ci;
+        }
       });
       if (count) {
         int64_t cc = 0;
@@ -157,7 +185,7 @@ int64_t conv_fwd_blocked(const ConvGeom& g, const spike_t* x, const scalar_t* wq
             for (int64_t kx = 0; kx < g.kw; ++kx) {
               if (out_coord(xx, kx, g.pw, g.dw, g.sw, g.Wo) < 0) continue;
               const int64_t tap = ky * g.kw + kx;
-              for (int32_t e = 0; e < cnt[i]; ++e) cc += tapnnz[evl[i * C + e] * g.KK + tap];
+              for (int32_t e = 0; e < cnt[i]; ++e) cc += tapnnz[evl[i * S + e] * g.KK + tap];
             }
           }
         }
@@ -172,7 +200,7 @@ int64_t conv_fwd_blocked(const ConvGeom& g, const spike_t* x, const scalar_t* wq
 #if SNNSPARSE_ISA_LEVEL >= 2
             if constexpr (std::is_same<scalar_t, float>::value) {
               __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-              for_each_tap_events(g, oy, ox, evl.data(), cnt.data(), wc, [&](const uint16_t* L, int32_t m,
+              for_each_tap_events(g, oy, ox, evl.data(), S, cnt.data(), wc, [&](const uint16_t* L, int32_t m,
                                                                              const float* wt) {
                 int32_t e = 0;
                 for (; e + 1 < m; e += 2) {
@@ -207,7 +235,7 @@ int64_t conv_fwd_blocked(const ConvGeom& g, const spike_t* x, const scalar_t* wq
               // set; 8 independent add chains of 4-cycle latency at 2 adds per cycle keep the
               // adders busy without a second set.
               __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-              for_each_tap_events(g, oy, ox, evl.data(), cnt.data(), wc, [&](const uint16_t* L, int32_t m,
+              for_each_tap_events(g, oy, ox, evl.data(), S, cnt.data(), wc, [&](const uint16_t* L, int32_t m,
                                                                              const float* wt) {
                 for (int32_t e = 0; e < m; ++e) {
                   const float* r = wt + (int64_t)L[e] * kCh;
@@ -226,7 +254,7 @@ int64_t conv_fwd_blocked(const ConvGeom& g, const spike_t* x, const scalar_t* wq
             }
 #endif
             for (int c = 0; c < kCh; ++c) acc[c] = 0;
-            for_each_tap_events(g, oy, ox, evl.data(), cnt.data(), wc, [&](const uint16_t* L, int32_t m,
+            for_each_tap_events(g, oy, ox, evl.data(), S, cnt.data(), wc, [&](const uint16_t* L, int32_t m,
                                                                            const scalar_t* wt) {
               for (int32_t e = 0; e < m; ++e) add_row64(acc, wt + (int64_t)L[e] * kCh);
             });

@@ -52,6 +52,7 @@ constexpr SpikeKernels<T, S> spike_kernels() {
   k.linear_grad_weight_t = &linear_grad_weight_t<T, S>;
   k.conv_dense_slabs = &conv_fwd_dense<T, S>;
   k.conv_blocks = &conv_fwd_blocked<T, S>;
+  k.conv_blocks_counts = &conv_fwd_blocked<T, S, true>;
   k.conv_csr16 = &conv_fwd_csr<T, int16_t, S>;
   k.conv_csr32 = &conv_fwd_csr<T, int32_t, S>;
 #if SNNSPARSE_ISA_LEVEL >= 2

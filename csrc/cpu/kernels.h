@@ -91,6 +91,9 @@ struct SpikeKernels {
                               T* out, bool count);
   int64_t (*conv_blocks)(const ConvGeom& g, const S* x, const T* wq, const int64_t* tapnnz, const T* bias, T* out,
                          bool count);
+  // conv_blocks on spike counts (integers 0..15: SEW ADD's sums of spike tensors), each added count times
+  int64_t (*conv_blocks_counts)(const ConvGeom& g, const S* x, const T* wq, const int64_t* tapnnz, const T* bias,
+                                T* out, bool count);
   int64_t (*conv_csr16)(const ConvGeom& g, const S* x, const int64_t* rowptr, const int16_t* idx, const T* val,
                         const T* bias, T* out, bool count);
   int64_t (*conv_csr32)(const ConvGeom& g, const S* x, const int64_t* rowptr, const int32_t* idx, const T* val,

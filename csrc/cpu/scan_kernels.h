@@ -18,8 +18,9 @@ template <typename scalar_t>
 // the weight's float type (float spikes) or uint8_t (bool / uint8 spikes, read without a float copy).
 // words must hold (n + 63) / 64 entries. Spikes are binary, so "nonzero" is "fired"; any value
 // other than 0 and 1 (NaN included) raises ValueError, at the cost of one more compare per
-// vector, so callers need not make a separate validation pass over the spikes.
-template <typename scalar_t>
+// vector, so callers need not make a separate validation pass over the spikes. kBinary = false
+// skips that check (spike counts: conv_fwd_blocked<..., true> validates the nonzero values itself).
+template <typename scalar_t, bool kBinary = true>
 inline void nonzero_bits(const scalar_t* p, int64_t n, uint64_t* words) {
   const int64_t nw = (n + 63) / 64;
   for (int64_t w = 0; w < nw; ++w) {
@@ -31,8 +32,8 @@ inline void nonzero_bits(const scalar_t* p, int64_t n, uint64_t* words) {
       // (vptestmb) and a byte above 1 is non-binary (one unsigned compare).
       const __mmask64 lane = lim >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << lim) - 1);
       const __m512i v = _mm512_maskz_loadu_epi8(lane, p + base);
-      const __mmask64 bad = _mm512_cmpgt_epu8_mask(v, _mm512_set1_epi8(1));
-      if (__builtin_expect(bad != 0, 0)) non_binary_in(p + base, lim);
+      if (kBinary && __builtin_expect(_mm512_cmpgt_epu8_mask(v, _mm512_set1_epi8(1)) != 0, 0))
+        non_binary_in(p + base, lim);
       words[w] = (uint64_t)_mm512_test_epi8_mask(v, v);
       continue;
     }
@@ -46,10 +47,10 @@ inline void nonzero_bits(const scalar_t* p, int64_t n, uint64_t* words) {
         const __mmask16 lane = rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1);
         const __m512 v = _mm512_maskz_loadu_ps(lane, p + base + q);
         const __mmask16 nz = _mm512_mask_cmp_ps_mask(lane, v, z, _CMP_NEQ_UQ);
-        bad |= _mm512_mask_cmp_ps_mask(nz, v, one, _CMP_NEQ_UQ);
+        if (kBinary) bad |= _mm512_mask_cmp_ps_mask(nz, v, one, _CMP_NEQ_UQ);
         out |= (uint64_t)nz << q;
       }
-      if (__builtin_expect(bad != 0, 0)) non_binary_in(p + base, lim);
+      if (kBinary && __builtin_expect(bad != 0, 0)) non_binary_in(p + base, lim);
       words[w] = out;
       continue;
     }
@@ -62,7 +63,7 @@ inline void nonzero_bits(const scalar_t* p, int64_t n, uint64_t* words) {
         // max(v, 1) == 1 exactly when v is 0 or 1
         const __m256i ok = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_max_epu8(lo, one), one),
                                             _mm256_cmpeq_epi8(_mm256_max_epu8(hi, one), one));
-        if (__builtin_expect(_mm256_movemask_epi8(ok) != -1, 0)) non_binary_in(p + base, lim);
+        if (kBinary && __builtin_expect(_mm256_movemask_epi8(ok) != -1, 0)) non_binary_in(p + base, lim);
         const uint64_t zlo = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(lo, z));
         const uint64_t zhi = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(hi, z));
         words[w] = ~(zlo | (zhi << 32));
@@ -89,7 +90,7 @@ inline void nonzero_bits(const scalar_t* p, int64_t n, uint64_t* words) {
         bad = _mm256_or_ps(bad, _mm256_and_ps(nz, _mm256_cmp_ps(v, one, _CMP_NEQ_UQ)));
         out |= (uint64_t)(uint32_t)_mm256_movemask_ps(nz) << q;
       }
-      if (__builtin_expect(!_mm256_testz_ps(bad, bad), 0)) non_binary_in(p + base, lim);
+      if (kBinary && __builtin_expect(!_mm256_testz_ps(bad, bad), 0)) non_binary_in(p + base, lim);
       words[w] = out;
       continue;
     }
@@ -101,7 +102,7 @@ inline void nonzero_bits(const scalar_t* p, int64_t n, uint64_t* words) {
       bits |= (uint64_t)(v != scalar_t(0)) << i;
       bad |= (v != scalar_t(0)) & (v != scalar_t(1));
     }
-    if (__builtin_expect(bad, 0)) non_binary_in(p + base, lim);
+    if (kBinary && __builtin_expect(bad, 0)) non_binary_in(p + base, lim);
     words[w] = bits;
   }
 }

@@ -301,24 +301,42 @@ def bit_planes(x: torch.Tensor, label: str):
     return planes
 
 
+def counts_conv2d(x4: torch.Tensor, packed: PackedWeight, bias: Optional[torch.Tensor], stride, padding, dilation,
+                  label: str) -> torch.Tensor:
+    """conv2d of spike counts x4 [N, C, H, W] (SEW ADD: the sum of two or more spike tensors) on a packing.
+    Packed as dense blocks (format 3), the counts kernel reads them as they are: a count v adds its weight
+    row v times, in one pass (snnsparse.ops.conv2d.forward_counts_packed). Other formats, and counts that
+    kernel refuses (above 15, or not counts at all: bit_planes then says which, naming `label`), split
+    the input into binary bit planes and run the event kernel once per plane, out = sum_j 2^j
+    conv(plane_j) + bias. Either way each input costs only its events; the sum is exact up to fp32
+    summation order (so a neuron after it may flip where its membrane is within rounding of the
+    threshold). The counts kernel instead of the planes on sew_resnet18 ADD (T4 B8 32x32, 5% masks, all
+    format 3): about 1.5 ms of bit-plane glue and 0.7 ms of second-plane passes less per forward on the
+    2-core EPYC box (bench/RESULTS.md)."""
+    if packed.format == ConvFormat.DENSE_BLOCKS:
+        try:
+            return _conv2d.forward_counts_packed(x4, packed, bias, stride, padding, dilation)
+        except ValueError as e:
+            if "spike counts must be" not in str(e):
+                raise
+    out = None
+    for scale, plane in bit_planes(x4, label):  # binary planes: the event kernel cannot refuse them
+        y, _ = _conv2d.forward_packed(plane.contiguous(), packed, None, stride, padding, dilation)
+        out = y if out is None else out.add_(y, alpha=scale)
+    if bias is not None:
+        out.add_(bias.view(1, -1, 1, 1))
+    return out
+
+
 class PackedPlanesConv2d(PackedConv2d):
-    """A PackedConv2d for spike counts (SEW ADD: the sum of two or more spike tensors): the input is
-    split into binary bit planes and the event kernel runs once per plane, out = sum_j 2^j conv(plane_j)
-    + bias. Each plane costs only its own events; the sum is exact up to fp32 summation order (so a
-    neuron after it may flip where its membrane is within rounding of the threshold)."""
+    """A PackedConv2d for spike counts (SEW ADD): counts_conv2d on its packing."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x4, restore = _conv_input(x, self._label())
         if x4.shape[0] == 0:
             return super().forward(x)
-        out, packed = None, self.packed
-        for scale, plane in bit_planes(x4, self._label()):
-            y, _ = self._event(_conv2d.forward_packed, plane.contiguous(), packed, None, self.stride,
-                               self.padding, self.dilation)
-            out = y if out is None else out.add_(y, alpha=scale)
-        if self.bias is not None:
-            out.add_(self.bias.view(1, -1, 1, 1))
-        return restore(out)
+        return restore(counts_conv2d(x4, self.packed, self.bias, self.stride, self.padding, self.dilation,
+                                     self._label()))
 
 
 class SinglePixelPool(InferenceLayer):

@@ -51,6 +51,7 @@ from ..functional import NonBinarySpikesError, check_bool, is_binary
 from ..ops import conv2d as _conv2d
 from ..ops import cpp as _cpp
 from ..ops import linear as _linear
+from ..ops.packed import ConvFormat
 from ..ops.reference import masked_weight
 from . import graph as G
 from . import transformers as _transformers
@@ -59,7 +60,7 @@ from .convert import _decide, _foreign_hooks, sj_neuron_class
 from .fuse import fold_bn, fold_replicated_columns
 from .inference import (PACKED_LAYERS, DenseConv1d, DenseConv2d, DenseLinear, InferenceMaxPool2d, PackedConv1d,
                         PackedConv2d, PackedLinear, PackedPlanesConv1d, PackedPlanesConv2d, SinglePixelPool,
-                        bit_planes)
+                        bit_planes, counts_conv2d)
 from .layers import SpikeConv1d, SpikeConv2d
 from .lif import FusedNeuron
 
@@ -383,6 +384,18 @@ def _type_name(module: nn.Module) -> str:
 
 def _join_name(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def _conv_run(geometry, counts: bool, name: str):
+    """run(packing, x) for _fastest_packing of a conv layer: as the layer will run, so spike counts are
+    timed on the counts kernel (format 3) or per bit plane (the others)."""
+    if counts:
+        return lambda p, xx: counts_conv2d(xx, p, None, *geometry, name)
+    return lambda p, xx: _conv2d.forward_packed(xx, p, None, *geometry)
+
+
+def _counts_how(packed) -> str:
+    return "the counts kernel, one pass" if packed.format == ConvFormat.DENSE_BLOCKS else "one event pass per bit plane"
 
 
 @dataclasses.dataclass
@@ -945,9 +958,9 @@ class _Optimizer:
         return None
 
     def _timing_input(self, module, channels: int, conv: bool, planes: bool = False) -> Optional[torch.Tensor]:
-        """The layer's input on example_inputs, flattened as its kernel takes it ([N, C, H, W] / [N, K]);
-        for spike counts its lowest bit plane. None when it was not recorded or is not binary (then the
-        kernels' own rule picks the format)."""
+        """The layer's input on example_inputs, flattened as its kernel takes it ([N, C, H, W] / [N, K]).
+        None when it was not recorded or is not binary (for `planes`: not spike counts); then the kernels'
+        own rule picks the format."""
         recorded = self.calls[id(module)].first_input
         if not recorded:
             return None
@@ -963,14 +976,15 @@ class _Optimizer:
 
     @staticmethod
     def _binary_example(x: torch.Tensor, planes: bool) -> Optional[torch.Tensor]:
-        """x (for spike counts: its lowest bit plane) contiguous, when it is binary of a packable dtype."""
+        """x contiguous, when it is binary (for `planes`: spike counts) of a packable dtype."""
         if x.dtype not in _PACKABLE_DTYPES:
             return None
         if planes:
             try:
-                x = bit_planes(x, "")[0][1]
+                bit_planes(x, "")
             except NonBinarySpikesError:
                 return None
+            return x.contiguous()
         return x.contiguous() if is_binary(x) else None
 
     def inference_layer(self, module, spike, name, x: G.Kind, weight, bias, mask, fold_rank):
@@ -991,7 +1005,7 @@ class _Optimizer:
                         packed, timing = _fastest_packing(
                             lambda fmt: _conv2d.pack(weight, mask, spike.groups, fmt, stride=spike.stride,
                                                      in_width=in_w, out_width=out_w),
-                            lambda p, xx: _conv2d.forward_packed(xx, p, None, *geometry),
+                            _conv_run(geometry, planes, name),
                             (1, 2, 3, 4) if spike.groups == 1 else (1, 2, 4),
                             self._timing_input(module, weight.shape[1] * spike.groups, conv=True, planes=planes))
                     else:
@@ -1003,7 +1017,7 @@ class _Optimizer:
             if blocker is None:
                 why = f"input is spikes: {x.source}; {timing}"
                 if planes:
-                    why = f"multi-level input (SEW ADD counts, {x.source}): one event pass per bit plane; {timing}"
+                    why = f"multi-level input (SEW ADD counts, {x.source}): {_counts_how(packed)}; {timing}"
                     new = PackedPlanesConv2d(packed, bias, spike.stride, spike._explicit_padding(), spike.dilation,
                                              name=name, why=why)
                 elif is_conv:
@@ -1056,13 +1070,13 @@ class _Optimizer:
                     packed, timing = _fastest_packing(
                         lambda fmt: _conv2d.pack(w4, m4, spike.groups, fmt, stride=geometry[0], in_width=in_w,
                                                  out_width=out_w),
-                        lambda p, xx: _conv2d.forward_packed(xx, p, None, *geometry),
+                        _conv_run(geometry, planes, name),
                         (1, 2, 3, 4) if spike.groups == 1 else (1, 2, 4),
                         self._conv1d_timing_input(module, weight.shape[1] * spike.groups, planes))
                 except (RuntimeError, ValueError, TypeError) as e:
                     blocker = f"packing failed ({G.error_text(e)})"
             if blocker is None:
-                what = (f"multi-level input (spike counts, {x.source}): one event pass per bit plane" if planes
+                what = (f"multi-level input (spike counts, {x.source}): {_counts_how(packed)}" if planes
                         else f"input is spikes: {x.source}")
                 why = f"{what}; conv1d on the conv2d kernels ([N, C, 1, L] view); {timing}"
                 cls = PackedPlanesConv1d if planes else PackedConv1d
@@ -1079,8 +1093,8 @@ class _Optimizer:
         return new
 
     def _conv1d_timing_input(self, module, channels: int, planes: bool) -> Optional[torch.Tensor]:
-        """The conv1d's recorded input as the conv2d kernel reads it ([N, Cin, 1, L]); for spike counts its
-        lowest bit plane; None when not binary."""
+        """The conv1d's recorded input as the conv2d kernel reads it ([N, Cin, 1, L]); None when not binary
+        (for `planes`: not spike counts)."""
         recorded = self.calls[id(module)].first_input
         if not recorded or recorded[0].dim() < 2 or recorded[0].shape[-2] != channels:
             return None

@@ -68,10 +68,16 @@ def _backward_for(ns: str, packed: bool):
     return backward
 
 
+def _counts_packed_fake(counts, weight, bias, fmt, packed, stride, padding, dilation):
+    return _fwd_fake(counts, weight, bias, None, stride, padding, dilation, 1, False, False)[0]
+
+
 def register(ns: str = "snnsparse"):
     """Fake kernels and autograd of the spike_conv2d ops of namespace `ns` (see ops.linear.register)."""
     register_spike_op("spike_conv2d", ns, (_fwd_fake, _bwd_fake, _fwd_packed_fake), _backward_for,
                       (_setup, _setup_packed))
+    if ns == "snnsparse":  # the counts op is CPU-only (csrc/cpu/conv.cpp), like the packings it reads
+        torch.library.register_fake(f"{ns}::spike_conv2d_counts_packed", _counts_packed_fake)
 
 
 def forward(x, weight, bias, mask, stride, padding, dilation, groups, *, count=False, dense_weight_grad=False,
@@ -105,3 +111,15 @@ def forward_packed(x, packed: PackedWeight, bias, stride, padding, dilation, *, 
                                          list(packed.tensors), list(stride),
                                          list(padding), list(dilation), packed.groups, bool(count), False)
     return out, (n if count else None)
+
+
+def forward_counts_packed(x, packed: PackedWeight, bias, stride, padding, dilation):
+    """out [N, Cout, Ho, Wo] of spike COUNTS x (integers 0..15, float of the weight's dtype, bool or uint8;
+    SEW ADD's sums of spike tensors) on a format-3 (dense blocks) packing: each count adds its weight row
+    that many times, in one pass. A nonzero value that is not an integer 1..15 raises ValueError
+    ("spike counts must be"); inference only (no gradient, no operation count)."""
+    if packed.kind != "conv2d":
+        raise ValueError(f"spike_conv2d: packed must be a conv2d PackedWeight, got {packed.kind}")
+    packed.check_inference(x)
+    return OPS.spike_conv2d_counts_packed(x, packed.placeholder(), bias, int(packed.format), list(packed.tensors),
+                                          list(stride), list(padding), list(dilation))
