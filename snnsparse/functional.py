@@ -5,6 +5,7 @@ weights have torch's layout; `mask` is a bool tensor of the weight's shape (True
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Optional, Tuple, Union
@@ -313,14 +314,21 @@ def spike_conv2d(spikes: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
 _CHARGE_OP = {"lif": "lif", "if": "if_neuron", "plif": "plif"}  # charge -> the public function's name
 
 
-def _lif_args(x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha, decay_input=True, detach_reset=False, *,
-              charge="lif"):
+# The scalar arguments' checks, remembered for plain Python scalars: a fused neuron checks the same
+# (tau, threshold, reset, surrogate, ...) on every call, 3.7 us of a 76 us LIF call on a tiny input (2 threads,
+# EPYC AVX2 host, 2026-12-02). The key is the values with their exact types, so True and 1, or 2 and 2.0,
+# are told apart (the checks refuse a bool where a number goes); anything else (a tensor, which can change
+# in place, a numpy number) is checked on every call. A call that raises is not remembered.
+_PLAIN_SCALARS = (float, int, bool, str, type(None))
+
+
+@functools.lru_cache(maxsize=256)
+def _lif_scalars_typed(key):
+    return _lif_scalars(*(v for _, v in key))
+
+
+def _lif_scalars(charge, tau, v_threshold, v_reset, surrogate, alpha, decay_input, detach_reset):
     op = _CHARGE_OP[charge]
-    _check_tensor(x_seq, "x_seq", op)
-    if x_seq.dtype not in _FLOATS:
-        raise TypeError(f"{op}: x_seq must be floating point, got {x_seq.dtype}")
-    if x_seq.dim() < 1:
-        raise ValueError(f"{op}: x_seq must be time-major [T, ...], got a 0-dim tensor")
     if charge == "lif":
         tau = check_real(tau, "tau", where=op)
         if tau <= 1.0:
@@ -333,6 +341,25 @@ def _lif_args(x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha, decay_inpu
         raise TypeError(f"{op}: surrogate must be a name (str) among {_surrogate.NAMES}, got {surrogate!r}")
     check_real(alpha, "alpha", lo=0, lo_open=True, or_none=True, where=op)  # None: the surrogate's default
     surrogate, alpha = _surrogate.check(surrogate, alpha)
+    return tau, v_threshold, v_reset, surrogate, alpha
+
+
+def _lif_args(x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha, decay_input=True, detach_reset=False, *,
+              charge="lif"):
+    op = _CHARGE_OP[charge]
+    _check_tensor(x_seq, "x_seq", op)
+    if x_seq.dtype not in _FLOATS:
+        raise TypeError(f"{op}: x_seq must be floating point, got {x_seq.dtype}")
+    if x_seq.dim() < 1:
+        raise ValueError(f"{op}: x_seq must be time-major [T, ...], got a 0-dim tensor")
+    scalars = (charge, tau, v_threshold, v_reset, surrogate, alpha, decay_input, detach_reset)
+    if all(type(v) in _PLAIN_SCALARS for v in scalars):
+        _, _, _, surrogate, alpha = _lif_scalars_typed(tuple((type(v), v) for v in scalars))
+        # the floats from the values themselves, not the cache: -0.0 and 0.0 are one key
+        tau = float(tau) if charge == "lif" else tau
+        v_threshold, v_reset = float(v_threshold), (None if v_reset is None else float(v_reset))
+    else:
+        tau, v_threshold, v_reset, surrogate, alpha = _lif_scalars(*scalars)
     if v0 is not None:
         _check_tensor(v0, "v0", op)
         if v0.shape != x_seq.shape[1:]:

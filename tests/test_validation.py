@@ -129,6 +129,30 @@ def test_lif_argument_types(kwargs, exc, match):
         F.lif(torch.randn(4, 2, 5), **kwargs)
 
 
+def test_lif_scalar_checks_remembered_by_value_and_type():
+    # The scalar checks are cached for plain Python scalars: a value that passed must not let the same value
+    # of another type (True for 1, "1.0" for 1.0) through, a bad value must raise on every call (NaN included),
+    # and a module whose attribute changed is checked again; -0.0 and 0.0 (one cache key) keep their own sign.
+    x = torch.randn(3, 2)
+    for _ in range(2):
+        F.lif(x, tau=2.0, v_threshold=1, v_reset=0.0, detach_reset=True)
+        with pytest.raises(TypeError, match="lif: v_threshold must be a finite number"):
+            F.lif(x, tau=2.0, v_threshold=True, v_reset=0.0, detach_reset=True)
+        with pytest.raises(TypeError, match="lif: detach_reset must be a bool"):
+            F.lif(x, tau=2.0, v_threshold=1, v_reset=0.0, detach_reset=1)
+        with pytest.raises(ValueError, match="lif: v_threshold must be a finite number"):
+            F.lif(x, v_threshold=float("nan"))
+        with pytest.raises(TypeError, match="lif: tau must be a finite number"):
+            F.lif(x, tau=torch.tensor(2.0))  # a tensor (never cached: it can change in place)
+    assert str(F._lif_args(x, None, 2.0, 1.0, 0.0, "sigmoid", None)[2]) == "0.0"
+    assert str(F._lif_args(x, None, 2.0, 1.0, -0.0, "sigmoid", None)[2]) == "-0.0"
+    m = ss.nn.LIF()
+    m(x)
+    m.tau = 0.5
+    with pytest.raises(ValueError, match="tau must be > 1"):
+        m(x)
+
+
 def test_lif_accepts_numpy_scalars_and_none():
     np = pytest.importorskip("numpy")
     s, v = F.lif(torch.randn(3, 2), tau=np.float32(2.0), v_threshold=np.float64(1.0), v_reset=None,

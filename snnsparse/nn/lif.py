@@ -109,8 +109,14 @@ class FusedNeuron(nn.Module):
                                    detach_reset=self.detach_reset, surrogate=self.surrogate, alpha=self.alpha,
                                    backend=self.backend, return_h=self.record_h, spike_dtype=self.spike_dtype,
                                    **self._charge_kwargs())
-        self.v = v if self.stateful else v.detach()
-        self.h_seq = h
+        v = v if self.stateful else v.detach()
+        d = self.__dict__
+        if "v" in d and "h_seq" in d:
+            # Plain attributes (set in __init__; a buffer, parameter or submodule never lives in __dict__), where
+            # nn.Module.__setattr__ would put them after its checks, at ~4 us a write (two per call).
+            d["v"], d["h_seq"] = v, h
+        else:
+            self.v, self.h_seq = v, h
         return s
 
     def _repr_charge(self) -> str:
