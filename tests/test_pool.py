@@ -30,7 +30,7 @@ def _equal(a, b):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_equals_torch(rng, window, ceil_mode, dtype):
     k, s, p, d = window
-    for h, w in ((1, 1), (5, 7), (8, 8), (13, 4)):
+    for h, w in ((1, 1), (5, 7), (8, 8), (13, 4), (16, 16), (9, 33)):
         if any((k[i] - 1) * d[i] + 1 > (h, w)[i] + 2 * p[i] for i in range(2)):
             continue  # torch refuses too
         x = torch.randn(3, 4, h, w, generator=rng).to(dtype)
@@ -38,6 +38,11 @@ def test_equals_torch(rng, window, ceil_mode, dtype):
         x[torch.rand(x.shape, generator=rng) < 0.05] = float("nan")  # either element of a window (torch's order)
         x[1, 2] = float("-inf")
         x[2, 3].view(-1)[-1] = float("inf")
+        # +0.0 and -0.0 in one window: equal values (the sign of a zero maximum can differ from torch's, which
+        # takes the first in row-major order where the separable kernel takes the first of the first column)
+        zeros = torch.rand(x.shape, generator=rng) < 0.3
+        x[zeros] = torch.where(torch.rand(x.shape, generator=rng) < 0.5, 0.0, -0.0).to(dtype)[zeros]
+        x[0, 0] = x[0, 0].abs().neg()  # a plane of negatives and zeros only
         want = F.max_pool2d(x, k, s, p, d, ceil_mode=ceil_mode)
         got = P.max_pool2d(x, k, s, p, d, ceil_mode)
         assert got.shape == want.shape == (3, 4, *P.output_size(h, w, k, s, p, d, ceil_mode))
