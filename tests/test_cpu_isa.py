@@ -287,6 +287,8 @@ CONV_CASES = [  # cin, cout, groups, (kh, kw), stride, padding, dilation, (h, w)
     (2, 4, 1, (3, 3), (1, 1), (0, 0), (1, 1), (4, 64)),     # rows of 64 input pixels
     (8, 16, 1, (3, 3), (1, 1), (1, 1), (1, 1), (8, 8)),     # 64-pixel planes: whole-plane scan
     (2, 3, 1, (2, 5), (2, 2), (1, 2), (1, 2), (11, 10)),
+    (16, 70, 1, (3, 3), (1, 1), (1, 1), (1, 1), (2, 2)),    # small maps: format 2 output-stationary
+    (12, 6, 3, (3, 3), (2, 2), (1, 1), (1, 1), (4, 3)),
 ]
 
 

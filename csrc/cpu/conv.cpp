@@ -185,10 +185,10 @@ std::tuple<at::Tensor, at::Tensor> conv_fwd_packed(const at::Tensor& spikes, con
       TORCH_CHECK(i16 || idx.scalar_type() == at::kInt, op, ": packed indices must be int16 or int32");
       nacc = with_spikes(kt, x, [&](const auto& ks, const auto* xp) {
         if (i16)
-          return ks.conv_csr16(g, xp, rowptr.data_ptr<int64_t>(), idx.data_ptr<int16_t>(), val.data_ptr<scalar_t>(), bp,
-                               out.data_ptr<scalar_t>(), count);
-        return ks.conv_csr32(g, xp, rowptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(), val.data_ptr<scalar_t>(), bp,
-                             out.data_ptr<scalar_t>(), count);
+          return ks.conv_csr16(g, xp, rowptr.data_ptr<int64_t>(), idx.data_ptr<int16_t>(), val.data_ptr<scalar_t>(),
+                               tapnnz.data_ptr<int64_t>(), bp, out.data_ptr<scalar_t>(), count);
+        return ks.conv_csr32(g, xp, rowptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(), val.data_ptr<scalar_t>(),
+                             tapnnz.data_ptr<int64_t>(), bp, out.data_ptr<scalar_t>(), count);
       });
     }
   });
