@@ -115,7 +115,7 @@ TORCH_LIBRARY(snnsparse, m) {
   //   linear 1 dense rows [W^T masked (K x M), colnnz]; 2 compressed rows [rowptr, idx, val, colnnz]
   //   conv   1 dense slabs [Cin x kh*kw x Cout/g, tapnnz]; 2 compressed rows per input channel
   //          [rowptr, idx, val, tapnnz]; 3 dense 64-channel blocks (groups 1) [blocks, tapnnz];
-  //          4 compressed rows per output channel [rowptr, idx, val, tapnnz] (avx512 kernels only).
+  //          4 compressed rows per output channel [rowptr, idx, val, tapnnz] (avx512 and avx2 kernels).
   // weight and mask give the shapes, the dtype, autograd and the fake kernels.
   m.def("spike_linear_pack(Tensor weight, Tensor? mask, int format) -> (int format, Tensor[] packed)");
   m.def("spike_conv2d_pack(Tensor weight, Tensor? mask, int groups, int[2] stride, int in_width, int out_width,"

@@ -60,7 +60,7 @@ def _fmts(kind, groups=1):
 
 
 def _conv_fmts(g, st, wd, wo):
-    return _fmts("conv", g) + ([4] if (C.cpu_isa() == "avx512") and st in (1, (1, 1)) and wd <= 64 and wo <= 64 else [])
+    return _fmts("conv", g) + ([4] if (C.cpu_isa() in ("avx512", "avx2")) and st in (1, (1, 1)) and wd <= 64 and wo <= 64 else [])
 
 
 def _linear_ref(s, w, b, msk, dwg=False):
@@ -339,7 +339,7 @@ def _opcheck_samples():
                                      False)),
         *([("spike_conv2d_fwd_packed", (rg(xc.float()), rg(wc1.float()), None, mc1, 4,
                                          _pack_conv(wc1.float(), mc1, 1, 4), *geo1, True, False))]
-          if (C.cpu_isa() == "avx512") else []),
+          if (C.cpu_isa() in ("avx512", "avx2")) else []),
         ("spike_conv2d_bwd", (go, xc, wc, mc, *geo, True, True, False)),
         ("spike_conv2d_bwd", (go, xc, wc, None, *geo, True, False, False)),
         # bool / uint8 spikes, read by the kernels as bytes (the weight and bias still get gradients)
@@ -437,7 +437,7 @@ def test_packed_weights_equal_their_definition(rng, dtype):
             got2 = CV.pack(w, msk, g, 2).tensors
             _assert_same_tensors(list(got2), _rows_def(slabs(w).reshape(Cg * g, KK * Og), slabs(m).reshape(
                 Cg * g, KK * Og), KK * Og <= 32768) + [tapnnz], what + " format 2")
-            if g == 1 and C.cpu_isa() == "avx512" and dtype == torch.float32:
+            if g == 1 and C.cpu_isa() in ("avx512", "avx2") and dtype == torch.float32:
                 got4 = _pack_conv(w, msk, g, 4)
                 _assert_same_tensors(got4, _rows_def(w.reshape(O, -1), m.reshape(O, -1), Cg * KK <= 32768)
                                      + [tapnnz], what + " format 4")

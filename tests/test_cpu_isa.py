@@ -316,7 +316,7 @@ def _check_conv(g, isa):
                 fmts = [1, 2] + ([3] if gr == 1 else [])
                 s1 = tuple(st) == (1, 1)
                 wo = y.shape[-1]
-                outrows = isa == "avx512" and dt == torch.float32 and s1 and hw[1] <= 64 and wo <= 64
+                outrows = isa != "generic" and dt == torch.float32 and s1 and hw[1] <= 64 and wo <= 64
                 if outrows:
                     fmts.append(4)
                 auto, _ = O.spike_conv2d_pack(w, m, gr, list(st), hw[1], wo, 0)
@@ -328,8 +328,8 @@ def _check_conv(g, isa):
                     _close(y, expect, f"conv format {fmt} {dt} {ci}->{co} {hw}")
                     assert int(n) == count, f"conv format {fmt} count"
                 if s1 and not outrows and dt == torch.float32 and hw[1] <= 64 and wo <= 64:
-                    # format 4 exists only in the avx512 kernels: refused cleanly, never a null call
-                    with pytest.raises(RuntimeError, match=f"avx512 kernels \\(cpu_isa\\(\\) = {isa}\\)"):
+                    # format 4 exists only in the avx512 and avx2 kernels: refused cleanly, never a null call
+                    with pytest.raises(RuntimeError, match=f"avx512 or avx2 kernels \\(cpu_isa\\(\\) = {isa}\\)"):
                         O.spike_conv2d_pack(w, m, gr, list(st), hw[1], wo, 4)
                 go = torch.randn_like(y)
                 # grad_in (oneDNN) and grad_w multiply non-binary values: fp32 rounding, not exact
@@ -346,10 +346,10 @@ def _check_conv(g, isa):
                                                          go.double())
                     _close(gi, gir, f"conv grad_in {dt}", rtol=tol, atol=tol)
                     _close(gw, gwr, f"conv grad_w {dt} dense={dwg}", rtol=tol, atol=tol)
-    # int32 indices: compressed rows per input channel (kh*kw*Cout/g > 32768) and, on avx512, per
+    # int32 indices: compressed rows per input channel (kh*kw*Cout/g > 32768) and, on avx512 / avx2, per
     # output channel (Cin/g*kh*kw > 32768)
     for fmt, xshape, wshape in ((2, (2, 1, 6, 6), (3700, 1, 3, 3)), (4, (2, 3700, 5, 5), (2, 3700, 3, 3))):
-        if fmt == 4 and isa != "avx512":
+        if fmt == 4 and isa == "generic":
             continue
         x = (torch.rand(xshape, generator=g) < 0.2).float()
         w = torch.randn(wshape, generator=g)
@@ -368,7 +368,7 @@ def _check_conv(g, isa):
             w = torch.randn(6, 4, 3, 3, generator=g).to(dt)
             m = torch.zeros(w.shape, dtype=torch.bool)
             m[:, 0] = True  # channel 2 has no kept synapse
-            for fmt in (1, 2, 3) + ((4,) if isa == "avx512" and dt == torch.float32 else ()):
+            for fmt in (1, 2, 3) + ((4,) if isa != "generic" and dt == torch.float32 else ()):
                 p = CV.pack(w, m, 1, fmt, stride=(1, 1), in_width=40, out_width=40)
                 _expect_non_binary(lambda: O.spike_conv2d_fwd_packed(x, w, None, m, fmt, list(p.tensors), [1, 1],
                                                                      [1, 1], [1, 1], 1, False, False),
@@ -419,7 +419,7 @@ def _check_byte_spikes(g, isa):
             geo = (list(st), list(pd), list(dl), gr)
             wo = O.spike_conv2d_fwd(x, w, b, m, *geo, False, False)[0].shape[-1]
             fmts = [1, 2] + ([3] if gr == 1 else [])
-            if isa == "avx512" and dt == torch.float32 and tuple(st) == (1, 1) and hw[1] <= 64 and wo <= 64:
+            if isa != "generic" and dt == torch.float32 and tuple(st) == (1, 1) and hw[1] <= 64 and wo <= 64:
                 fmts.append(4)
             _same_on_bytes(lambda s: O.spike_conv2d_fwd(s, w, b, m, *geo, True, False), x, f"conv {dt} {hw}")
             for fmt in fmts:
@@ -445,7 +445,7 @@ def _check_byte_spikes(g, isa):
     w = torch.randn(6, 4, 3, 3, generator=g)
     m = torch.zeros(w.shape, dtype=torch.bool)
     m[:, 0] = True  # channel 2 has no kept synapse
-    for fmt in (1, 2, 3) + ((4,) if isa == "avx512" else ()):
+    for fmt in (1, 2, 3) + ((4,) if isa != "generic" else ()):
         p = CV.pack(w, m, 1, fmt, stride=(1, 1), in_width=40, out_width=40)
         _expect_non_binary(lambda: O.spike_conv2d_fwd_packed(x, w, None, m, fmt, list(p.tensors), [1, 1], [1, 1],
                                                              [1, 1], 1, False, False), f"conv u8 format {fmt}")

@@ -740,8 +740,8 @@ def test_counts_conv_equals_dense_conv_of_counts(rng, fmt, top, monkeypatch):
     # values that are not counts (refused, naming the layer) included.
     from snnsparse.nn.inference import PackedPlanesConv2d
     from snnsparse.ops import conv2d as CV
-    if fmt == 4 and _cpp.cpu_isa() != "avx512":
-        pytest.skip("format 4 (output-channel rows) exists in the avx512 kernels only")
+    if fmt == 4 and _cpp.cpu_isa() == "generic":
+        pytest.skip("format 4 (output-channel rows) exists in the avx512 and avx2 kernels only")
     w = torch.randn(6, 4, 3, 3, generator=rng)
     m = mask(w.shape, 0.3, rng)
     b = torch.randn(6, generator=rng)
@@ -852,7 +852,7 @@ def test_packed_state_of_another_format_is_refused_and_assign_is_followed(rng):
     a = PackedConv2d(CV.pack(w, m, 1, 2, stride=(1, 1), in_width=8, out_width=8), None, 1, 1, 1)
     x = (torch.rand(2, 16, 8, 8, generator=rng) < 0.3).float()
     ref = torch.nn.functional.conv2d(x, torch.where(m, w, 0.0), None, 1, 1)
-    if _cpp.cpu_isa() == "avx512":  # format 4 (the same tensor shapes as 2 here) exists in those kernels only
+    if _cpp.cpu_isa() != "generic":  # format 4 (the same tensor shapes as 2 here) exists in those kernels only
         b = PackedConv2d(CV.pack(w, m, 1, 4, stride=(1, 1), in_width=8, out_width=8), None, 1, 1, 1)
         with pytest.raises(ValueError, match="packing"):
             b.load_state_dict(a.state_dict())  # same tensor shapes, another format

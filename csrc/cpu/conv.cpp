@@ -14,7 +14,7 @@
 //    of every synapse is precomputed once per call, so the inner loop is load-add-store only.
 //    Input channels without kept synapses are only checked for binarity (no bit building, no adds).
 //  * dense 64-channel blocks (groups 1) and compressed rows per OUTPUT channel (float32, stride 1,
-//    rows of <= 64 pixels; avx512 variant only): conv_kernels.h.
+//    rows of <= 64 pixels; avx512 and avx2 variants): conv_kernels.h.
 // This file is the op (checks, packing, format choice, registration), compiled for the baseline
 // target; the SIMD kernels are in conv_kernels.h, run through kernels() (the variant selected at
 // load time).
@@ -63,11 +63,10 @@ void check_conv_inputs(const at::Tensor& x, const at::Tensor& w, const c10::opti
   check_mask(mask, w, op);
 }
 
-// Output-channel rows (format 4) exist only in the avx512 variant (conv_kernels.h) and apply to
+// Output-channel rows (format 4) exist in the avx512 and avx2 variants (conv_kernels.h) and apply to
 // fp32, stride 1, input and output rows of <= 64 pixels (one 64-bit word per row). Asks the
-// variant selected at load time, not how this file was compiled: a portable build on an AVX2 CPU,
-// or SNNSPARSE_CPU_ISA=avx2 on an AVX-512 one, refuses format 4 cleanly instead of calling a null
-// kernel.
+// variant selected at load time, not how this file was compiled: a portable build on an older CPU,
+// or SNNSPARSE_CPU_ISA=generic, refuses format 4 cleanly instead of calling a null kernel.
 // Widths of 0 mean "unknown" (a pack() without geometry) or an empty image: never format 4, whose rows
 // are 64-bit words of width >= 1 (a 0 width divided by zero in the kernel).
 bool outrows_ok(at::ScalarType dt, bool stride1, int64_t in_width, int64_t out_width) {
@@ -164,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor> conv_fwd_packed(const at::Tensor& spikes, con
                       rowptr[g.O].item<int64_t>() == val.numel(),
                   op, ": bad packed output-channel rows");
       TORCH_CHECK(outrows_ok(weight.scalar_type(), g.sh == 1 && g.sw == 1, g.W, g.Wo), op,
-                  ": output-channel rows need float32, stride 1, width <= 64 and the avx512 kernels (cpu_isa() = ",
+                  ": output-channel rows need float32, stride 1, width <= 64 and the avx512 or avx2 kernels (cpu_isa() = ",
                   kern.name, ")");
       const bool i16 = idx.scalar_type() == at::kShort;
       TORCH_CHECK(i16 || idx.scalar_type() == at::kInt, op, ": packed indices must be int16 or int32");
@@ -257,7 +256,7 @@ std::tuple<int64_t, std::vector<at::Tensor>> conv_pack_op(const at::Tensor& weig
   if (format == 0) format = conv_auto_format(weight, mask, groups, s1, in_width, out_width);
   TORCH_CHECK(format != 3 || (groups == 1 && weight.size(1) <= 65535), op, ": format 3 (blocks) needs groups 1");
   TORCH_CHECK(format != 4 || outrows_ok(weight.scalar_type(), s1, in_width, out_width), op,
-              ": format 4 (output-channel rows) needs float32, stride 1, widths <= 64 and the avx512 kernels "
+              ": format 4 (output-channel rows) needs float32, stride 1, widths <= 64 and the avx512 or avx2 kernels "
               "(cpu_isa() = ", kernels().name, ")");
   return {format, conv_pack(weight.contiguous(), mask, groups, format)};
 }

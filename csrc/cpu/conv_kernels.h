@@ -301,10 +301,15 @@ int64_t conv_fwd_blocked(const ConvGeom& g, const spike_t* x, const scalar_t* wq
   return total;
 }
 
-// ---- compressed rows per OUTPUT channel, spike-row masks (stride 1, W <= 64, float32, AVX-512 only) ----
-// Only the avx512 variant has it: the masked adds of 16-pixel groups selected by a 16-bit slice of
-// a row mask are what make it pay; kernels().f32.spikes.conv_outrows16 is nullptr in the other variants and
-// conv.cpp's outrows_ok (hence the automatic format choice and the pack op) asks exactly that.
+// ---- compressed rows per OUTPUT channel, spike-row masks (stride 1, W <= 64, float32, AVX-512 / AVX2) ----
+// The avx512 and avx2 variants have it: the masked adds of 16-pixel (AVX2: 8-pixel) groups selected by a
+// slice of a row mask are what make it pay; kernels().f32.spikes.conv_outrows16 is nullptr in the generic
+// variant and conv.cpp's outrows_ok (hence the automatic format choice and the pack op) asks exactly that.
+// AVX2 has no masked add: the 8 bits become a lane mask (broadcast, and, compare with the lane's bit) and
+// the sum is blended in, so an unselected lane keeps its value exactly (a plain add of 0 would turn an
+// accumulated -0.0 into +0.0). Without it an AVX2 host had no kernel for Spikformer's 1x1 projections on
+// rows of 64 tokens but the compressed input-channel rows (bench/RESULTS.md: spikformer_cifar10 1.47x vs
+// SpikingJelly on the EPYC AVX2 host, 2.5x on the AVX-512 one).
 // Packed [rowptr (Cout+1), idx = ci_local*kh*kw + tap, val, tapnnz]: the CSR of the
 // masked weight viewed as [Cout, Cin/g*kh*kw]. Per frame, every input row (n, ci, y) becomes one
 // 64-bit fire mask (all rows of a frame: Cin*H*8 B, L1-resident). Vectorised over output pixels:
@@ -316,12 +321,12 @@ int64_t conv_fwd_blocked(const ConvGeom& g, const spike_t* x, const scalar_t* wq
 // Measured (128@32x32, T4 B16, rate 0.1, density 0.01, 1 thread, process time): per-event
 // scatter into NCHW 41.8 ms; input-channel-major masked read-modify-write 28.9 ms; this: see
 // bench/RESULTS.md.
-#if SNNSPARSE_ISA_LEVEL >= 2
+#if SNNSPARSE_ISA_LEVEL >= 1
 template <typename idx_t, typename spike_t>
 int64_t conv_fwd_outrows_f32(const ConvGeom& g, const spike_t* x, const int64_t* rowptr, const idx_t* idx,
                              const float* val, const float* bias, float* out, bool count) {
   const int64_t HW = g.H * g.W, P = g.Ho * g.Wo;
-  const int64_t nv = (g.Wo + 15) / 16;
+  const int64_t nv = (g.Wo + 15) / 16, nv8 = (g.Wo + 7) / 8;
   const uint64_t wo_mask = g.Wo >= 64 ? ~uint64_t(0) : ((uint64_t(1) << g.Wo) - 1);
   // Per synapse: input channel (global), ky*dh - ph (input row offset), column shift.
   const int64_t nnz = rowptr[g.O];
@@ -358,17 +363,57 @@ int64_t conv_fwd_outrows_f32(const ConvGeom& g, const spike_t* x, const int64_t*
       }
       int64_t cnt = 0;
       float* o = out + n * g.O * P;
+      // The fire mask of the output pixels that synapse j reaches from output row oy.
+      auto reach = [&](int64_t j, int64_t oy) {
+        uint64_t m = rows[sci[j] * RH + pad + oy + sdy[j]];
+        const int32_t sh = ssh[j];
+        m = sh >= 0 ? (sh >= 64 ? 0 : m >> sh) : (-sh >= 64 ? 0 : m << -sh);
+        return m & wo_mask;
+      };
       for (int64_t co = 0; co < g.O; ++co) {
         const int64_t p0 = rowptr[co], p1 = rowptr[co + 1];
-        const __m512 b = _mm512_set1_ps(bias ? bias[co] : 0.f);
         float* oc = o + co * P;
+#if SNNSPARSE_ISA_LEVEL == 1
+        (void)nv;
+        const __m256 b = _mm256_set1_ps(bias ? bias[co] : 0.f);
+        const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        // lanes of the 8 output pixels whose bits are set in byte q of m
+        auto lanes = [&](uint64_t m, int q) {
+          const __m256i bits = _mm256_set1_epi32((int)((m >> (8 * q)) & 0xFF));
+          return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(bits, sel), sel));
+        };
+        for (int64_t oy = 0; oy < g.Ho; ++oy) {
+          __m256 a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b, a6 = b, a7 = b;
+          for (int64_t j = p0; j < p1; ++j) {
+            const uint64_t m = reach(j, oy);
+            if (count) cnt += __builtin_popcountll(m);
+            if (!m) continue;
+            const __m256 w = _mm256_set1_ps(val[j]);
+            a0 = _mm256_blendv_ps(a0, _mm256_add_ps(a0, w), lanes(m, 0));
+            if (nv8 > 1) a1 = _mm256_blendv_ps(a1, _mm256_add_ps(a1, w), lanes(m, 1));
+            if (nv8 > 2) a2 = _mm256_blendv_ps(a2, _mm256_add_ps(a2, w), lanes(m, 2));
+            if (nv8 > 3) a3 = _mm256_blendv_ps(a3, _mm256_add_ps(a3, w), lanes(m, 3));
+            if (nv8 > 4) a4 = _mm256_blendv_ps(a4, _mm256_add_ps(a4, w), lanes(m, 4));
+            if (nv8 > 5) a5 = _mm256_blendv_ps(a5, _mm256_add_ps(a5, w), lanes(m, 5));
+            if (nv8 > 6) a6 = _mm256_blendv_ps(a6, _mm256_add_ps(a6, w), lanes(m, 6));
+            if (nv8 > 7) a7 = _mm256_blendv_ps(a7, _mm256_add_ps(a7, w), lanes(m, 7));
+          }
+          float* orow = oc + oy * g.Wo;
+          const __m256 acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+          const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+          for (int64_t v = 0; v < nv8; ++v) {
+            const int64_t rem = g.Wo - 8 * v;
+            if (rem >= 8) _mm256_storeu_ps(orow + 8 * v, acc[v]);
+            else _mm256_maskstore_ps(orow + 8 * v, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rem), iota), acc[v]);
+          }
+        }
+#else
+        (void)nv8;
+        const __m512 b = _mm512_set1_ps(bias ? bias[co] : 0.f);
         for (int64_t oy = 0; oy < g.Ho; ++oy) {
           __m512 a0 = b, a1 = b, a2 = b, a3 = b;
           for (int64_t j = p0; j < p1; ++j) {
-            uint64_t m = rows[sci[j] * RH + pad + oy + sdy[j]];
-            const int32_t sh = ssh[j];
-            m = sh >= 0 ? (sh >= 64 ? 0 : m >> sh) : (-sh >= 64 ? 0 : m << -sh);
-            m &= wo_mask;
+            const uint64_t m = reach(j, oy);
             if (count) cnt += __builtin_popcountll(m);
             const __m512 w = _mm512_set1_ps(val[j]);
             a0 = _mm512_mask_add_ps(a0, (__mmask16)m, a0, w);
@@ -384,6 +429,7 @@ int64_t conv_fwd_outrows_f32(const ConvGeom& g, const spike_t* x, const int64_t*
             _mm512_mask_storeu_ps(orow + 16 * v, k, acc[v]);
           }
         }
+#endif
       }
       counts[n] = cnt;
     }

@@ -55,7 +55,7 @@ constexpr SpikeKernels<T, S> spike_kernels() {
   k.conv_blocks_counts = &conv_fwd_blocked<T, S, true>;
   k.conv_csr16 = &conv_fwd_csr<T, int16_t, S>;
   k.conv_csr32 = &conv_fwd_csr<T, int32_t, S>;
-#if SNNSPARSE_ISA_LEVEL >= 2
+#if SNNSPARSE_ISA_LEVEL >= 1
   if constexpr (std::is_same<T, float>::value) {
     k.conv_outrows16 = &conv_fwd_outrows_f32<int16_t, S>;
     k.conv_outrows32 = &conv_fwd_outrows_f32<int32_t, S>;

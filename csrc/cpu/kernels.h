@@ -98,8 +98,8 @@ struct SpikeKernels {
                         const int64_t* tapnnz, const T* bias, T* out, bool count);
   int64_t (*conv_csr32)(const ConvGeom& g, const S* x, const int64_t* rowptr, const int32_t* idx, const T* val,
                         const int64_t* tapnnz, const T* bias, T* out, bool count);
-  // Output-channel rows (format 4): nullptr where the variant has no such kernel (all but avx512
-  // float32); conv.cpp's outrows_ok asks exactly this.
+  // Output-channel rows (format 4): nullptr where the variant has no such kernel (generic, and every
+  // dtype but float32); conv.cpp's outrows_ok asks exactly this.
   int64_t (*conv_outrows16)(const ConvGeom& g, const S* x, const int64_t* rowptr, const int16_t* idx, const T* val,
                             const T* bias, T* out, bool count);
   int64_t (*conv_outrows32)(const ConvGeom& g, const S* x, const int64_t* rowptr, const int32_t* idx, const T* val,

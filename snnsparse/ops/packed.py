@@ -10,7 +10,7 @@ Formats (the integer the C++ kernels take; chosen by density with the crossovers
 csrc/cpu/linear.cpp kLinearDenseMin and csrc/cpu/conv.cpp kConvDenseMin):
   linear  1 dense rows [W^T masked (K x M), colnnz]       2 compressed rows [rowptr, idx, val, colnnz]
   conv2d  1 dense slabs [Cin x kh*kw x Cout/g, tapnnz]      2 compressed rows per input channel
-          3 dense 64-channel blocks (groups 1)             4 compressed rows per output channel (AVX-512)
+          3 dense 64-channel blocks (groups 1)             4 compressed rows per output channel (AVX-512, AVX2)
 """
 from __future__ import annotations
 
