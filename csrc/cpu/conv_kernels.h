@@ -102,6 +102,21 @@ inline void add_row64(scalar_t* acc, const scalar_t* r) {
   for (int c = 0; c < kCh; ++c) acc[c] += r[c];
 }
 
+// Calls f(i, tap) for every kernel tap (ky * kw + kx) of output pixel (oy, ox) whose input pixel i
+// (= y * W + x) lies inside the input: the gather pattern of the output-stationary kernels.
+template <typename F>
+__attribute__((always_inline)) inline void for_each_input_tap(const ConvGeom& g, int64_t oy, int64_t ox, F&& f) {
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    const int64_t y = oy * g.sh - g.ph + ky * g.dh;
+    if (y < 0 || y >= g.H) continue;
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      const int64_t xx = ox * g.sw - g.pw + kx * g.dw;
+      if (xx < 0 || xx >= g.W) continue;
+      f(y * g.W + xx, ky * g.kw + kx);
+    }
+  }
+}
+
 // Calls f(L, m, wt) for every kernel tap of output pixel (oy, ox) whose input pixel lies inside the
 // input: L[0..m) are the fired input channels at that pixel (pixel i's list starts at evl + i * S),
 // wt the tap's [C][64] weight rows. Each variant of the blocked kernel below keeps its own
@@ -110,16 +125,7 @@ template <typename scalar_t, typename F>
 __attribute__((always_inline)) inline void for_each_tap_events(const ConvGeom& g, int64_t oy, int64_t ox,
                                                                const uint16_t* evl, int64_t S, const int32_t* cnt,
                                                                const scalar_t* wc, F&& f) {
-  for (int64_t ky = 0; ky < g.kh; ++ky) {
-    const int64_t y = oy * g.sh - g.ph + ky * g.dh;
-    if (y < 0 || y >= g.H) continue;
-    for (int64_t kx = 0; kx < g.kw; ++kx) {
-      const int64_t xx = ox * g.sw - g.pw + kx * g.dw;
-      if (xx < 0 || xx >= g.W) continue;
-      const int64_t i = y * g.W + xx;
-      f(evl + i * S, cnt[i], wc + (ky * g.kw + kx) * g.C * kCh);
-    }
-  }
+  for_each_input_tap(g, oy, ox, [&](int64_t i, int64_t tap) { f(evl + i * S, cnt[i], wc + tap * g.C * kCh); });
 }
 
 // The value of a spike count read at a nonzero entry (kCounts below): an integer 1..kMaxCount, else
@@ -496,22 +502,16 @@ int64_t conv_fwd_csr_os(const ConvGeom& g, const spike_t* x, const int64_t* rowp
         for (int64_t ox = 0; ox < g.Wo; ++ox) {
           scalar_t* __restrict__ a = acc.data();
           for (int64_t c = 0; c < g.O; ++c) a[c] = bias ? bias[c] : scalar_t(0);
-          for (int64_t ky = 0; ky < g.kh; ++ky) {
-            const int64_t y = oy * g.sh - g.ph + ky * g.dh;
-            if (y < 0 || y >= g.H) continue;
-            for (int64_t kx = 0; kx < g.kw; ++kx) {
-              const int64_t xx = ox * g.sw - g.pw + kx * g.dw;
-              if (xx < 0 || xx >= g.W) continue;
-              const int64_t i = y * g.W + xx, tap = ky * g.kw + kx, base = tap * g.Og;
-              const uint16_t* L = evl.data() + i * C;
-              for (int32_t e = 0; e < cnt[i]; ++e) {
-                const int64_t c = L[e], s0 = seg[c * KK + tap], s1 = s0 + tapnnz[c * KK + tap];
-                scalar_t* __restrict__ ag = a + (c / g.Cg) * g.Og - base;
-                for (int64_t j = s0; j < s1; ++j) ag[(int64_t)idx[j]] += val[j];
-                nacc += s1 - s0;
-              }
+          for_each_input_tap(g, oy, ox, [&](int64_t i, int64_t tap) {
+            const int64_t base = tap * g.Og;
+            const uint16_t* L = evl.data() + i * C;
+            for (int32_t e = 0; e < cnt[i]; ++e) {
+              const int64_t c = L[e], s0 = seg[c * KK + tap], s1 = s0 + tapnnz[c * KK + tap];
+              scalar_t* __restrict__ ag = a + (c / g.Cg) * g.Og - base;
+              for (int64_t j = s0; j < s1; ++j) ag[(int64_t)idx[j]] += val[j];
+              nacc += s1 - s0;
             }
-          }
+          });
           scalar_t* op = o + oy * g.Wo + ox;
           for (int64_t c = 0; c < g.O; ++c) op[c * P] = a[c];
         }
