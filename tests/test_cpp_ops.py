@@ -233,6 +233,28 @@ def test_conv_counts_kernel_refuses_what_is_not_a_count(rng, bad):
     x.requires_grad_()
     with pytest.raises(RuntimeError, match="inference-only"):
         CV.forward_counts_packed(x, packed, None, (1, 1), (1, 1), (1, 1))
+    x = x.detach().clamp(0, 2).nan_to_num(0)
+    with pytest.raises(TypeError, match="spikes must be bool, uint8"):  # an integer dtype other than uint8 / bool
+        CV.forward_counts_packed(x.to(torch.int32), packed, None, (1, 1), (1, 1), (1, 1))
+    with pytest.raises(RuntimeError, match="channels"):
+        CV.forward_counts_packed(x[:, :2], packed, None, (1, 1), (1, 1), (1, 1))
+
+
+def test_small_map_compressed_rows_refuse_a_tapnnz_that_disagrees(rng):
+    # format 2 on small maps reads its (channel, tap) segments through tapnnz: a packing whose tapnnz does not
+    # add up to the rows (assembled by hand, or loaded from another packing) is refused, never read past
+    w = randn((6, 4, 3, 3), rng)
+    m = mask(w.shape, 0.5, rng)
+    rowptr, idx, val, tapnnz = _pack_conv(w, m, 1, 2)
+    x = spikes((2, 4, 2, 2), 0.5, rng)
+    geo = ([1, 1], [1, 1], [1, 1], 1)
+    expect = F.conv2d(x.double(), (w * m).double(), None, 1, 1)
+    y, _ = OPS.spike_conv2d_fwd_packed(x, w, None, m, 2, [rowptr, idx, val, tapnnz], *geo, False, False)
+    assert_close64(y, expect)
+    bad = tapnnz.clone()
+    bad[0, 0] += 1
+    with pytest.raises(RuntimeError, match="tapnnz of input channel 0 does not add up"):
+        OPS.spike_conv2d_fwd_packed(x, w, None, m, 2, [rowptr, idx, val, bad], *geo, False, False)
 
 
 # ---------------------------------------------------------------------------------------------- LIF

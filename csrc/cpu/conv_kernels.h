@@ -128,6 +128,21 @@ __attribute__((always_inline)) inline void for_each_tap_events(const ConvGeom& g
   for_each_input_tap(g, oy, ox, [&](int64_t i, int64_t tap) { f(evl + i * S, cnt[i], wc + tap * g.C * kCh); });
 }
 
+// Calls f(i, ci, e) for every set bit e of a frame's bits (e = ci * HW + i, in order): input pixel i
+// of input channel ci. The frame-to-event-lists walk of the output-stationary kernels (bits come in
+// channel order, so the channel is counted up, not divided out).
+template <typename F>
+inline void for_each_frame_event(const uint64_t* bits, int64_t nwf, int64_t HW, F&& f) {
+  int64_t ci = 0, start = 0;  // the channel of bit e and its first bit
+  for_each_bit(bits, nwf, [&](int64_t e) {
+    while (e >= start + HW) {
+      ++ci;
+      start += HW;
+    }
+    f(e - start, ci, e);
+  });
+}
+
 // The value of a spike count read at a nonzero entry (kCounts below): an integer 1..kMaxCount, else
 // ValueError (NaN, a fraction, a negative or larger value; the caller then takes bit planes, which
 // take any count). Why a cap of 15: a count v is v additions of the same row, so the fp32 error of a
@@ -186,13 +201,7 @@ int64_t conv_fwd_blocked(const ConvGeom& g, const spike_t* x, const scalar_t* wq
         evs[f] = S;
         used += HW * S;
         uint16_t* ev = evl.data() + evo[f];
-        int64_t ci = 0, start = 0;  // the channel of bit e and its first bit (bits come in order: no division)
-        for_each_bit(bits.data(), nwf, [&](int64_t e) {
-          while (e >= start + HW) {
-            ++ci;
-            start += HW;
-          }
-          const int64_t i = e - start;
+        for_each_frame_event(bits.data(), nwf, HW, [&](int64_t i, int64_t ci, int64_t e) {
           if constexpr (kCounts) {
             for (int r = static_cast<int>(xn[e]); r > 0; --r) ev[i * S + cn[i]++] = (uint16_t)ci;
           } else {
@@ -477,6 +486,10 @@ int64_t conv_fwd_csr_os(const ConvGeom& g, const spike_t* x, const int64_t* rowp
       seg[ci * KK + t] = s;
       s += tapnnz[ci * KK + t];
     }
+    // The segments are read through tapnnz: one that disagrees with the rows (a packing assembled by hand or
+    // loaded from elsewhere) would read other synapses, or past the end, without an error.
+    TORCH_CHECK(s == rowptr[ci + 1], "snnsparse::spike_conv2d: packed tapnnz of input channel ", ci,
+                " does not add up to its compressed row (", s - rowptr[ci], " vs ", rowptr[ci + 1] - rowptr[ci], ")");
   }
   std::vector<int64_t> counts(g.N, 0);
   at::parallel_for(0, g.N, 1, [&](int64_t n0, int64_t n1) {
@@ -487,15 +500,8 @@ int64_t conv_fwd_csr_os(const ConvGeom& g, const spike_t* x, const int64_t* rowp
     for (int64_t n = n0; n < n1; ++n) {
       std::fill(cnt.begin(), cnt.end(), 0);
       nonzero_bits(x + n * C * HW, C * HW, bits.data());  // every plane checked, kept synapses or not
-      int64_t ci = 0, start = 0;
-      for_each_bit(bits.data(), nwf, [&](int64_t e) {
-        while (e >= start + HW) {
-          ++ci;
-          start += HW;
-        }
-        const int64_t i = e - start;
-        evl[i * C + cnt[i]++] = (uint16_t)ci;
-      });
+      for_each_frame_event(bits.data(), nwf, HW,
+                           [&](int64_t i, int64_t ci, int64_t) { evl[i * C + cnt[i]++] = (uint16_t)ci; });
       int64_t nacc = 0;
       scalar_t* __restrict__ o = out + n * g.O * P;
       for (int64_t oy = 0; oy < g.Ho; ++oy) {

@@ -102,9 +102,7 @@ void max_pool_planes(const T* x, T* y, int64_t planes, int64_t H, int64_t W, int
             yr[ox] = takes(v, yr[ox]) ? v : yr[ox];
           }
         }
-        for (int64_t ox = 0; ox < Wo; ++ox) {
-          if (ox == oxa) ox = oxb;  // the interior is done
-          if (ox >= Wo) break;
+        auto edge = [&](int64_t ox) {  // a window cut by the padding: its own taps only
           const int64_t x0 = ox * sw - pw;
           T m = lowest;
           for (int64_t j = jlo[ox]; j < jhi[ox]; ++j) {
@@ -112,7 +110,9 @@ void max_pool_planes(const T* x, T* y, int64_t planes, int64_t H, int64_t W, int
             m = takes(v, m) ? v : m;
           }
           yr[ox] = m;
-        }
+        };
+        for (int64_t ox = 0; ox < oxa; ++ox) edge(ox);
+        for (int64_t ox = oxb; ox < Wo; ++ox) edge(ox);
       }
     }
   });

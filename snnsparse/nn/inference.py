@@ -311,8 +311,9 @@ def counts_conv2d(x4: torch.Tensor, packed: PackedWeight, bias: Optional[torch.T
     conv(plane_j) + bias. Either way each input costs only its events; the sum is exact up to fp32
     summation order (so a neuron after it may flip where its membrane is within rounding of the
     threshold). The counts kernel instead of the planes on sew_resnet18 ADD (T4 B8 32x32, 5% masks, all
-    format 3): about 1.5 ms of bit-plane glue and 0.7 ms of second-plane passes less per forward on the
-    2-core EPYC box (bench/RESULTS.md)."""
+    format 3, same model interleaved, 2 threads, EPYC AVX2 host): 11.75 vs 13.95 ms a forward, batch 1
+    5.18 vs 6.55 ms (bench/RESULTS.md). A refused call (a count above 15) is rerun as planes: the counts
+    of SEW ADD stay far below that, so the wasted scan is not on the common path."""
     if packed.format == ConvFormat.DENSE_BLOCKS:
         try:
             return _conv2d.forward_counts_packed(x4, packed, bias, stride, padding, dilation)
